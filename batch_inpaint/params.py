@@ -115,3 +115,10 @@ class InpaintOptions:
     generation: GenerationParams = field(default_factory=GenerationParams)
     mask: MaskOptions = field(default_factory=MaskOptions)
     geometry: GeometryOptions = field(default_factory=GeometryOptions)
+
+
+def derive_seed(row_id: str) -> int:
+    """A stable seed for a row with none: same id, same seed, on every machine and rerun."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(row_id.encode("utf-8")).digest()[:4], "big") & 0x7FFFFFFF

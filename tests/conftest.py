@@ -1,0 +1,3 @@
+"""Shared fixtures live in plugin modules, one per area, so they can grow independently."""
+
+pytest_plugins = ["tests.fixtures_models", "tests.fixtures_s3"]

@@ -1,0 +1,1 @@
+"""Model fixtures: the tiny checkpoint, built once per test session."""
