@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import ModelError
 from ..params import GenerationParams
 
 
@@ -15,8 +16,8 @@ class Inpainter(ABC):
 
     `masks` are HxW uint8 arrays, 255 where pixels must be regenerated, 0 elsewhere (already
     thresholded and dilated). `params` holds what the whole batch shares (steps, guidance, ...);
-    `prompts`, `negative_prompts` and `seeds` are per image, so a row's result depends only on its own
-    inputs and seed, never on what else is in the batch. Returns, per input image,
+    `prompts`, `negative_prompts` and `seeds` are per image, so a row's result depends only on its
+    own inputs and seed, never on what else is in the batch. Returns, per input image,
     `params.num_images_per_prompt` RGB uint8 arrays of the input's size, flattened in input order.
     Images and masks must be multiples of `size_multiple`; the geometry module takes care of that.
     """
@@ -42,3 +43,50 @@ class Inpainter(ABC):
     def describe(self) -> dict:
         """What goes into result rows and job.json to say which model made an image."""
         return {"backend": self.backend, "model": self.model_id, "revision": self.revision}
+
+    def inpaint_isolated(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        params: GenerationParams,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str | None],
+        seeds: Sequence[int],
+    ) -> list[list[np.ndarray] | ModelError]:
+        """`inpaint`, one entry per input image; a failure costs only the image that causes it.
+
+        A failing batch (CUDA out of memory, or an error on one image) is split in halves and
+        retried down to single images; an image that fails alone gets a ModelError instead of its
+        results.
+        Seeds are per image, so splitting does not change any result.
+        """
+        n = len(images)
+        k = params.num_images_per_prompt
+        try:
+            flat = self.inpaint(images, masks, params, prompts, negative_prompts, seeds)
+            return [flat[i * k : (i + 1) * k] for i in range(n)]
+        except Exception as exc:  # noqa: BLE001 - any model failure is isolated to its image
+            if n == 1:
+                what = "out of GPU memory" if is_out_of_memory(exc) else type(exc).__name__
+                return [ModelError(f"model failed on this image ({what}): {exc}")]
+            free_cuda_cache()
+            h = n // 2
+            parts = (slice(0, h), slice(h, n))
+            out: list[list[np.ndarray] | ModelError] = []
+            for s in parts:
+                out += self.inpaint_isolated(
+                    images[s], masks[s], params, prompts[s], negative_prompts[s], seeds[s]
+                )
+            return out
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+def free_cuda_cache() -> None:
+    import sys
+
+    torch = sys.modules.get("torch")  # only if a backend already imported it
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
