@@ -1,0 +1,92 @@
+"""Model backends behind one interface (`base.Inpainter`) and one way to get one: `load_inpainter`.
+
+Backends are imported lazily, so importing this package does not import torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ConfigError
+from .base import Inpainter
+
+BACKENDS = ("diffusers", "opencv", "tiny")
+TINY_MODEL_ID = "batch-inpaint/tiny-sd-inpainting-v1"
+
+__all__ = ["BACKENDS", "Inpainter", "load_inpainter"]
+
+
+def load_inpainter(
+    backend: str = "diffusers",
+    model: str | os.PathLike | None = None,
+    *,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: Any = None,
+    attention: str = "slicing",
+    vae_tiling: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
+    storage: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+    **backend_options: Any,
+) -> Inpainter:
+    """Build the named backend's Inpainter; a bad value raises ConfigError naming the option.
+
+    - 'diffusers': `model` is a Hub id (default sd2-community/stable-diffusion-2-inpainting), a local
+      diffusers directory or an s3://... URI of one; `revision` pins Hub weights.
+    - 'tiny': a small random checkpoint, built once under `cache_dir` (else the temp dir) and loaded
+      through the same diffusers code; for tests and offline demos.
+    - 'opencv': classical inpainting on the CPU; no weights, no GPU.
+    """
+    backend = (backend or "diffusers").strip().lower()
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "opencv":
+        from .opencv_backend import OpenCVInpainter
+
+        return _construct(OpenCVInpainter, backend, **backend_options)
+
+    from .diffusers_backend import (
+        DiffusersInpainter,
+        resolve_attention,
+        resolve_device,
+        resolve_dtype,
+    )
+
+    # Check every option before building or loading anything.
+    dev = resolve_device(device)
+    resolve_dtype(dtype, dev)
+    resolve_attention(attention, dev)
+    kwargs = dict(
+        revision=revision,
+        device=dev,
+        dtype=dtype,
+        attention=attention,
+        vae_tiling=vae_tiling,
+        channels_last=channels_last,
+        compile=compile,
+        storage=storage,
+        cache_dir=cache_dir,
+    )
+    if backend == "tiny":
+        from .tiny import default_tiny_dir, make_tiny_model
+
+        path = make_tiny_model(model or default_tiny_dir(cache_dir))
+        kwargs.update(revision=None, storage=None, cache_dir=None)
+        inpainter = _construct(DiffusersInpainter, backend, str(path), **kwargs, **backend_options)
+        inpainter.backend, inpainter.model_id = "tiny", TINY_MODEL_ID
+        return inpainter
+    return _construct(DiffusersInpainter, backend, model, **kwargs, **backend_options)
+
+
+def _construct(cls, backend: str, *args: Any, **kwargs: Any) -> Inpainter:
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(k for k in kwargs if k not in accepted)
+        if unknown:
+            raise ConfigError(f"backend {backend!r} has no option(s) {', '.join(unknown)}")
+    return cls(*args, **kwargs)

@@ -1,0 +1,249 @@
+"""The default backend: a diffusers inpainting pipeline (SD1.5, SD2 or SDXL inpainting checkpoints)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from ..params import SCHEDULERS, GenerationParams
+from .base import Inpainter, is_out_of_memory
+
+# stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
+# the same weights in diffusers format with safetensors.
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-inpainting"
+DEVICES = ("auto", "cpu", "cuda")
+ATTENTIONS = ("slicing", "sdpa", "auto")
+DTYPES = {
+    "fp16": "float16", "float16": "float16", "half": "float16",
+    "bf16": "bfloat16", "bfloat16": "bfloat16",
+    "fp32": "float32", "float32": "float32", "float": "float32",
+}  # fmt: skip
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'gpu' is an alias of 'cuda'."""
+    import torch
+
+    device = (device or "auto").strip().lower()
+    if device == "gpu" or device.startswith("gpu:"):
+        device = "cuda" + device[3:]
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.split(":")[0] not in DEVICES or (
+        device.startswith("cuda:") and not device[5:].isdigit()
+    ):
+        raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r} asked for, but CUDA is not available; use cpu or auto"
+        )
+    return device
+
+
+def resolve_dtype(dtype: Any, device: str):
+    """None -> fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused, as the model card says."""
+    import torch
+
+    if dtype is None:
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = DTYPES.get(str(dtype).strip().lower().removeprefix("torch."), "")
+    if name not in ("float16", "bfloat16", "float32"):
+        raise ConfigError(f"dtype must be one of fp16, bf16, fp32, got {dtype!r}")
+    if name == "float16" and device == "cpu":
+        raise ConfigError("dtype fp16 is not supported on CPU (the model card says so): use fp32")
+    return getattr(torch, name)
+
+
+def resolve_attention(attention: str | None, device: str) -> str:
+    """'auto' -> 'sdpa': torch's fused attention is faster than slicing and, on CUDA, no larger
+    (its memory-efficient kernels never build the full attention matrix); 'slicing' is the card's
+    choice, kept as the default for the smallest GPUs."""
+    attention = (attention or "slicing").strip().lower()
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    return "sdpa" if attention == "auto" else attention
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed from_pretrained's torch_dtype to dtype (0.40-ish); older ones need the old."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
+
+
+def output_seed(seed: int, j: int) -> int:
+    """The seed of a row's j-th output: the row's own seed for the first, a spread-out one after."""
+    return int(seed) if j == 0 else (int(seed) + j * 0x9E3779B97F4A7C15) % 2**63
+
+
+class DiffusersInpainter(Inpainter):
+    """A diffusers inpainting pipeline behind the Inpainter interface.
+
+    `model` is a Hub id, a local diffusers directory, or a URI (s3://...) of such a directory,
+    fetched through `batch_inpaint.storage.fetch_model_dir`. Only safetensors weights are loaded
+    and no remote code runs. Pass a commit hash as `revision` to pin Hub weights.
+    """
+
+    backend = "diffusers"
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: Any = None,
+        attention: str = "slicing",
+        vae_tiling: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        storage: Any = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        variant: str | None = None,
+    ):
+        import torch
+
+        self.model_id = str(model or DEFAULT_MODEL)
+        self.revision = revision
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.attention = resolve_attention(attention, self.device)
+        self._lock = threading.Lock()
+        self.pipe = self._load(storage, cache_dir, local_files_only, variant)
+        self.pipe.set_progress_bar_config(disable=True)
+        if self.attention == "slicing":
+            self.pipe.enable_attention_slicing()
+        if vae_tiling:
+            self.pipe.vae.enable_tiling()
+        if channels_last:
+            self.pipe.unet.to(memory_format=torch.channels_last)
+        if compile:
+            self.pipe.unet = torch.compile(self.pipe.unet)
+        self.vae_scale_factor = int(getattr(self.pipe, "vae_scale_factor", 8))
+        self.native_size = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
+        self._schedulers: dict[str, Any] = {"default": self.pipe.scheduler}
+
+    def _load(self, storage, cache_dir, local_files_only: bool, variant: str | None):
+        from diffusers import AutoPipelineForInpainting
+
+        source, local = self.model_id, local_files_only
+        if "://" in source:
+            from ..storage import fetch_model_dir  # owned by the storage area; imported when needed
+
+            source, local = str(fetch_model_dir(source, storage)), True
+        elif os.path.isdir(source):
+            local = True
+        elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
+            raise ConfigError(f"model {source!r}: no such directory (and not a Hub id org/name)")
+        kwargs: dict[str, Any] = {
+            _dtype_keyword(): self.dtype,
+            "use_safetensors": True,
+            "local_files_only": local,
+        }
+        if not local:
+            kwargs["revision"] = self.revision  # None: the Hub's main branch
+        if cache_dir:
+            kwargs["cache_dir"] = str(cache_dir)
+        if variant:
+            kwargs["variant"] = variant
+        try:
+            pipe = AutoPipelineForInpainting.from_pretrained(source, **kwargs)
+            return pipe.to(self.device)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            rev = f" at revision {self.revision}" if self.revision else ""
+            raise ModelError(
+                f"could not load model {self.model_id!r}{rev}: {type(exc).__name__}: {exc}. "
+                "Pass a local diffusers directory, an s3:// URI of one, or a reachable Hub id."
+            ) from exc
+
+    def scheduler(self, name: str):
+        """The pipeline's scheduler for `name`, built once from the checkpoint's config."""
+        if name not in self._schedulers:
+            import diffusers
+
+            classes = {
+                "dpm++": diffusers.DPMSolverMultistepScheduler,
+                "ddim": diffusers.DDIMScheduler,
+                "euler_a": diffusers.EulerAncestralDiscreteScheduler,
+            }
+            if name not in classes:
+                raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {name!r}")
+            self._schedulers[name] = classes[name].from_config(self._schedulers["default"].config)
+        return self._schedulers[name]
+
+    def inpaint(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        params: GenerationParams,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str | None],
+        seeds: Sequence[int],
+    ) -> list[np.ndarray]:
+        import torch
+
+        # 1. Check inputs
+        n = len(images)
+        if not n or not len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n:
+            raise ConfigError(
+                "images, masks, prompts, negative_prompts and seeds must be non-empty and equally "
+                f"long, got {len(images)}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, "
+                f"{len(seeds)}"
+            )
+        h, w = images[0].shape[:2]
+        for i, (im, m) in enumerate(zip(images, masks, strict=True)):
+            if im.shape != (h, w, 3) or m.shape[:2] != (h, w):
+                raise ConfigError(
+                    f"image {i}: every image must be {h}x{w}x3 with an {h}x{w} mask, "
+                    f"got {im.shape} and {m.shape}"
+                )
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ConfigError(f"image size {w}x{h} must be a multiple of {self.size_multiple}")
+
+        # 2. One pipeline row per output: images, masks and prompts repeated k times each, so the
+        # j-th output of a row sees only its own image, prompt and generator.
+        k = int(params.num_images_per_prompt)
+        img = np.repeat(np.stack(images).astype(np.float32) / 255.0, k, axis=0)
+        msk = np.stack([m.reshape(h, w) for m in masks]).astype(np.float32)
+        msk = np.repeat((msk > 127).astype(np.float32)[..., None], k, axis=0)
+        gens = [
+            torch.Generator("cpu").manual_seed(output_seed(s, j)) for s in seeds for j in range(k)
+        ]
+
+        # 3. One forward pass
+        with self._lock:
+            self.pipe.scheduler = self.scheduler(params.scheduler)
+            try:
+                with torch.inference_mode():
+                    out = self.pipe(
+                        prompt=[p for p in prompts for _ in range(k)],
+                        negative_prompt=[(q or "") for q in negative_prompts for _ in range(k)],
+                        image=img,
+                        mask_image=msk,
+                        height=h,
+                        width=w,
+                        strength=float(params.strength),
+                        num_inference_steps=int(params.num_inference_steps),
+                        guidance_scale=float(params.guidance_scale),
+                        eta=float(params.eta),
+                        num_images_per_prompt=1,
+                        generator=gens,
+                        output_type="np",
+                    )
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise  # unwrapped, so inpaint_isolated sees an OOM and splits the batch
+                raise ModelError(f"diffusers pipeline failed: {type(exc).__name__}: {exc}") from exc
+        arr = np.asarray(out.images)
+        return [(a * 255.0).round().clip(0, 255).astype(np.uint8) for a in arr]

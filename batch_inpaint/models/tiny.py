@@ -1,0 +1,133 @@
+"""A tiny random Stable Diffusion inpainting checkpoint, built in code.
+
+Tests and offline demos load it through exactly the same diffusers code path as real weights, so
+the whole tool runs end to end without a download (about 7 MB on disk, seconds on a CPU). The
+images it makes are noise-like: it proves plumbing, not quality.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import tempfile
+from pathlib import Path
+
+from ..errors import ConfigError
+
+TINY_SEED = 0
+# Written last: a directory holding it is a complete checkpoint (a crash mid-write leaves none).
+_DONE = ".tiny-complete"
+TINY_VOCAB_SIZE = 1000
+
+
+def _vocab() -> dict[str, int]:
+    """Characters, with and without the end-of-word suffix, plus CLIP's special tokens."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    chars = string.ascii_lowercase + string.digits + string.punctuation
+    for c in chars:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    return vocab
+
+
+def build_tiny_pipeline():
+    """A StableDiffusionInpaintPipeline with small random weights (fixed seed: same bytes each time)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionInpaintPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(TINY_SEED)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+    )
+    torch.manual_seed(TINY_SEED)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=128,
+    )
+    torch.manual_seed(TINY_SEED)
+    text_config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    # model_max_length=77: without it the pipeline's tokenizer call overflows (FACTS.md).
+    tokenizer = CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=77)
+    # steps_offset=1 is what the pipeline would rewrite it to anyway (with a FutureWarning).
+    scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
+    return StableDiffusionInpaintPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def is_tiny_model_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / _DONE).is_file()
+
+
+def make_tiny_model(path: str | os.PathLike) -> Path:
+    """Write the tiny checkpoint (diffusers format, safetensors) to `path` and return it.
+
+    Deterministic: the same weights every time. An existing complete checkpoint is left alone;
+    a directory holding anything else is refused rather than overwritten.
+    """
+    path = Path(path)
+    if is_tiny_model_dir(path):
+        return path
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"{path} exists and is not an empty directory; choose a new directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and rename into place, so readers never see half a checkpoint.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        build_tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
+        (tmp / _DONE).write_text("tiny random SD-inpainting checkpoint from batch_inpaint\n")
+        os.replace(tmp, path)  # POSIX rename: also replaces an empty directory
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_tiny_model_dir(path):  # another process won the race: its checkpoint is as good
+            return path
+        raise
+    return path
+
+
+def default_tiny_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where load_inpainter('tiny') keeps its checkpoint: under cache_dir, else the temp dir."""
+    base = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "batch-inpaint"
+    return base / "tiny-sd-inpainting-v1"
