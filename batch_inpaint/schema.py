@@ -1,0 +1,169 @@
+"""The manifest and result tables' Arrow schemas, in one place, with their version.
+
+A manifest row names an image, a mask (one of four ways) and optional per-row overrides of the
+job's generation defaults; any other column is carried through unchanged to the result row."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.types as pat
+
+from .errors import ManifestError
+
+SCHEMA_VERSION = 1
+VERSION_KEY = b"batch_inpaint.schema_version"
+
+REQUIRED_COLUMNS = ("id", "image")
+MASK_COLUMNS = ("mask", "mask_boxes", "mask_polygons", "mask_from_alpha")
+OVERRIDE_COLUMNS = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "num_inference_steps",
+    "guidance_scale",
+    "strength",
+)
+
+
+def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        _field("id", pa.string(), "unique row id; names the output", nullable=False),
+        _field("image", pa.string(), "URI or path of the image", nullable=False),
+        _field("mask", pa.string(), "URI of a mask image (white = fill)"),
+        _field("mask_boxes", pa.list_(pa.list_(pa.float64())), "boxes [x0, y0, x1, y1] in px"),
+        _field(
+            "mask_polygons",
+            pa.list_(pa.list_(pa.list_(pa.float64()))),
+            "polygons, each a list of [x, y] points in px",
+        ),
+        _field("mask_from_alpha", pa.bool_(), "true: transparent pixels of the image are filled"),
+        _field("prompt", pa.string(), "overrides the job's prompt"),
+        _field("negative_prompt", pa.string(), "overrides the job's negative prompt"),
+        _field("seed", pa.int64(), "overrides the seed derived from the id"),
+        _field("num_inference_steps", pa.int64(), "overrides the job's steps"),
+        _field("guidance_scale", pa.float64(), "overrides the job's guidance scale"),
+        _field("strength", pa.float64(), "overrides the job's strength, in (0, 1]"),
+    ],
+    metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+
+
+class Status:
+    """Values of the result table's `status` column."""
+
+    OK = "ok"
+    ERROR = "error"
+    SKIPPED = "skipped"  # nothing to do (e.g. an empty mask): the output is the input
+    ALL = (OK, ERROR, SKIPPED)
+
+
+RESULT_SCHEMA = pa.schema(
+    [
+        _field("id", pa.string(), "the manifest row's id", nullable=False),
+        _field("status", pa.string(), "ok | error | skipped", nullable=False),
+        _field("error_kind", pa.string(), "errors.error_kind of the failure (error rows)"),
+        _field("error", pa.string(), "the error message (error rows)"),
+        _field("output", pa.string(), "URI of the written image"),
+        _field("sha256", pa.string(), "hex SHA-256 of the written bytes"),
+        _field("width", pa.int32(), "output width in px"),
+        _field("height", pa.int32(), "output height in px"),
+        _field("seed", pa.int64(), "the seed used"),
+        _field("model", pa.string(), "model id or URI"),
+        _field("revision", pa.string(), "model revision / commit"),
+        _field("backend", pa.string(), "diffusers | opencv | tiny"),
+        _field("params", pa.string(), "JSON of the generation parameters used"),
+        _field("prepare_s", pa.float64(), "seconds to fetch, decode and plan"),
+        _field("model_s", pa.float64(), "seconds in the model (this row's share of its batch)"),
+        _field("write_s", pa.float64(), "seconds to paste, encode and write"),
+        _field("attempt", pa.int32(), "1 for the first try; more after retries"),
+        _field("finished_at", pa.timestamp("ms", tz="UTC"), "when the row finished"),
+    ],
+    metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
+)
+RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
+
+
+def _string_like(t: pa.DataType) -> bool:
+    return pat.is_string(t) or pat.is_large_string(t) or pat.is_string_view(t)
+
+
+def safe_cast_ok(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Casts that never change a value's meaning: wider ints, ints/floats to float64, string
+    flavours, all-null columns, dictionary-encoded strings, lists of the same."""
+    if src.equals(dst) or pat.is_null(src):
+        return True
+    if pat.is_dictionary(src):
+        return _string_like(dst) and _string_like(src.value_type)
+    if _string_like(dst):
+        return _string_like(src)
+    if pat.is_integer(dst):
+        return pat.is_integer(src)
+    if pat.is_floating(dst):
+        return pat.is_integer(src) or pat.is_floating(src)
+    if pat.is_list(dst) or pat.is_large_list(dst):
+        nested = pat.is_list(src) or pat.is_large_list(src) or pat.is_fixed_size_list(src)
+        return nested and safe_cast_ok(src.value_type, dst.value_type)
+    return False
+
+
+def check_version(metadata: dict | None, where: str = "manifest") -> None:
+    """ManifestError if the table was written by a newer, incompatible schema version."""
+    raw = (metadata or {}).get(VERSION_KEY)
+    if raw is None:
+        return  # a table from elsewhere (pandas, Spark, ...): its columns decide
+    try:
+        version = int(raw)
+    except ValueError:
+        raise ManifestError(f"{where}: unreadable schema version {raw!r}") from None
+    if version > SCHEMA_VERSION:
+        raise ManifestError(
+            f"{where}: schema version {version} is newer than this batch-inpaint's "
+            f"({SCHEMA_VERSION}); upgrade batch-inpaint to read it"
+        )
+
+
+def conform_manifest(table: pa.Table, where: str = "manifest") -> pa.Table:
+    """The table with known columns cast to MANIFEST_SCHEMA's types (safe casts only) and the
+    schema version in its metadata; ManifestError naming the column when one is missing or of
+    a wrong type. Other columns are kept as they are, in their order."""
+    check_version(table.schema.metadata, where)
+    names = table.column_names
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ManifestError(f"{where}: duplicate column names {dup}")
+    for name in REQUIRED_COLUMNS:
+        if name not in names:
+            raise ManifestError(f"{where}: required column {name!r} is missing (columns: {names})")
+    if not any(n in names for n in MASK_COLUMNS):
+        raise ManifestError(
+            f"{where}: no mask column; give one of {list(MASK_COLUMNS)} (columns: {names})"
+        )
+    arrays, fields = [], []
+    for field in table.schema:
+        col = table.column(field.name)
+        known = MANIFEST_SCHEMA.field(field.name) if field.name in MANIFEST_SCHEMA.names else None
+        if known is not None:
+            if not col.type.equals(known.type):
+                if not safe_cast_ok(col.type, known.type):
+                    raise ManifestError(
+                        f"{where}: column {field.name!r} has type {col.type}, expected {known.type}"
+                    )
+                try:
+                    col = col.cast(known.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise ManifestError(
+                        f"{where}: column {field.name!r} can't be converted from {col.type} to "
+                        f"{known.type} without loss: {exc}"
+                    ) from None
+            # nulls in id/image are row problems for validate(), not a reason to refuse the table
+            field = known.with_nullable(True)
+        arrays.append(col)
+        fields.append(field)
+    metadata = dict(table.schema.metadata or {})
+    metadata.pop(b"pandas", None)  # pandas index bookkeeping: meaningless after conforming
+    metadata[VERSION_KEY] = str(SCHEMA_VERSION).encode()
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=metadata))

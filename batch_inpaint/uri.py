@@ -1,0 +1,150 @@
+"""URI rules applied to every URI that batch-inpaint touches, and the output key of a row id.
+Kept apart from storage.py so that they import nothing heavy (no fsspec, no pyarrow)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import unicodedata
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from .errors import ConfigError, UriRejectedError
+
+if TYPE_CHECKING:
+    from .storage import StorageOptions
+
+OBJECT_SCHEMES = ("s3", "gs", "memory")
+HTTP_SCHEMES = ("http", "https")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# cloud metadata endpoints: never reachable through an image URI, even with allow_http
+_BLOCKED_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
+_SECRET_QUERY = re.compile(r"signature|credential|token|key|sig|password|secret", re.I)
+
+
+def uri_scheme(uri: str) -> str:
+    """'s3', 'file', 'http', ...; '' for a bare local path."""
+    m = _SCHEME.match(uri)
+    return m.group(1).lower() if m else ""
+
+
+def is_local(uri: str) -> bool:
+    return uri_scheme(uri) in ("", "file")
+
+
+def local_path(uri: str) -> str:
+    """The absolute local path of a bare path or file:// URI."""
+    if uri_scheme(uri) == "file":
+        uri = unquote(urlsplit(uri).path)
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user:password@ and without signature/token query values (presigned URLs)."""
+    if not isinstance(uri, str) or not uri_scheme(uri):
+        return str(uri)
+    try:
+        u = urlsplit(uri)
+    except ValueError:
+        return "<unparseable URI>"
+    netloc = u.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = u.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs])
+    return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
+
+
+def check_uri(uri: str, options: StorageOptions | None = None) -> str:
+    """The URI unchanged if the policy allows it, else UriRejectedError naming the URI and the rule:
+    bare paths, file, s3, gs and memory; http(s) only with allow_http and never to link-local or
+    metadata hosts; no fsspec '::' chaining; s3/gs buckets in allowed_buckets when that is set."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise UriRejectedError(f"empty URI {uri!r}: give a local path or a URI such as s3://b/k")
+    shown = redact_uri(uri)
+    if "::" in uri:
+        raise UriRejectedError(f"{shown!r}: chained fsspec URLs ('::') are not allowed")
+    if "\x00" in uri:
+        raise UriRejectedError(f"{shown!r}: NUL byte in URI")
+    scheme = uri_scheme(uri)
+    if scheme in ("", "file"):
+        return uri
+    allow_http = bool(options and options.allow_http)
+    if scheme in HTTP_SCHEMES:
+        if not allow_http:
+            raise UriRejectedError(
+                f"{shown!r}: http(s) URIs are off by default; pass allow_http=True "
+                "(CLI: --allow-http) to read images over http(s)"
+            )
+        host = (urlsplit(uri).hostname or "").lower()
+        if not host or _blocked_host(host):
+            raise UriRejectedError(f"{shown!r}: host {host!r} is a link-local/metadata address")
+        return uri
+    if scheme not in OBJECT_SCHEMES:
+        allowed = ", ".join(("file", *OBJECT_SCHEMES, *(HTTP_SCHEMES if allow_http else ())))
+        raise UriRejectedError(f"{shown!r}: scheme {scheme!r} is not allowed (allowed: {allowed})")
+    if scheme in ("s3", "gs"):
+        bucket = urlsplit(uri).netloc
+        if not bucket:
+            raise UriRejectedError(f"{shown!r}: no bucket name")
+        buckets = options.allowed_buckets if options else None
+        if buckets is not None and bucket not in buckets:
+            raise UriRejectedError(
+                f"{shown!r}: bucket {bucket!r} is not in allowed_buckets {list(buckets)}"
+            )
+    return uri
+
+
+def _blocked_host(host: str) -> bool:
+    if host in _BLOCKED_HOSTS:
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    ip = mapped or ip
+    return ip.is_link_local or ip.is_unspecified or str(ip) == "fd00:ec2::254"
+
+
+# --- output keys ---------------------------------------------------------------------------------
+MAX_KEY_CHARS = 150
+MAX_SEGMENT_CHARS = 80
+HASH_CHARS = 12
+_SAFE_SEGMENT = re.compile(r"[a-z0-9_][a-z0-9._-]*")
+
+
+def output_key(row_id: str, suffix: str = "") -> str:
+    """The object key (relative, '/'-separated) for a row id, plus `suffix` (e.g. '.png').
+
+    An id that is already safe (lowercase ASCII letters, digits, '.', '_', '-', '/'-separated
+    segments, no '.'/'..'/empty segment, at most 150 characters) is its own key. Any other id is
+    sanitised (unicode folded to ASCII, other characters to '_', '..' and empty segments dropped,
+    lengths capped) and gets '~' plus 12 hex digits of the id's SHA-256. Safe keys never contain
+    '~' and sanitised keys always do, so two different ids never share a key, also on
+    case-insensitive filesystems. Pass a suffix so that ids 'a' and 'a/b' don't collide as a
+    file and a directory."""
+    if not isinstance(row_id, str) or not row_id:
+        raise ConfigError(f"row id must be a non-empty string, got {row_id!r}")
+    if suffix and not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):
+        raise ConfigError(f"output suffix must look like '.png', got {suffix!r}")
+    segments = row_id.split("/")
+    if len(row_id) <= MAX_KEY_CHARS and all(
+        len(s) <= MAX_SEGMENT_CHARS and _SAFE_SEGMENT.fullmatch(s) and not s.endswith(".")
+        for s in segments
+    ):
+        return row_id + suffix
+    ascii_id = unicodedata.normalize("NFKD", row_id).encode("ascii", "ignore").decode("ascii")
+    clean = []
+    for seg in ascii_id.split("/"):
+        seg = re.sub(r"[^A-Za-z0-9._-]+", "_", seg)
+        seg = re.sub(r"\.{2,}", "_", seg).strip("._-")[:MAX_SEGMENT_CHARS].rstrip(".")
+        if seg:
+            clean.append(seg)
+    key = "/".join(clean)[-(MAX_KEY_CHARS - HASH_CHARS - 1) :].lstrip("/.")
+    digest = hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
+    return f"{key or 'id'}~{digest}{suffix}"
