@@ -1,0 +1,219 @@
+"""Which pixels go to the model at what size, and pasting results back.
+
+`full` sends the whole frame (resized so its longest side is the model's native size or the
+image's own, capped at max_side). `crop` sends a box around each masked region at the model's
+native size, so a small mark on a 4K photo costs one 512x512 inpaint. Either way paste changes
+no pixel whose soft mask is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError, ModelError, SizeMismatchError
+from .params import GeometryOptions
+
+DEFAULT_CROP_SIZE = 512  # crop side for models with no native size (the opencv backend)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of the original image (x0, y0, x1, y1; x1, y1 exclusive) and the (w, h) it is
+    inpainted at."""
+
+    box: tuple[int, int, int, int]
+    work_size: tuple[int, int]
+
+    def to_dict(self) -> dict:
+        return {"box": list(self.box), "work_size": list(self.work_size)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Region:
+        return cls(
+            box=tuple(int(v) for v in d["box"]), work_size=tuple(int(v) for v in d["work_size"])
+        )
+
+
+def plan_regions(
+    hard_mask: np.ndarray,
+    geometry: GeometryOptions,
+    native_size: int | None,
+    size_multiple: int = 8,
+) -> list[Region]:
+    """The regions to inpaint for a mask (nonzero = masked); [] when nothing is masked.
+
+    Pass every pixel paste may change (finish_mask's `soft > 0`) so crop boxes hold the feather
+    too; the hard mask works when there is no feather.
+    """
+    mask = np.asarray(hard_mask)
+    if mask.ndim != 2:
+        raise ConfigError(f"mask must be HxW, got shape {mask.shape}")
+    if size_multiple < 1:
+        raise ConfigError(f"size_multiple must be >= 1, got {size_multiple}")
+    mask = mask > 0
+    if not mask.any():
+        return []
+    h, w = mask.shape
+    if geometry.mode == "full":
+        longest = min(geometry.max_side, max(native_size or 0, w, h))
+        return [Region((0, 0, w, h), _work_size(w, h, longest, size_multiple))]
+    side = geometry.crop_size or native_size or DEFAULT_CROP_SIZE
+    side = math.ceil(side / size_multiple) * size_multiple
+    boxes = _merged_boxes(mask, geometry, side)
+    # A model with no native size (opencv) works on a box smaller than `side` as it is.
+    as_is = native_size is None and geometry.crop_size is None
+    regions = []
+    for b in boxes:
+        bw, bh = b[2] - b[0], b[3] - b[1]
+        longest = min(side, max(bw, bh)) if as_is else side
+        regions.append(Region(b, _work_size(bw, bh, longest, size_multiple)))
+    return regions
+
+
+def _work_size(w: int, h: int, longest: int, multiple: int) -> tuple[int, int]:
+    """(w, h) scaled so the longer side is `longest`, each rounded to a multiple (at least one)."""
+    scale = longest / max(w, h)
+
+    def fit(v: float) -> int:
+        return max(multiple, int(round(v * scale / multiple)) * multiple)
+
+    return fit(w), fit(h)
+
+
+def _merged_boxes(mask: np.ndarray, geometry: GeometryOptions, side: int) -> list[tuple]:
+    """Context boxes of the masked regions: near regions merged, boxes never overlapping."""
+    h, w = mask.shape
+    # Regions closer than merge_distance touch once each grows by half of it; a distance map
+    # does that growth in one pass, in a window around the mask.
+    ys, xs = np.nonzero(mask)
+    pad = geometry.merge_distance + 1
+    wx0, wy0 = max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad)
+    wx1, wy1 = min(w, int(xs.max()) + pad + 1), min(h, int(ys.max()) + pad + 1)
+    window = mask[wy0:wy1, wx0:wx1]
+    grown = window
+    if geometry.merge_distance > 0:
+        inv = (~window).astype(np.uint8)
+        grown = cv2.distanceTransform(inv, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        grown = grown <= geometry.merge_distance / 2
+    n, labels = cv2.connectedComponents(grown.astype(np.uint8), connectivity=8)
+    # Bounding boxes of the real mask pixels per grown component, not of the grown ones.
+    lab = labels[ys - wy0, xs - wx0]
+    lo_x, lo_y = np.full(n, w), np.full(n, h)
+    hi_x, hi_y = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(lo_x, lab, xs)
+    np.minimum.at(lo_y, lab, ys)
+    np.maximum.at(hi_x, lab, xs)
+    np.maximum.at(hi_y, lab, ys)
+    groups = [
+        (int(lo_x[i]), int(lo_y[i]), int(hi_x[i]) + 1, int(hi_y[i]) + 1)
+        for i in range(1, n)
+        if hi_x[i] >= 0
+    ]
+    # Overlapping boxes would paste over each other's results: merge until none overlap.
+    merged = True
+    while merged:
+        merged = False
+        ctx = [_context_box(g, w, h, geometry, side) for g in groups]
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups)):
+                if _overlap(ctx[i], ctx[j]):
+                    a, b = groups[i], groups[j]
+                    groups[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del groups[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    return sorted(_context_box(g, w, h, geometry, side) for g in groups)
+
+
+def _context_box(bbox: tuple, w: int, h: int, geometry: GeometryOptions, side: int) -> tuple:
+    """bbox plus margin, grown to a square of at least `side` (no upscaling) where the image
+    allows, shifted inside the image and clamped to it."""
+    x0, y0, x1, y1 = bbox
+    bw, bh = x1 - x0, y1 - y0
+    margin = max(geometry.min_margin, geometry.margin * max(bw, bh))
+    box_side = max(math.ceil(max(bw, bh) + 2 * margin), side)
+    out = []
+    for lo, hi, limit in ((x0, x1, w), (y0, y1, h)):
+        size = min(box_side, limit)
+        start = int(round((lo + hi) / 2 - size / 2))
+        start = min(max(start, 0), limit - size)
+        out.append((start, start + size))
+    (bx0, bx1), (by0, by1) = out
+    return bx0, by0, bx1, by1
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def resize_image(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an image to (w, h): area averaging to shrink, bicubic to grow, a copy if equal."""
+    w, h = size
+    if a.shape[1] == w and a.shape[0] == h:
+        return np.ascontiguousarray(a).copy()
+    shrink = w <= a.shape[1] and h <= a.shape[0]
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
+def cut(image: np.ndarray, hard_mask: np.ndarray, region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """The region's pixels and mask at its work size (RGB uint8, mask uint8 0/255).
+
+    The mask is resized conservatively: a work pixel touching any masked pixel is masked, so
+    thin strokes survive shrinking.
+    """
+    if image.shape[:2] != hard_mask.shape[:2]:
+        raise SizeMismatchError(
+            f"mask is {hard_mask.shape[1]}x{hard_mask.shape[0]} but the image is "
+            f"{image.shape[1]}x{image.shape[0]}"
+        )
+    x0, y0, x1, y1 = region.box
+    crop = image[y0:y1, x0:x1]
+    m = (hard_mask[y0:y1, x0:x1] > 0).astype(np.uint8) * 255
+    if (m.shape[1], m.shape[0]) != region.work_size:
+        m = cv2.resize(m, region.work_size, interpolation=cv2.INTER_AREA)
+    return resize_image(crop, region.work_size), np.where(m > 0, 255, 0).astype(np.uint8)
+
+
+def paste(
+    original: np.ndarray,
+    soft_mask: np.ndarray,
+    pieces: Sequence[tuple[Region, np.ndarray]],
+) -> np.ndarray:
+    """Composite each region's result into the original through the soft mask, at original size.
+
+    Blending is in float, rounded once; pixels where soft is 0 are copied, bit for bit.
+    """
+    original = np.asarray(original)
+    soft = np.asarray(soft_mask)
+    if soft.shape != original.shape[:2]:
+        raise SizeMismatchError(
+            f"soft mask is {soft.shape[1::-1]} but the image is {original.shape[1::-1]} (w, h)"
+        )
+    if soft.dtype == bool:
+        soft = soft.astype(np.float32)
+    elif soft.dtype == np.uint8:
+        soft = soft.astype(np.float32) / 255.0
+    out = original.copy()
+    for region, result in pieces:
+        ww, wh = region.work_size
+        if result.shape[:2] != (wh, ww) or result.ndim != 3 or result.shape[2] != 3:
+            raise ModelError(
+                f"model returned an image of shape {result.shape} for a {ww}x{wh} region"
+            )
+        x0, y0, x1, y1 = region.box
+        s = soft[y0:y1, x0:x1].astype(np.float32)
+        if not (s > 0).any():
+            continue
+        res = resize_image(result, (x1 - x0, y1 - y0)).astype(np.float32)
+        base = out[y0:y1, x0:x1]
+        blend = base.astype(np.float32) * (1.0 - s[..., None]) + res * s[..., None]
+        blend = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+        out[y0:y1, x0:x1] = np.where((s > 0)[..., None], blend, base)
+    return out
