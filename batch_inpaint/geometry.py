@@ -208,12 +208,16 @@ def paste(
                 f"model returned an image of shape {result.shape} for a {ww}x{wh} region"
             )
         x0, y0, x1, y1 = region.box
-        s = soft[y0:y1, x0:x1].astype(np.float32)
-        if not (s > 0).any():
+        s = soft[y0:y1, x0:x1]
+        ys, xs = np.nonzero(s > 0)
+        if len(ys) == 0:
             continue
-        res = resize_image(result, (x1 - x0, y1 - y0)).astype(np.float32)
-        base = out[y0:y1, x0:x1]
-        blend = base.astype(np.float32) * (1.0 - s[..., None]) + res * s[..., None]
+        res = resize_image(result, (x1 - x0, y1 - y0))
+        # Blend only the window the soft mask touches: a full-frame 4K paste stays cheap.
+        wy, wx = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
+        s = s[wy, wx].astype(np.float32)[..., None]
+        base = out[y0:y1, x0:x1][wy, wx]
+        blend = base.astype(np.float32) * (1.0 - s) + res[wy, wx].astype(np.float32) * s
         blend = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
-        out[y0:y1, x0:x1] = np.where((s > 0)[..., None], blend, base)
+        out[y0:y1, x0:x1][wy, wx] = np.where(s > 0, blend, base)
     return out
