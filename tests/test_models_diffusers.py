@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -211,20 +208,34 @@ def test_missing_models_are_clear_errors(tmp_path):
         DiffusersInpainter("someone/missing-model", device="cpu", local_files_only=True)
 
 
-def test_uri_models_are_fetched_through_storage(monkeypatch, tiny_model_dir):
+def test_uri_models_are_fetched_through_storage(monkeypatch, tmp_path, tiny_model_dir):
     seen = []
 
-    def fetch_model_dir(uri, storage):
-        seen.append((uri, storage))
+    def fetch_model_dir(uri, storage=None, cache_dir=None):
+        seen.append((uri, storage, cache_dir))
         return tiny_model_dir
 
-    try:
-        import batch_inpaint.storage as storage_module
-    except ImportError:  # storage.py not written yet: stand in for it
-        storage_module = types.ModuleType("batch_inpaint.storage")
-        monkeypatch.setitem(sys.modules, "batch_inpaint.storage", storage_module)
-    monkeypatch.setattr(storage_module, "fetch_model_dir", fetch_model_dir, raising=False)
+    import batch_inpaint.storage as storage_module
+
+    # The storage area tests the download itself (tests/test_storage*); here: that we go through it.
+    monkeypatch.setattr(storage_module, "fetch_model_dir", fetch_model_dir)
     marker = object()
-    inp = load_inpainter("diffusers", "s3://models/tiny", device="cpu", storage=marker)
-    assert seen == [("s3://models/tiny", marker)]
+    inp = load_inpainter(
+        "diffusers", "s3://models/tiny", device="cpu", storage=marker, cache_dir=tmp_path
+    )
+    assert seen == [("s3://models/tiny", marker, tmp_path)]
     assert inp.describe()["model"] == "s3://models/tiny" and inp.native_size == 64
+
+
+def test_uri_model_end_to_end_through_the_real_storage_layer(tmp_path, tiny_model_dir):
+    """A file:// URI goes through storage.fetch_model_dir for real (no stand-in)."""
+    inp = load_inpainter("diffusers", tiny_model_dir.as_uri(), device="cpu", cache_dir=tmp_path)
+    images, masks = small_batch(1)
+    assert run(inp, images, masks)[0].shape == (48, 64, 3)
+
+
+def test_opencv_backend_is_reachable():
+    inp = load_inpainter("opencv", method="ns")
+    assert inp.backend == "opencv" and inp.method == "ns"
+    with pytest.raises(ConfigError, match="no_such"):
+        load_inpainter("opencv", no_such=1)

@@ -139,7 +139,7 @@ class DiffusersInpainter(Inpainter):
         if "://" in source:
             from ..storage import fetch_model_dir  # owned by the storage area; imported when needed
 
-            source, local = str(fetch_model_dir(source, storage)), True
+            source, local = str(fetch_model_dir(source, storage, cache_dir)), True
         elif os.path.isdir(source):
             local = True
         elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
