@@ -157,13 +157,13 @@ class JobConfig:
     def storage_options(self):
         from .storage import StorageOptions
 
-        return StorageOptions(
+        return StorageOptions.from_env(
             endpoint_url=self.endpoint_url,
             region=self.region,
             profile=self.profile,
             anon=self.anon,
             allow_http=self.allow_http,
-            allowed_buckets=tuple(self.allowed_buckets),
+            allowed_buckets=tuple(self.allowed_buckets) or None,
         )
 
     @property

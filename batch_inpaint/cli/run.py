@@ -1,0 +1,29 @@
+"""`batch-inpaint run`: the Ray job, on a local Ray instance or a cluster (`--address`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the inpainting job over a manifest (Ray Data)",
+        description="Inpaint every row of a manifest with Ray Data and write images, metadata, "
+        "run.json, report.html and _SUCCESS under --output. Rerunning into the same output "
+        "resumes: only unfinished rows are processed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from ..config import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from ..config import config_from_args
+    from ..ray_job import run_job
+
+    cfg = config_from_args(args).require_io()  # validated before any cluster work
+    summary = run_job(cfg)
+    return 0 if summary.get("success") else 1

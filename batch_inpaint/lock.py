@@ -1,0 +1,60 @@
+"""A lock object with an expiry on storage, so two overlapping scheduled runs into one output never
+process the same rows twice. Taken with a create-only write (atomic on S3 and local disks); a lock
+older than its TTL (a run that died) may be broken by the next run."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+
+from .errors import InpaintError
+
+
+class LockedError(InpaintError):
+    kind = "locked"
+
+
+class OutputLock:
+    def __init__(self, storage, output: str, ttl_s: float):
+        self.storage = storage
+        self.uri = output.rstrip("/") + "/_LOCK"
+        self.ttl_s = ttl_s
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.held = False
+
+    def _body(self) -> bytes:
+        now = time.time()
+        return json.dumps(
+            {"owner": self.token, "acquired_at": now, "expires_at": now + self.ttl_s}
+        ).encode()
+
+    def acquire(self) -> None:
+        if self.storage.write_bytes(self.uri, self._body(), overwrite=False):
+            self.held = True
+            return
+        current = self._read()
+        if current is not None and current.get("expires_at", 0) > time.time():
+            left = current["expires_at"] - time.time()
+            raise LockedError(
+                f"{self.uri} is held by {current.get('owner')} for {left:.0f} s more: another run "
+                "into this output is in progress (a stale lock expires after lock_ttl_s)"
+            )
+        # Stale (or unreadable): break it, then race for a fresh create like everyone else.
+        self.storage.delete(self.uri)
+        if not self.storage.write_bytes(self.uri, self._body(), overwrite=False):
+            raise LockedError(f"{self.uri}: another run took the expired lock first")
+        self.held = True
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.storage.read_bytes(self.uri))
+        except (InpaintError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held and (self._read() or {}).get("owner") == self.token:
+            self.storage.delete(self.uri)
+        self.held = False

@@ -1,0 +1,344 @@
+"""The Ray Data job: the only module that imports ray. It wires the Ray-free stages into a graph,
+
+    read_parquet -> drop finished rows -> prepare (CPU tasks) -> model (actor pool, GPU or CPU)
+                 -> finish: paste, encode, write (CPU tasks) -> driver: metadata parts, finalize
+
+and streams only small result rows back to the driver; pixels stay in Ray's object store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import __version__, report, results
+from .config import JobConfig
+from .errors import ConfigError, InpaintError
+from .lock import OutputLock
+from .stages import JobContext, ModelStage, finish_batch, prepare_batch, verify_outputs
+from .storage import Storage
+
+log = logging.getLogger("batch_inpaint")
+
+
+def run_job(config: JobConfig, *, echo=print) -> dict:
+    """Run one job to the end and return its summary (also written to `{output}/run.json`)."""
+    cfg = config.require_io().validate()
+    storage = Storage(cfg.storage_options())
+    storage.check(cfg.manifest)
+    storage.check(cfg.output)
+    started = time.time()
+    run_id = results.new_run_id()
+    scan = scan_manifest(storage, cfg)  # reads the id column only: cheap, fails fast on schema
+    lock = OutputLock(storage, cfg.output, ttl_s=cfg.lock_ttl_s) if cfg.incremental else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _run(cfg, storage, scan, run_id, started, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg, storage, scan, run_id, started, echo) -> dict:
+    import ray
+
+    done = results.done_ids(storage, cfg.output, cfg.retry_errors) if cfg.resume else set()
+    exclude = frozenset(done) | frozenset(scan.duplicates)
+    todo = sum(1 for i in scan.ids if i not in exclude)
+    echo(
+        f"batch-inpaint: {len(scan.ids)} manifest rows, {len(done & set(scan.ids))} already done, "
+        f"{len(scan.dup_rows)} with duplicate ids, {todo} to process -> {cfg.output}"
+    )
+    _init_ray(cfg)
+    gpus = _gpus_per_actor(cfg, ray.cluster_resources().get("GPU", 0))
+    device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+    cfg_run = JobConfig.from_dict({**cfg.to_dict(), "device": device})
+    ctx = JobContext(
+        config=cfg_run,
+        storage=storage,
+        manifest_base=scan.base,
+        native_size=native_size(cfg),
+        model_info=model_info(cfg),
+    )
+    storage.write_bytes(results.join(cfg.output, "job.json"), results.dumps(job_json(cfg, run_id)))
+    writer = results.MetadataWriter(
+        storage, cfg.output, run_id, cfg.flush_rows, cfg.flush_interval_s
+    )
+    writer.add(scan.dup_rows)
+    processed = errors = 0
+    t_last = t_first = time.time()
+    if todo:
+        ds = build_dataset(cfg_run, ctx, storage, exclude, gpus)
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            writer.add(batch)
+            processed += batch.num_rows
+            errors += pc.sum(pc.equal(batch.column("status"), "error")).as_py() or 0
+            if time.time() - t_last >= cfg.progress_interval_s:
+                t_last = time.time()
+                rate = processed / max(t_last - t_first, 1e-9)
+                echo(f"progress: {processed}/{todo} rows, {rate:.2f} rows/s, {errors} errors")
+    writer.flush()
+    return finalize(cfg, storage, scan, run_id, started, processed, echo)
+
+
+def build_dataset(cfg: JobConfig, ctx: JobContext, storage: Storage, exclude, gpus: float):
+    import ray
+
+    fs, path = storage.pyarrow_filesystem(cfg.manifest)
+    ds = ray.data.read_parquet(path, filesystem=fs)
+    if exclude:
+        ds = ds.map_batches(drop_rows, batch_format="pyarrow", fn_kwargs={"exclude": exclude})
+    ds = ds.map_batches(
+        prepare_batch,
+        batch_format="pyarrow",
+        batch_size=8,
+        fn_kwargs={"ctx": ctx},
+        num_cpus=cfg.cpus_per_task,
+    )
+    ds = ds.map_batches(
+        ModelStage,
+        batch_format="pyarrow",
+        batch_size=max(cfg.batch_size, 8),
+        fn_constructor_kwargs={"ctx": ctx},
+        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+        num_gpus=gpus or None,
+        num_cpus=cfg.cpus_per_actor,
+    )
+    return ds.map_batches(
+        finish_batch,
+        batch_format="pyarrow",
+        batch_size=8,
+        fn_kwargs={"ctx": ctx},
+        num_cpus=cfg.cpus_per_task,
+    )
+
+
+def drop_rows(table: pa.Table, exclude: frozenset) -> pa.Table:
+    ids = pc.cast(table.column("id"), pa.string())
+    keep = pc.invert(pc.is_in(ids, value_set=pa.array(sorted(exclude), pa.string())))
+    return table.filter(keep)
+
+
+def finalize(cfg, storage, scan, run_id, started, processed, echo) -> dict:
+    """Compact the metadata to one row per id, check the invariants, write run.json, the report,
+    and `_SUCCESS` only when every check passes."""
+    import ray
+
+    table, parts, bad_parts = results.read_results(storage, cfg.output)
+    if table is None:
+        table = pa.table({"id": pa.array([], pa.string()), "status": pa.array([], pa.string())})
+    in_manifest = pc.is_in(table.column("id"), value_set=pa.array(scan.result_ids, pa.string()))
+    table = table.filter(in_manifest)  # rows of ids no longer in the manifest stay out
+    ok_outputs = [
+        u
+        for u, s in zip(
+            table.column("output").to_pylist(), table.column("status").to_pylist(), strict=True
+        )
+        if s in results.DONE and u
+    ]
+    bad_outputs: dict[str, str] = {}
+    if ok_outputs:
+        ds = ray.data.from_arrow(pa.table({"uri": ok_outputs}))
+        checked = ds.map_batches(
+            verify_outputs, batch_format="pyarrow", fn_kwargs={"storage": storage}
+        )
+        for b in checked.iter_batches(batch_format="pyarrow", batch_size=None):
+            bad_outputs.update(
+                zip(b.column("uri").to_pylist(), b.column("problem").to_pylist(), strict=True)
+            )
+    removed = remove_orphans(storage, cfg.output, set(ok_outputs))
+    if table.num_rows:
+        results.compact(storage, cfg.output, table, parts, run_id)
+    check = results.check_invariants(table, scan.result_ids, bad_outputs)
+    summary = results.summarize(table, started, time.time(), processed) if table.num_rows else {}
+    summary.update(
+        run_id=run_id,
+        output=cfg.output,
+        success=check.ok,
+        problems=check.problems,
+        unreadable_metadata_parts=bad_parts,
+        orphans_removed=removed,
+    )
+    storage.write_bytes(results.join(cfg.output, "run.json"), results.dumps(summary))
+    report_uri = report.write_report(storage, cfg, table, summary)
+    success_uri = results.join(cfg.output, "_SUCCESS")
+    if check.ok:
+        storage.write_bytes(success_uri, results.dumps({"run_id": run_id, "rows": table.num_rows}))
+    elif storage.exists(success_uri):
+        storage.delete(success_uri)
+    echo(report.summary_text(summary, report_uri))
+    return summary
+
+
+def remove_orphans(storage, output: str, keep: set[str]) -> int:
+    """Objects under images/ that no result row points to (a killed run's last rows, an older
+    run's other format): removed so the output holds exactly what the metadata says."""
+    try:
+        found = storage.list(results.join(output, "images"))
+    except InpaintError:
+        return 0
+    keep_paths = {_norm(u) for u in keep}
+    n = 0
+    for uri in found:
+        if _norm(uri) not in keep_paths:
+            storage.delete(uri)
+            n += 1
+    return n
+
+
+def _norm(uri: str) -> str:
+    return (
+        os.path.abspath(uri[7:] if uri.startswith("file://") else uri)
+        if "://" not in uri or uri.startswith("file://")
+        else uri
+    )
+
+
+class ManifestScan:
+    def __init__(self, ids: list[str], duplicates: set[str], dup_rows: pa.Table, base: str):
+        self.ids, self.duplicates, self.dup_rows, self.base = ids, duplicates, dup_rows, base
+        seen: dict[str, int] = {}
+        self.result_ids = []
+        for i in ids:
+            seen[i] = seen.get(i, 0) + 1
+            self.result_ids.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+
+
+def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
+    """Check the manifest's schema and ids on the driver before any cluster work. Every row of an
+    id that appears twice becomes an error row (we can't know which one was meant; ids key the
+    output objects and resume); later occurrences get result ids 'id#2', 'id#3', ..."""
+    import pyarrow.dataset as pads
+
+    from .schema import conform_manifest
+
+    fs, path = storage.pyarrow_filesystem(cfg.manifest)
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+        conform_manifest(dataset.schema.empty_table(), where=f"manifest {cfg.manifest}")
+        ids = pc.cast(dataset.to_table(columns=["id"]).column("id"), pa.string()).to_pylist()
+    except InpaintError:
+        raise
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ConfigError(f"cannot read manifest {cfg.manifest}: {exc}") from None
+    if any(i is None or i == "" for i in ids):
+        raise ConfigError(
+            f"manifest {cfg.manifest}: column 'id' has null or empty values; every row needs an id"
+        )
+    counts: dict[str, list[int]] = {}
+    for n, i in enumerate(ids):
+        counts.setdefault(i, []).append(n)
+    dups = {i for i, rows in counts.items() if len(rows) > 1}
+    dup_rows = _duplicate_rows(dataset, dups, counts) if dups else pa.table({})
+    base = cfg.manifest.rstrip("/")
+    if base.endswith(".parquet"):
+        base = base.rsplit("/", 1)[0] if "/" in base else ""
+    return ManifestScan(ids, dups, dup_rows, base)
+
+
+def _duplicate_rows(dataset, dups: set[str], counts: dict[str, list[int]]) -> pa.Table:
+    import datetime as dt
+
+    table = dataset.to_table(filter=pc.field("id").isin(sorted(dups)))
+    ids = table.column("id").to_pylist()
+    seen: dict[str, int] = {}
+    out_ids, msgs = [], []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out_ids.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+        rows = ", ".join(str(r) for r in counts[i])
+        msgs.append(
+            f"row {i!r}: id appears {len(counts[i])} times in the manifest (rows {rows}); ids must be "
+            f"unique (they name the output object and drive resume), so none of these rows was processed"
+        )
+    n = table.num_rows
+    table = table.set_column(
+        table.schema.get_field_index("id"), "id", pa.array(out_ids, pa.string())
+    )
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    for name, values in {
+        "status": ["error"] * n,
+        "error_kind": ["duplicate_id"] * n,
+        "error": msgs,
+        "finished_at": [now] * n,
+    }.items():
+        table = table.append_column(name, pa.array(values, pa.string()))
+    return table
+
+
+def native_size(cfg: JobConfig) -> int | None:
+    """Side the model was trained at, read from the checkpoint's config without loading it."""
+    if cfg.crop_size:
+        return cfg.crop_size
+    if cfg.backend == "opencv":
+        return None
+    if cfg.model and Path(cfg.model, "unet", "config.json").is_file():
+        unet = json.loads(Path(cfg.model, "unet", "config.json").read_text())
+        vae = json.loads(Path(cfg.model, "vae", "config.json").read_text())
+        return int(unet.get("sample_size", 64)) * 2 ** (
+            len(vae.get("block_out_channels", [0] * 4)) - 1
+        )
+    if cfg.backend == "tiny":
+        return 64  # the tiny checkpoint: UNet sample_size 32, two VAE blocks
+    return 512
+
+
+def model_info(cfg: JobConfig) -> dict:
+    from .models import TINY_MODEL_ID
+    from .models.diffusers_backend import DEFAULT_MODEL
+
+    default = {"diffusers": DEFAULT_MODEL, "tiny": TINY_MODEL_ID, "opencv": "opencv-telea"}
+    return {
+        "backend": cfg.backend,
+        "model": cfg.model or default[cfg.backend],
+        "revision": cfg.revision,
+    }
+
+
+def job_json(cfg: JobConfig, run_id: str) -> dict:
+    """The config (no secret ever enters it) and the versions that made the outputs."""
+    versions = {"batch_inpaint": __version__, "python": platform.python_version()}
+    for mod in ("torch", "diffusers", "ray", "transformers", "pyarrow"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = None
+    return {
+        "run_id": run_id,
+        "config": cfg.to_dict(),
+        "versions": versions,
+        "storage": cfg.storage_options().to_public_dict(),
+    }
+
+
+def _gpus_per_actor(cfg: JobConfig, cluster_gpus: float) -> float:
+    if cfg.gpus_per_actor is not None:
+        if cfg.gpus_per_actor > 0 and cluster_gpus == 0:
+            log.warning(
+                "gpus_per_actor=%s but the cluster reports no GPU yet (autoscaling?)",
+                cfg.gpus_per_actor,
+            )
+        return cfg.gpus_per_actor
+    if cfg.device == "cpu" or cfg.backend == "opencv":
+        return 0.0
+    return 1.0 if cluster_gpus >= 1 else 0.0
+
+
+def _init_ray(cfg: JobConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # No address: join the cluster this runs on (ray job submit sets RAY_ADDRESS), else start one.
+    ray.init(address=cfg.address, log_to_driver=True, logging_level=logging.WARNING)
+    ray.data.DataContext.get_current().enable_progress_bars = (
+        os.environ.get("BATCH_INPAINT_PROGRESS_BARS", "1") == "1"
+    )

@@ -1,0 +1,40 @@
+"""Entrypoint for `ray job submit`:
+
+    ray job submit --working-dir . -- python jobs/inpaint.py \
+        --manifest s3://bucket/manifest.parquet --output s3://bucket/cleaned/ [--config job.yaml]
+
+Inside a submitted job RAY_ADDRESS points at the cluster, so the job joins it instead of starting one.
+Exit status: 0 when _SUCCESS was written, 1 when rows are missing or outputs failed checks, 2 on a bad
+configuration (before any cluster work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from batch_inpaint.config import add_arguments, config_from_args  # noqa: E402
+from batch_inpaint.errors import InpaintError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobs/inpaint.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args).require_io()
+        from batch_inpaint.ray_job import run_job
+
+        summary = run_job(cfg)
+    except InpaintError as exc:
+        print(f"jobs/inpaint.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary.get("success") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
