@@ -25,6 +25,7 @@ import pyarrow as pa
 from . import geometry, imaging, masks
 from .config import JobConfig, batch_size_for
 from .errors import InpaintError, MaskError, error_kind
+from .inpaint import region_seed
 from .params import GenerationParams, derive_seed
 from .uri import output_key
 
@@ -277,7 +278,7 @@ class ModelStage:
                     p0,
                     [row_params[i].prompt for i, _ in chunk],
                     [row_params[i].negative_prompt for i, _ in chunk],
-                    [_piece_seed(seeds[i], j) for i, j in chunk],
+                    [region_seed(seeds[i], j) for i, j in chunk],
                 )
                 for (i, j), res in zip(chunk, outs, strict=True):
                     if isinstance(res, Exception):
@@ -290,14 +291,6 @@ class ModelStage:
                 errors[i] = f"row {table.column('id')[i].as_py()!r}: {failed[i]}"
             else:
                 results[i] = done[i]
-
-
-def _piece_seed(seed: int, region_index: int) -> int:
-    """Region 0 uses the row's seed itself, so full mode and single-region crops match
-    in-process results; further regions get seeds derived from it."""
-    if region_index == 0:
-        return int(seed)
-    return derive_seed(f"{seed}/{region_index}")
 
 
 def _frombuf(buf: bytes, h: int, w: int, c: int | None = None) -> np.ndarray:
