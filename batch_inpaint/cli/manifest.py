@@ -1,0 +1,156 @@
+"""`batch-inpaint manifest build | validate | show`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def add_storage_flags(p: argparse.ArgumentParser) -> None:
+    """Storage flags; unset ones come from AWS_ENDPOINT_URL(_S3), AWS_REGION, AWS_PROFILE."""
+    g = p.add_argument_group("storage (defaults from the standard AWS environment variables)")
+    g.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    g.add_argument("--region", help="S3 region")
+    g.add_argument("--profile", help="AWS profile for credentials")
+    g.add_argument("--anon", action="store_true", default=None, help="unsigned requests")
+    g.add_argument("--allow-http", action="store_true", default=None, help="allow http(s) URIs")
+    g.add_argument(
+        "--allowed-buckets", help="comma-separated buckets; URIs in any other bucket are refused"
+    )
+    g.add_argument("--retries", type=int, help="attempts for transient errors (default 5)")
+
+
+def storage_from_args(args: argparse.Namespace) -> Any:
+    from ..storage import Storage, StorageOptions
+
+    options = StorageOptions.from_env(
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        profile=args.profile,
+        anon=args.anon,
+        allow_http=args.allow_http,
+        allowed_buckets=args.allowed_buckets,
+        retries=args.retries,
+    )
+    return Storage(options)
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("manifest", help="build, check and look at manifests")
+    msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
+
+    b = msub.add_parser("build", help="pair images with masks by file stem into a manifest")
+    b.add_argument("--images", required=True, help="directory or prefix of images")
+    b.add_argument("--masks", help="directory or prefix of masks")
+    b.add_argument(
+        "--mask-pattern",
+        default="{stem}.*",
+        help="mask path relative to --masks; {stem} = image path without extension "
+        "(default '{stem}.*'; e.g. '{stem}_mask.png')",
+    )
+    b.add_argument("--mask-from-alpha", action="store_true", help="no masks: use image alpha")
+    b.add_argument("--prompt", help="prompt column for every row")
+    b.add_argument("-o", "--output", required=True, help="manifest URI (.parquet, or dir/)")
+    b.add_argument("--rows-per-file", type=int, help="write a directory of parts")
+    b.add_argument("--strict", action="store_true", help="fail (exit 1) if any file is unpaired")
+    add_storage_flags(b)
+    b.set_defaults(func=_build)
+
+    v = msub.add_parser("validate", help="check a manifest; exit status 1 when it has problems")
+    v.add_argument("uri", help="manifest URI")
+    v.add_argument("--sample", type=int, help="check objects of N random rows only")
+    v.add_argument("--no-objects", action="store_true", help="check rows only, fetch nothing")
+    v.add_argument("--decode", action="store_true", help="decode images fully, not headers")
+    v.add_argument("--workers", type=int, default=32, help="concurrent object checks")
+    v.add_argument("--limit", type=int, default=50, help="problems listed (default 50)")
+    v.add_argument("--report", help="also write every problem to this Parquet/CSV URI")
+    add_storage_flags(v)
+    v.set_defaults(func=_validate)
+
+    s = msub.add_parser("show", help="print a manifest's schema and first rows")
+    s.add_argument("uri", help="manifest URI")
+    s.add_argument("-n", type=int, default=10, help="rows to print (default 10)")
+    add_storage_flags(s)
+    s.set_defaults(func=_show)
+
+
+def _build(args: argparse.Namespace) -> int:
+    from ..manifest import Manifest
+
+    storage = storage_from_args(args)
+    m = Manifest.from_prefix(
+        args.images,
+        args.masks,
+        mask_pattern=args.mask_pattern,
+        mask_from_alpha=args.mask_from_alpha,
+        prompt=args.prompt,
+        storage=storage,
+    )
+    m.write(args.output, rows_per_file=args.rows_per_file)
+    print(f"wrote {len(m)} rows to {args.output}")
+    if len(m.unpaired):
+        print(f"unpaired: {m.unpaired}", file=sys.stderr)
+        return 1 if args.strict else 0
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from ..manifest import Manifest
+
+    storage = storage_from_args(args)
+    m = Manifest.read(args.uri, storage)
+    report = m.validate(
+        check_objects=not args.no_objects,
+        sample=args.sample,
+        decode=args.decode,
+        max_workers=args.workers,
+    )
+    print(report.format(limit=args.limit))
+    if args.report:
+        _write_report(report.to_table(), args.report, storage)
+    return 0 if report.ok else 1
+
+
+def _write_report(table: Any, uri: str, storage: Any) -> None:
+    import io
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    if uri.endswith(".csv"):
+        pacsv.write_csv(table, buf)
+    else:
+        pq.write_table(table, buf)
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ..manifest import Manifest
+    from ..schema import SCHEMA_VERSION, VERSION_KEY
+
+    m = Manifest.read(args.uri, storage_from_args(args))
+    version = (m.table.schema.metadata or {}).get(VERSION_KEY, str(SCHEMA_VERSION).encode())
+    print(f"{args.uri}: {len(m)} rows, schema version {version.decode()}")
+    for field in m.table.schema:
+        print(f"  {field.name}: {field.type}")
+    rows = m.head(args.n).table.to_pylist()
+    if not rows:
+        return 0
+    names = m.table.column_names
+    cells = [[_cell(r[c]) for c in names] for r in rows]
+    widths = [max(len(n), *(len(row[i]) for row in cells)) for i, n in enumerate(names)]
+    print("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    if len(m) > len(rows):
+        print(f"... {len(m) - len(rows)} more rows")
+    return 0
+
+
+def _cell(v: Any, width: int = 48) -> str:
+    from ..uri import redact_uri
+
+    s = "" if v is None else redact_uri(v) if isinstance(v, str) and "://" in v else str(v)
+    return s if len(s) <= width else s[: width - 1] + "…"

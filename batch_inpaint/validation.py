@@ -1,0 +1,250 @@
+"""Manifest.validate: every problem a manifest row can have, found before any GPU time is spent.
+
+Row checks (ids, URIs, masks, override values) run on every row; object checks (exists, readable,
+decodes, mask size) run concurrently on all rows or a sample and read only image headers."""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import ConfigError, DecodeError, InpaintError, error_kind
+from .params import GenerationParams
+from .schema import MASK_COLUMNS, OVERRIDE_COLUMNS
+from .storage import Storage
+from .uri import redact_uri
+
+HEAD_BYTES = 256 * 1024  # enough for the size of any PNG/JPEG/WebP short of huge EXIF blocks
+PROBLEM_KINDS = (
+    "null_id", "duplicate_id", "missing_image", "no_mask", "uri_rejected", "bad_box",
+    "bad_polygon", "bad_value", "not_found", "access_denied", "decode", "size_mismatch",
+    "no_alpha", "storage", "internal",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Problem:
+    row_id: str | None
+    column: str
+    kind: str  # one of PROBLEM_KINDS
+    message: str
+
+
+@dataclass
+class ValidationReport:
+    """What validate() found; `ok` is True when it found nothing."""
+
+    problems: list[Problem] = field(default_factory=list)
+    rows: int = 0
+    rows_checked: int = 0  # rows whose objects were checked
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def __iter__(self):
+        return iter(self.problems)
+
+    @property
+    def bad_ids(self) -> set[str]:
+        return {p.row_id for p in self.problems if p.row_id is not None}
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.problems))
+
+    def to_table(self) -> pa.Table:
+        return pa.Table.from_pylist(
+            [vars(p) for p in self.problems],
+            schema=pa.schema(
+                [
+                    ("row_id", pa.string()),
+                    ("column", pa.string()),
+                    ("kind", pa.string()),
+                    ("message", pa.string()),
+                ]  # fmt: skip
+            ),
+        )
+
+    def summary(self) -> str:
+        checked = f"objects checked for {self.rows_checked} of {self.rows} rows"
+        if self.ok:
+            return f"OK: {self.rows} rows, no problems ({checked}, {self.seconds:.1f}s)"
+        kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.counts().items()))
+        return (
+            f"{len(self.problems)} problems in {len(self.bad_ids)} of {self.rows} rows "
+            f"({kinds}; {checked})"
+        )
+
+    def format(self, limit: int = 50) -> str:
+        lines = [self.summary()]
+        if self.problems:
+            shown = self.problems[:limit]
+            w_id = min(40, max(6, *(len(str(p.row_id)) for p in shown)))
+            w_col = max(6, *(len(p.column) for p in shown))
+            w_kind = max(7, *(len(p.kind) for p in shown))
+            lines.append(f"{'ROW ID':{w_id}}  {'COLUMN':{w_col}}  {'PROBLEM':{w_kind}}  MESSAGE")
+            for p in shown:
+                rid = (
+                    str(p.row_id) if len(str(p.row_id)) <= w_id else str(p.row_id)[: w_id - 1] + "…"
+                )
+                lines.append(f"{rid:{w_id}}  {p.column:{w_col}}  {p.kind:{w_kind}}  {p.message}")
+            if len(self.problems) > limit:
+                lines.append(f"... and {len(self.problems) - limit} more (report.to_table())")
+        return "\n".join(lines)
+
+    __str__ = format
+
+
+def _probe(storage: Storage, uri: str, decode: bool) -> dict[str, Any]:
+    """Size (after EXIF orientation) and alpha of an image, from its header where possible."""
+    from PIL import Image
+
+    if decode:
+        from .imaging import open_image
+
+        im = open_image(storage.read_bytes(uri))
+        return {"size": im.size, "alpha": _has_alpha(im)}
+    data = storage.read_bytes(uri, 0, HEAD_BYTES)
+    if not data:
+        raise DecodeError(f"{redact_uri(uri)}: empty object (0 bytes)")
+    for attempt in (0, 1):
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated 90°: EXIF transposes it
+                    w, h = h, w
+                return {"size": (w, h), "alpha": _has_alpha(im)}
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            if attempt == 0 and len(data) >= HEAD_BYTES:
+                data = storage.read_bytes(uri)  # header longer than our first read
+                continue
+            raise DecodeError(f"{redact_uri(uri)}: not a readable image: {exc}") from None
+    raise AssertionError("unreachable")
+
+
+def _has_alpha(im: Any) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+
+
+def _check_geometry(rid: Any, row: dict, problems: list[Problem]) -> None:
+    for box in row.get("mask_boxes") or []:
+        good = box is not None and len(box) == 4 and None not in box
+        if not (good and box[2] > box[0] and box[3] > box[1]):
+            msg = f"box {box} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0"
+            problems.append(Problem(rid, "mask_boxes", "bad_box", msg))
+    for poly in row.get("mask_polygons") or []:
+        if (
+            poly is None
+            or len(poly) < 3
+            or any(p is None or len(p) != 2 or None in p for p in poly)
+        ):
+            msg = f"polygon {poly} must have at least 3 [x, y] points"
+            problems.append(Problem(rid, "mask_polygons", "bad_polygon", msg))
+
+
+def _check_row(rid: Any, row: dict, storage: Storage, problems: list[Problem]) -> bool:
+    """Row-only checks; True when the row's URIs may be fetched."""
+    fetchable = True
+    if not row.get("image"):
+        problems.append(Problem(rid, "image", "missing_image", "no image URI"))
+        fetchable = False
+    for col in ("image", "mask"):
+        if row.get(col):
+            try:
+                storage.check(row[col])
+            except InpaintError as exc:
+                problems.append(Problem(rid, col, error_kind(exc), str(exc)))
+                fetchable = False
+    has_mask = bool(row.get("mask") or row.get("mask_boxes") or row.get("mask_polygons")) or bool(
+        row.get("mask_from_alpha")
+    )
+    if not has_mask:
+        msg = f"no mask: set one of {', '.join(MASK_COLUMNS)}"
+        problems.append(Problem(rid, "mask", "no_mask", msg))
+    _check_geometry(rid, row, problems)
+    for col in OVERRIDE_COLUMNS:
+        if row.get(col) is not None:
+            try:
+                GenerationParams().with_overrides(**{col: row[col]})
+            except (ConfigError, TypeError, ValueError) as exc:
+                problems.append(Problem(rid, col, "bad_value", str(exc)))
+    return fetchable
+
+
+def validate_table(
+    table: pa.Table,
+    storage: Storage,
+    *,
+    check_objects: bool = True,
+    sample: int | None = None,
+    decode: bool = False,
+    max_workers: int = 32,
+    seed: int = 0,
+    base: str | None = None,
+) -> ValidationReport:
+    start = time.monotonic()
+    problems: list[Problem] = []
+    cols = [c for c in ("id", "image", *MASK_COLUMNS, *OVERRIDE_COLUMNS) if c in table.column_names]
+    rows = table.select(cols).to_pylist()
+    if base:  # as the job does: relative URIs are relative to the manifest's folder
+        for row in rows:
+            for c in ("image", "mask"):
+                u = row.get(c)
+                if u and "://" not in u and not u.startswith("/"):
+                    row[c] = f"{base.rstrip('/')}/{u}"
+    counts = Counter(r["id"] for r in rows)
+    fetch: list[int] = []
+    for i, row in enumerate(rows):
+        rid = row["id"]
+        if rid is None or rid == "":
+            problems.append(Problem(None, "id", "null_id", f"row {i}: id is null or empty"))
+        elif counts[rid] > 1:
+            msg = f"id {rid!r} appears {counts[rid]} times (row {i})"
+            problems.append(Problem(rid, "id", "duplicate_id", msg))
+        if _check_row(rid, row, storage, problems):
+            fetch.append(i)
+    if not check_objects:
+        fetch = []
+    elif sample is not None and sample < len(fetch):
+        fetch = sorted(random.Random(seed).sample(fetch, sample))
+    uris = {rows[i][c] for i in fetch for c in ("image", "mask") if rows[i].get(c)}
+    results: dict[str, Any] = {}
+    if uris:
+
+        def probe(uri: str) -> tuple[str, Any]:
+            try:
+                return uri, _probe(storage, uri, decode)
+            except Exception as exc:  # reported per row below
+                return uri, exc
+
+        with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(uris)))) as pool:
+            results = dict(pool.map(probe, sorted(uris)))
+    for i in fetch:
+        row, rid = rows[i], rows[i]["id"]
+        info = {}
+        for col in ("image", "mask"):
+            got = results.get(row.get(col)) if row.get(col) else None
+            if isinstance(got, BaseException):
+                problems.append(Problem(rid, col, error_kind(got), str(got)))
+            elif got is not None:
+                info[col] = got
+        img, msk = info.get("image"), info.get("mask")
+        if img and msk and img["size"] != msk["size"]:
+            (iw, ih), (mw, mh) = img["size"], msk["size"]
+            msg = f"mask is {mw}x{mh} but the image is {iw}x{ih}"
+            problems.append(Problem(rid, "mask", "size_mismatch", msg))
+        if img and row.get("mask_from_alpha") and not img["alpha"]:
+            msg = "mask_from_alpha is set but the image has no alpha channel"
+            problems.append(Problem(rid, "mask_from_alpha", "no_alpha", msg))
+    return ValidationReport(problems, len(rows), len(fetch), time.monotonic() - start)
