@@ -190,8 +190,9 @@ def finish_mask(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(hard uint8 0/255, soft float32 0..1): dilate by `dilate` px (round), then feather outward.
 
-    soft is 1.0 on the dilated mask, falls linearly over `feather` px outside it and is exactly
-    0.0 beyond, so paste never touches a pixel further than dilate + feather from the mask.
+    soft is 1.0 on the dilated mask, falls linearly for pixels up to `feather` px outside it
+    (1 - d / (feather + 1), so feather=1 is a one-pixel 0.5 ring) and is exactly 0.0 beyond:
+    paste never touches a pixel further than dilate + feather from the mask.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -212,8 +213,9 @@ def finish_mask(
     inside = dist <= options.dilate
     hard[y0:y1, x0:x1] = inside.astype(np.uint8) * 255
     if options.feather:
-        ramp = 1.0 - (dist - options.dilate) / (options.feather + 1)
-        soft[y0:y1, x0:x1] = np.where(inside, 1.0, np.clip(ramp, 0.0, 1.0)).astype(np.float32)
+        out = dist - options.dilate
+        ramp = np.where(out <= options.feather, 1.0 - out / (options.feather + 1), 0.0)
+        soft[y0:y1, x0:x1] = np.where(inside, 1.0, ramp).astype(np.float32)
     else:
         soft[y0:y1, x0:x1] = inside
     return hard, soft
