@@ -80,7 +80,7 @@ def _work_size(w: int, h: int, longest: int, multiple: int) -> tuple[int, int]:
     scale = longest / max(w, h)
 
     def fit(v: float) -> int:
-        return max(multiple, int(round(v * scale / multiple)) * multiple)
+        return max(multiple, math.floor(v * scale / multiple + 0.5) * multiple)  # half up
 
     return fit(w), fit(h)
 
