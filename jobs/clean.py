@@ -1,0 +1,73 @@
+"""Scheduled dataset cleaning: run this on a schedule (cron, KubeRay RayCronJob, Airflow) and each
+run processes only what earlier runs into the same output did not finish.
+
+Two sources of work:
+  --manifest URI            a manifest that grows over time (new rows are picked up)
+  --images PREFIX --masks PREFIX [--mask-pattern '{stem}.*']
+                            every image under a prefix, paired with its mask by the pattern; new
+                            objects are picked up, unpaired ones are listed in the log
+
+A lock object with an expiry ({output}/_LOCK) makes overlapping runs safe: a second run exits with
+status 3 ("locked") instead of processing the same rows; a lock left by a dead run expires after
+--lock-ttl-s. Every other flag of `batch-inpaint run` applies (see --help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from batch_inpaint.config import add_arguments, config_from_args  # noqa: E402
+from batch_inpaint.errors import InpaintError  # noqa: E402
+
+EXIT_LOCKED = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jobs/clean.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_arguments(parser)
+    parser.add_argument("--images", help="prefix of input images (instead of --manifest)")
+    parser.add_argument("--masks", help="prefix of masks paired with --images")
+    parser.add_argument("--mask-pattern", default="{stem}.*",
+                        help="mask name for an image, '{stem}' = its path without extension")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except InpaintError as exc:
+        print(f"jobs/clean.py: {exc.kind}: {exc}", file=sys.stderr)
+        return EXIT_LOCKED if exc.kind == "locked" else 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from batch_inpaint.manifest import Manifest
+    from batch_inpaint.ray_job import run_job
+    from batch_inpaint.results import join, new_run_id
+    from batch_inpaint.storage import Storage
+
+    if args.images:
+        if args.manifest:
+            raise InpaintError("give --manifest or --images/--masks, not both", kind="config")
+        args.manifest = "pending"  # replaced below, once the prefixes are paired
+    cfg = config_from_args(args)
+    cfg.incremental = True
+    cfg.resume = True
+    cfg.require_io()
+    if args.images:
+        storage = Storage(cfg.storage_options())
+        built = Manifest.from_prefix(args.images, args.masks, mask_pattern=args.mask_pattern,
+                                     storage=storage)  # fmt: skip
+        if len(built.unpaired):
+            print(f"jobs/clean.py: unpaired files (not processed):\n{built.unpaired}")
+        # A manifest per run: a run in progress keeps reading its own while the next is built.
+        cfg.manifest = join(cfg.output, "manifests", f"{new_run_id()}.parquet")
+        built.write(cfg.manifest)
+    summary = run_job(cfg)
+    return 0 if summary.get("success") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
