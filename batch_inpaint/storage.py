@@ -250,7 +250,9 @@ class Storage:
         for p in found:
             if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
                 continue
-            out.append(p if is_local(prefix) else fs.unstrip_protocol(p))
+            if not p.startswith(root + "/"):
+                continue  # 'images2/x' is not under 'images'
+            out.append(p if is_local(prefix) else prefix.rstrip("/") + p[len(root) :])
         return sorted(out)
 
 

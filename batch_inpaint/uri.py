@@ -56,6 +56,8 @@ def redact_uri(uri: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs])
+    if netloc == u.netloc and query == u.query:
+        return uri  # nothing secret: keep it exactly as given
     return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
 
 
@@ -66,7 +68,7 @@ def check_uri(uri: str, options: StorageOptions | None = None) -> str:
     if not isinstance(uri, str) or not uri.strip():
         raise UriRejectedError(f"empty URI {uri!r}: give a local path or a URI such as s3://b/k")
     shown = redact_uri(uri)
-    if "::" in uri:
+    if "::" in re.sub(r"\[[0-9A-Fa-f:.%]+\]", "", uri):  # IPv6 literals aside
         raise UriRejectedError(f"{shown!r}: chained fsspec URLs ('::') are not allowed")
     if "\x00" in uri:
         raise UriRejectedError(f"{shown!r}: NUL byte in URI")
