@@ -1,5 +1,35 @@
-"""batch-inpaint: distributed batch image inpainting with Stable Diffusion inpainting models."""
+"""batch-inpaint: distributed batch image inpainting with Stable Diffusion inpainting models.
 
-from .manifest import Manifest as Manifest
+Public API: `Manifest` (build, check, read and write manifests), `JobConfig` and `run_job` (the Ray
+job), `inpaint_array` and `load_inpainter` (one image in process), `batch_inpaint.compat.pipeline`
+(the ModelScope-style pipeline). Importing this package imports neither torch nor ray.
+"""
 
 __version__ = "0.1.0"
+
+from .config import JobConfig as JobConfig  # noqa: E402
+from .manifest import Manifest as Manifest  # noqa: E402
+
+
+def run_job(config: JobConfig, **kwargs):
+    """Run the Ray job described by `config`; returns the run summary (also in run.json)."""
+    from .ray_job import run_job as _run_job
+
+    return _run_job(config, **kwargs)
+
+
+def inpaint_array(*args, **kwargs):
+    """Inpaint one RGB array in process; see batch_inpaint.inpaint.inpaint_array."""
+    from .inpaint import inpaint_array as _inpaint_array
+
+    return _inpaint_array(*args, **kwargs)
+
+
+def load_inpainter(*args, **kwargs):
+    """Load a model backend; see batch_inpaint.models.load_inpainter."""
+    from .models import load_inpainter as _load_inpainter
+
+    return _load_inpainter(*args, **kwargs)
+
+
+__all__ = ["JobConfig", "Manifest", "inpaint_array", "load_inpainter", "run_job", "__version__"]

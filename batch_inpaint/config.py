@@ -304,7 +304,7 @@ _HELP = {
     "profile": "AWS profile name",
     "anon": "anonymous object-storage access",
     "allow_http": "allow http(s):// image URIs (off: a manifest must not make workers fetch URLs)",
-    "allowed_buckets": "only these buckets may be read or written (repeatable)",
+    "allowed_buckets": "only these buckets may be read or written (comma-separated or repeated)",
 }
 
 
@@ -334,6 +334,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     given = {f.name: getattr(args, f.name) for f in fields(JobConfig)}
     given = {k: v for k, v in given.items() if v is not None}
+    if "allowed_buckets" in given:  # repeatable and/or comma-separated, as in `manifest` commands
+        given["allowed_buckets"] = [b for v in given["allowed_buckets"] for b in v.split(",") if b]
     if getattr(args, "config", None):
         return JobConfig.from_yaml(args.config, **given)
     return JobConfig.from_dict(given, source="command line")
