@@ -66,6 +66,10 @@ def test_small_mask_on_4k_costs_one_512_crop():
     assert np.array_equal(r.image[soft == 0], img[soft == 0])
     assert (r.image[mask] != img[mask]).any()
     assert set(r.timings) == {"prepare", "model", "paste"}
+    # the plain OpenCV backend (no native size) plans the same single 512 crop
+    plain = inpaint_array(img, mask, OpenCVInpainter(), options("crop"), seed=9)
+    assert [reg.work_size for reg in plain.regions] == [(512, 512)]
+    assert np.array_equal(plain.image[soft == 0], img[soft == 0])
 
 
 def test_regions_of_one_size_share_a_call_and_get_derived_seeds():
