@@ -5,8 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-output
+DEMO_ARGS ?=
+SERVE_ARGS ?= --backend opencv
 
-.PHONY: setup demo test test-fast lint format bench browser clean
+.PHONY: setup demo serve test lint format bench browser clean
 
 setup: $(STAMP)
 
@@ -22,7 +24,11 @@ browser:
 	@bash scripts/ensure-chromium.sh
 
 demo: setup
-	$(VENV)/bin/batch-inpaint demo --output $(DEMO_OUT)
+	$(VENV)/bin/batch-inpaint demo --output $(DEMO_OUT) $(DEMO_ARGS)
+
+# A local page to try the model: http://127.0.0.1:7860 (opencv backend offline; SERVE_ARGS to change).
+serve: setup
+	$(VENV)/bin/batch-inpaint serve $(SERVE_ARGS)
 
 test: setup browser
 	$(PY) -m pytest -q
