@@ -1,0 +1,67 @@
+"""`batch-inpaint serve`: a local web page to try the model on one image at a time: upload or pick
+a sample, paint over what should go, inpaint, and save the mask and parameters as a manifest row
+for a job. Binds 127.0.0.1 unless --host says otherwise. See docs/web.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+
+BACKENDS = ("diffusers", "opencv", "tiny")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def add_parser(sub) -> None:
+    from ..web.handlers import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+
+    p = sub.add_parser("serve", help="start a local web page to try the model",
+                       description=__doc__)  # fmt: skip
+    p.add_argument("--backend", default="diffusers", choices=BACKENDS,
+                   help="diffusers: SD2-inpainting (needs its weights); opencv: classical, CPU, "
+                        "no weights; tiny: random checkpoint, for tests (default: %(default)s)")  # fmt: skip
+    p.add_argument("--model", default=None,
+                   help="diffusers checkpoint: Hub id, local folder or s3:// prefix "
+                        "(default: the backend's)")  # fmt: skip
+    p.add_argument("--revision", default=None, help="model revision to pin (diffusers)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s, this machine only)")  # fmt: skip
+    p.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="largest upload accepted, in MB (default: %(default)s)")  # fmt: skip
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="largest image accepted, in pixels (default: %(default)s)")  # fmt: skip
+    p.add_argument("--manifest-root", default="manifests",
+                   help="folder where 'Add to manifest' writes (default: ./%(default)s)")  # fmt: skip
+    p.add_argument("--samples", default=None,
+                   help="folder of sample images to offer (default: the bundled examples/images)")  # fmt: skip
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..models import load_inpainter
+    from ..web.handlers import ServeSettings
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in [1, 65535], got {args.port}")
+    settings = ServeSettings(
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        manifest_root=Path(args.manifest_root),
+        samples_dir=Path(args.samples) if args.samples else None,
+    )
+    from ..web.app import launch  # imports gradio: after the cheap checks
+
+    if args.host not in LOOPBACK:
+        print(f"serve: binding {args.host}: anyone who can reach this port can use the model and "
+              "write manifests under --manifest-root", file=sys.stderr)  # fmt: skip
+    print(f"serve: loading the {args.backend} model...", file=sys.stderr)
+    inpainter = load_inpainter(args.backend, args.model, revision=args.revision, device=args.device)
+    if args.backend == "tiny":
+        print("serve: the tiny checkpoint has random weights: results are noise "
+              "(use --backend opencv or diffusers for real fills)", file=sys.stderr)  # fmt: skip
+    launch(inpainter, settings, host=args.host, port=args.port)
+    return 0
