@@ -25,7 +25,7 @@ import pyarrow as pa
 from . import geometry, imaging, masks
 from .config import JobConfig, batch_size_for
 from .errors import InpaintError, MaskError, error_kind
-from .inpaint import region_seed
+from .inpaint import prepare, region_seed
 from .params import GenerationParams, derive_seed
 from .uri import output_key
 
@@ -131,7 +131,7 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
     rgb, alpha = imaging.decode_image_with_alpha(data, max_pixels=cfg.max_pixels)
     h, w = rgb.shape[:2]
     raw = build_mask(row, (w, h), alpha, ctx)
-    hard, soft = masks.finish_mask(raw, opts.mask)
+    prep = prepare(rgb, raw, opts, native_size=ctx.native_size, size_multiple=ctx.size_multiple)
     item: dict[str, Any] = {
         f"{P}width": w,
         f"{P}height": h,
@@ -141,17 +141,12 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
     }
     if cfg.keep_exif:
         item[f"{P}exif"] = _exif_bytes(data)
-    regions = geometry.plan_regions(
-        hard, opts.geometry, native_size=ctx.native_size, size_multiple=ctx.size_multiple
-    )
-    if not regions:
+    if not prep.regions:
         item[f"{P}status"] = "skipped"
         return item
-    crops, crop_masks = [], []
-    for region in regions:
-        img_w, mask_w = geometry.cut(rgb, hard, region)
-        crops.append(np.ascontiguousarray(img_w).tobytes())
-        crop_masks.append(np.ascontiguousarray(mask_w).tobytes())
+    soft, regions = prep.soft, prep.regions
+    crops = [np.ascontiguousarray(c).tobytes() for c in prep.crops]
+    crop_masks = [np.ascontiguousarray(m).tobytes() for m in prep.crop_masks]
     item.update(
         {
             f"{P}status": "pending",
