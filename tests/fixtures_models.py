@@ -9,9 +9,16 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A directory holding the tiny random SD-inpainting checkpoint (diffusers format)."""
+    import torch
+
     from batch_inpaint.models.tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd-inpainting")
+    # The tiny model gains nothing from a second thread, and on a busy 2-core machine torch's
+    # threads wait on each other: one call took 6-12 s with 2 threads, 0.75 s with one.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd-inpainting")
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
