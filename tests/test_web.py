@@ -1,0 +1,307 @@
+"""The web page's handlers without a browser: uploads, masks, parameters, runs, manifests."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import ConfigError, DecodeError, MaskError
+from batch_inpaint.manifest import Manifest
+from batch_inpaint.masks import mask_from_image
+from batch_inpaint.models import load_inpainter
+from batch_inpaint.params import GeometryOptions
+from batch_inpaint.schema import MANIFEST_SCHEMA
+from batch_inpaint.web import handlers as h
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def png_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def settings(tmp_path) -> h.ServeSettings:
+    return h.ServeSettings(max_upload_mb=1, max_pixels=1_000_000, manifest_root=tmp_path / "m")
+
+
+@pytest.fixture(scope="module")
+def opencv():
+    return load_inpainter("opencv")
+
+
+@pytest.fixture
+def picture() -> h.Picture:
+    rng = np.random.default_rng(0)
+    return h.Picture(rgb=rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), name="noise")
+
+
+def box_mask(shape=(64, 96), box=(20, 40, 16, 32)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    y0, y1, x0, x1 = box
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+# -- uploads ------------------------------------------------------------------------------------
+def test_upload_decodes_an_image(tmp_path, settings):
+    a = np.full((30, 40, 3), 7, np.uint8)
+    p = tmp_path / "My photo (1).png"
+    p.write_bytes(png_bytes(a))
+    pic = h.load_upload(p, settings, name=p.name)
+    assert pic.rgb.shape == (30, 40, 3) and (pic.rgb == 7).all()
+    assert pic.name == "My-photo-1" and pic.source_uri is None
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"hello, I am text", "not an image"),
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image"),  # a PNG signature and nothing usable
+    ],
+)
+def test_bad_upload_says_why_and_what_is_accepted(tmp_path, settings, content, expected):
+    p = tmp_path / "bad.png"
+    p.write_bytes(content)
+    with pytest.raises(DecodeError) as err:
+        h.load_upload(p, settings, name="bad.png")
+    msg = str(err.value)
+    assert "bad.png" in msg and expected in msg
+    assert "PNG, JPEG, WebP, TIFF or BMP, up to 1 MB and 1 megapixels" in msg
+
+
+def test_upload_over_the_size_limit_is_refused_before_reading(tmp_path, settings):
+    p = tmp_path / "big.bin"
+    p.write_bytes(b"\0" * (settings.max_upload_bytes + 1))
+    with pytest.raises(DecodeError, match=r"big.bin is 1.0 MB; this page accepts .* up to 1 MB"):
+        h.load_upload(p, settings)
+
+
+def test_decompression_bomb_is_refused(tmp_path, settings):
+    # 2000x2000 of one colour: a few KB of PNG, 4 megapixels once decoded (limit: 1)
+    p = tmp_path / "bomb.png"
+    Image.new("L", (2000, 2000)).save(p, "PNG")
+    assert p.stat().st_size < 50_000
+    with pytest.raises(DecodeError, match="decompression bomb guard"):
+        h.load_upload(p, settings)
+
+
+def test_gradio_sees_an_error_with_the_message():
+    gr = pytest.importorskip("gradio")
+    from batch_inpaint.web.app import _errors_to_page
+
+    @_errors_to_page
+    def fails():
+        raise DecodeError("x.png can't be used: not an image")
+
+    with pytest.raises(gr.Error) as err:
+        fails()
+    assert "not an image" in str(err.value) and err.value.title == "Not a usable image"
+
+
+# -- samples ----------------------------------------------------------------------------------
+def test_samples_are_picked_by_name_never_by_path(settings):
+    samples = h.find_samples(EXAMPLES / "images")
+    assert "coffee" in samples and samples["coffee"].mask is not None
+    pic = h.load_sample("coffee", samples, settings)
+    assert pic.rgb.shape == (400, 600, 3) and pic.source_uri == str(samples["coffee"].image)
+    for name in ("../images/coffee", str(EXAMPLES / "images" / "coffee.png"), "nope"):
+        with pytest.raises(ConfigError, match="no sample called"):
+            h.load_sample(name, samples, settings)
+
+
+def test_no_samples_folder_means_no_samples(tmp_path):
+    assert h.find_samples(tmp_path / "missing") == {}
+
+
+# -- masks ------------------------------------------------------------------------------------
+def test_painted_layers_become_the_mask():
+    layer = np.zeros((64, 96, 4), np.uint8)
+    layer[10:20, 10:30] = (255, 0, 255, 153)  # the brush: magenta at 0.6
+    layer[40:50, 50:60] = (255, 0, 255, 20)  # a faint antialiased fringe: not painted
+    mask = h.mask_from_layers([layer, np.zeros((64, 96, 3), np.uint8)], (96, 64))
+    assert mask.dtype == bool and mask.sum() == 200 and mask[10:20, 10:30].all()
+
+
+def test_layers_painted_on_a_smaller_preview_are_scaled_to_the_image():
+    layer = np.zeros((32, 48, 4), np.uint8)
+    layer[5:10, 5:15, 3] = 255
+    mask = h.mask_from_layers([layer], (96, 64))
+    assert mask.shape == (64, 96) and mask[10:20, 10:30].all() and mask.sum() == 200
+
+
+def test_uploaded_mask_is_resized_to_the_picture(tmp_path, settings, picture):
+    m = np.zeros((32, 48), np.uint8)
+    m[8:16, 8:24] = 255
+    p = tmp_path / "mask.png"
+    p.write_bytes(png_bytes(m))
+    mask = h.load_mask_upload(p, picture, settings)
+    assert mask.shape == (64, 96) and mask[16:32, 16:48].all() and mask.sum() == 16 * 32
+    p.write_bytes(b"nope")
+    with pytest.raises(DecodeError, match="the mask can't be used: not an image"):
+        h.load_mask_upload(p, picture, settings)
+
+
+def test_mask_png_round_trips_through_the_mask_reader():
+    mask = box_mask()
+    assert (mask_from_image(h.mask_png(mask), (96, 64)) == mask).all()
+
+
+# -- parameters -------------------------------------------------------------------------------
+def test_fixed_seed_is_used_and_random_seed_is_drawn():
+    opts, seed = h.make_options("a sofa", "", 20, 7.5, 1234, False, "crop", 4, 2)
+    assert seed == 1234 and opts.generation.seed == 1234
+    assert opts.generation.negative_prompt is None and opts.geometry.mode == "crop"
+    assert (opts.mask.dilate, opts.mask.feather) == (4, 2)
+    seeds = {h.make_options("x", None, 20, 7.5, 1234, True, "full", 0, 0)[1] for _ in range(5)}
+    assert len(seeds) > 1 and all(0 <= s < h.SEED_LIMIT for s in seeds)
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (("p", None, 0, 7.5, 1, False, "full", 0, 0), "num_inference_steps"),
+        (("p", None, 20, 7.5, -3, False, "full", 0, 0), "seed"),
+        (("p", None, 20, 7.5, 1.5, False, "full", 0, 0), "seed"),
+        (("p", None, 20, 7.5, 1, False, "tiles", 0, 0), "mode"),
+        (("p", None, 20, 7.5, 1, False, "full", 999, 0), "dilate"),
+    ],
+)
+def test_bad_settings_name_the_field(args, field):
+    with pytest.raises(ConfigError, match=field):
+        h.make_options(*args)
+
+
+def test_shown_params_paste_into_a_job_config_and_a_manifest_row():
+    opts, seed = h.make_options("a wall", "people", 25, 6.0, 77, False, "crop", 3, 5)
+    params = h.reproduction_params(opts, seed, {"backend": "diffusers", "model": "m/x"})
+    import yaml
+
+    job = yaml.safe_load(h.job_yaml(params))
+    cfg = JobConfig.from_dict(job)  # every key is a JobConfig field with a valid value
+    assert (cfg.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance_scale) == (
+        "a wall",
+        "people",
+        25,
+        6.0,
+    )
+    assert (cfg.mode, cfg.dilate, cfg.feather, cfg.model) == ("crop", 3, 5, "m/x")
+    row = json.loads(h.row_json(params))
+    assert row["seed"] == 77 and set(row) <= set(MANIFEST_SCHEMA.names)
+    tiny = h.reproduction_params(opts, seed, {"backend": "tiny", "model": "batch-inpaint/tiny"})
+    assert "model" not in tiny["job_config"]  # rebuilt from code, not loadable by id
+
+
+# -- running ----------------------------------------------------------------------------------
+def test_run_changes_only_the_masked_pixels(picture, opencv):
+    mask = box_mask()
+    opts, seed = h.make_options("background", None, 5, 7.5, 5, False, "full", 0, 0)
+    res = h.run_inpaint(picture, mask, opencv, opts, seed)
+    assert res.status == "ok" and res.seed == 5 and res.image.shape == picture.rgb.shape
+    assert (res.image[~mask] == picture.rgb[~mask]).all()
+    assert (res.image[mask] != picture.rgb[mask]).any(axis=-1).mean() > 0.9
+    decoded = np.asarray(Image.open(io.BytesIO(res.png)))
+    assert (decoded == res.image).all()
+    assert (
+        res.params["manifest_row"]["seed"] == 5 and res.params["job_config"]["backend"] == "opencv"
+    )
+
+
+def test_run_with_nothing_painted_says_so(picture, opencv):
+    opts, seed = h.make_options("background", None, 5, 7.5, 5, False, "full", 0, 0)
+    with pytest.raises(MaskError, match="paint over what should go"):
+        h.run_inpaint(picture, np.zeros((64, 96), bool), opencv, opts, seed)
+
+
+@pytest.mark.slow
+def test_same_seed_same_result_with_the_tiny_model(picture, tiny_inpainter):
+    mask = box_mask()
+    opts, seed = h.make_options("background", None, 2, 7.5, 42, False, "full", 0, 0)
+    opts = dataclasses.replace(opts, geometry=GeometryOptions(mode="crop", crop_size=64))  # fast
+    a = h.run_inpaint(picture, mask, tiny_inpainter, opts, seed)
+    b = h.run_inpaint(picture, mask, tiny_inpainter, opts, seed)
+    assert a.png == b.png and a.params == b.params
+    assert (a.image[~mask] == picture.rgb[~mask]).all()
+
+
+# -- manifests --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name", ["../up", "a/b", "..", ".hidden", "", " ", "x" * 65, "a\\b", "/abs", "a\x00b"]
+)
+def test_manifest_names_cannot_leave_the_root(tmp_path, name):
+    with pytest.raises(ConfigError, match="is not allowed"):
+        h.manifest_dir(tmp_path, name)
+
+
+def test_manifest_names_are_tidied(tmp_path):
+    assert h.manifest_dir(tmp_path, " my masks ") == (tmp_path / "my-masks").resolve()
+    assert h.manifest_dir(tmp_path, "run.2.parquet") == (tmp_path / "run.2").resolve()
+
+
+def test_add_to_manifest_writes_rows_that_read_back(tmp_path, picture):
+    root = tmp_path / "manifests"
+    opts, seed = h.make_options("grass", None, 30, 7.5, 9, False, "full", 0, 0)
+    params = h.reproduction_params(opts, seed, {"backend": "opencv"})
+    path, row = h.add_to_manifest(root, "hand made", picture, box_mask(), params)
+    assert path == (root / "hand-made" / "manifest.parquet").resolve()
+    # a second mask on the same image, then the first again (replaced, not duplicated)
+    h.add_to_manifest(root, "hand made", picture, box_mask(box=(0, 10, 0, 10)), params)
+    h.add_to_manifest(root, "hand made", picture, box_mask(), params)
+
+    m = Manifest.read(str(path))
+    rows = list(m)
+    assert len(rows) == 2 and rows[1]["id"] == row["id"]
+    r = rows[1]
+    assert r["image"] == rows[0]["image"]  # one copy of the uploaded image
+    assert (r["prompt"], r["seed"], r["num_inference_steps"]) == ("grass", 9, 30)
+    folder = path.parent
+    image = np.asarray(Image.open(folder / r["image"]))
+    assert (image == picture.rgb).all()  # the upload, saved lossless
+    assert (mask_from_image((folder / r["mask"]).read_bytes(), (96, 64)) == box_mask()).all()
+    report = m.validate(check_objects=True, decode=True)
+    assert report.ok, str(report)
+
+
+def test_add_to_manifest_keeps_a_samples_own_uri(tmp_path, settings):
+    samples = h.find_samples(EXAMPLES / "images")
+    pic = h.load_sample("chelsea", samples, settings)
+    opts, seed = h.make_options("fur", None, 30, 7.5, 1, False, "crop", 2, 2)
+    params = h.reproduction_params(opts, seed, {"backend": "opencv"})
+    mask = np.zeros(pic.rgb.shape[:2], bool)
+    mask[100:140, 150:200] = True
+    path, row = h.add_to_manifest(tmp_path, "cats", pic, mask, params)
+    assert row["image"] == str(samples["chelsea"].image)
+    assert not (path.parent / "images").exists()
+    assert Manifest.read(str(path)).validate(check_objects=True).ok
+
+
+def test_add_to_manifest_refuses_an_empty_mask(tmp_path, picture):
+    with pytest.raises(MaskError, match="empty"):
+        h.add_to_manifest(tmp_path, "x", picture, np.zeros((64, 96), bool), {})
+
+
+# -- command line -----------------------------------------------------------------------------
+def test_serve_command_defaults_are_safe():
+    from batch_inpaint.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1" and args.manifest_root == "manifests"
+    assert args.max_upload_mb == h.DEFAULT_MAX_UPLOAD_MB and args.max_pixels == h.DEFAULT_MAX_PIXELS
+    args = build_parser().parse_args(["serve", "--backend", "opencv", "--port", "8000"])
+    assert (args.backend, args.port) == ("opencv", 8000)
+
+
+def test_serve_refuses_a_bad_port():
+    from batch_inpaint.cli import main
+
+    assert main(["serve", "--backend", "opencv", "--port", "70000"]) == 2
