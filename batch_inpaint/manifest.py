@@ -231,6 +231,14 @@ class Manifest:
         keep = pc.invert(pc.fill_null(pc.is_in(self._table["id"], value_set=drop), False))
         return Manifest(self._table.filter(keep), self.storage, base=self.base)
 
+    def without_problems(self, report: ValidationReport) -> Manifest:
+        """The rows that `report` found nothing wrong with (rows with a null or empty id, and
+        every row of a duplicated id, go too)."""
+        kept = self.exclude(report.bad_ids)
+        ids = kept._table["id"]
+        ok = pc.fill_null(pc.greater(pc.utf8_length(ids), 0), False)
+        return Manifest(kept._table.filter(ok), self.storage, base=self.base)
+
     def __repr__(self) -> str:
         return f"Manifest({len(self)} rows, columns={self._table.column_names})"
 

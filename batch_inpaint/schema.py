@@ -92,16 +92,17 @@ def _string_like(t: pa.DataType) -> bool:
 
 
 def safe_cast_ok(src: pa.DataType, dst: pa.DataType) -> bool:
-    """Casts that never change a value's meaning: wider ints, ints/floats to float64, string
-    flavours, all-null columns, dictionary-encoded strings, lists of the same."""
+    """Casts that never change a value's meaning: wider ints, ints/floats to float64, whole
+    floats to int64 (a fraction fails the cast), string flavours, all-null columns,
+    dictionary-encoded strings, lists of the same."""
     if src.equals(dst) or pat.is_null(src):
         return True
     if pat.is_dictionary(src):
         return _string_like(dst) and _string_like(src.value_type)
     if _string_like(dst):
         return _string_like(src)
-    if pat.is_integer(dst):
-        return pat.is_integer(src)
+    if pat.is_integer(dst):  # floats too (pandas turns int columns with gaps into float64):
+        return pat.is_integer(src) or pat.is_floating(src)  # the cast refuses fractions
     if pat.is_floating(dst):
         return pat.is_integer(src) or pat.is_floating(src)
     if pat.is_list(dst) or pat.is_large_list(dst):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -122,15 +123,30 @@ def _probe(storage: Storage, uri: str, decode: bool) -> dict[str, Any]:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 w, h = im.size
-                if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated 90°: EXIF transposes it
+                if _orientation(im) in (5, 6, 7, 8):  # rotated 90°: EXIF transposes it
                     w, h = h, w
                 return {"size": (w, h), "alpha": _has_alpha(im)}
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             if attempt == 0 and len(data) >= HEAD_BYTES:
                 data = storage.read_bytes(uri)  # header longer than our first read
                 continue
-            raise DecodeError(f"{redact_uri(uri)}: not a readable image: {exc}") from None
+            why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+            raise DecodeError(f"{redact_uri(uri)}: not a readable image: {why}") from None
     raise AssertionError("unreachable")
+
+
+def _orientation(im: Any) -> int | None:
+    """EXIF orientation without decoding: PNG's getexif() would load the whole image."""
+    from PIL import Image
+
+    if im.format in ("JPEG", "MPO", "TIFF", "WEBP"):
+        return im.getexif().get(0x0112)
+    raw = im.info.get("exif")
+    if not raw:
+        return None
+    exif = Image.Exif()
+    exif.load(raw)
+    return exif.get(0x0112)
 
 
 def _has_alpha(im: Any) -> bool:

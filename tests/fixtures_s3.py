@@ -2,13 +2,17 @@
 
 Fixture names other areas rely on: `s3_server` (endpoint URL), `s3_storage_options`
 (StorageOptions for it) and `s3_bucket` (a fresh bucket per test, dummy credentials in the env).
+`s3_list_only_options` are credentials that get real 403s on GetObject in `s3_bucket`.
 `flaky_s3` puts a tiny HTTP proxy in front of moto that answers real 503 SlowDown responses."""
 
 from __future__ import annotations
 
 import http.client
+import json
+import logging
 import socket
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -30,6 +34,7 @@ def s3_server():
     from moto.server import ThreadedMotoServer
 
     port = _free_port()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request is slow
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"
@@ -62,6 +67,28 @@ def s3_client(endpoint: str):
     )
 
 
+def put_objects(endpoint: str, bucket: str, objects: dict[str, bytes]) -> None:
+    """Many objects into a bucket of the in-process moto server, fast: straight into moto's
+    backend (thousands in well under a second); concurrent PUTs if its internals ever move.
+    Only test data goes this way: what is under test still lists and reads over HTTP."""
+    try:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+        backend.get_bucket(bucket)
+    except Exception:  # pragma: no cover - moto changed: fall back to real PUTs
+        from concurrent.futures import ThreadPoolExecutor
+
+        client = s3_client(endpoint)
+        with ThreadPoolExecutor(32) as pool:
+            put = lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1])  # noqa: E731
+            list(pool.map(put, objects.items()))
+        return
+    for key, data in objects.items():
+        backend.put_object(bucket, key, data)
+
+
 @pytest.fixture
 def s3_bucket(s3_server, monkeypatch):
     """A fresh, empty bucket's name; the standard AWS env vars point at the moto server."""
@@ -76,6 +103,30 @@ def s3_bucket(s3_server, monkeypatch):
     return name
 
 
+@pytest.fixture
+def s3_list_only_options(s3_bucket, s3_server, s3_storage_options):
+    """Options for an IAM user that may list but not get objects, with s3://<s3_bucket>/private.png
+    in place. While this fixture lives moto enforces IAM for every request (so the dummy keys of
+    `s3_storage_options` are refused too): requests get real 403 responses."""
+    import boto3
+    import moto.settings
+
+    from batch_inpaint.storage import Storage
+
+    iam = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1")
+    name = f"reader-{s3_bucket}"
+    iam.create_user(UserName=name)
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": "*"}]}  # fmt: skip
+    iam.put_user_policy(UserName=name, PolicyName="list-only", PolicyDocument=json.dumps(policy))
+    k = iam.create_access_key(UserName=name)["AccessKey"]
+    Storage(s3_storage_options).write_bytes(f"s3://{s3_bucket}/private.png", b"x")
+    old = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+    yield s3_storage_options.replace(key=k["AccessKeyId"], secret=k["SecretAccessKey"])
+    moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = old
+
+
 class FlakyProxy:
     """Forwards HTTP requests to the upstream endpoint, but answers the first `fail` requests
     whose method is in `methods` with a real HTTP 503 SlowDown."""
@@ -86,6 +137,7 @@ class FlakyProxy:
         self.methods = {"GET", "PUT", "HEAD"}
         self.failed = 0
         self.requests = 0
+        self.delay_s = 0.0  # added to every forwarded request (a slow, far-away endpoint)
         self._lock = threading.Lock()
         proxy = self
 
@@ -115,6 +167,8 @@ class FlakyProxy:
                     if self.command != "HEAD":
                         self.wfile.write(data)
                     return
+                if proxy.delay_s:
+                    time.sleep(proxy.delay_s)
                 conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items()}
                 conn.request(self.command, self.path, body=body or None, headers=headers)
