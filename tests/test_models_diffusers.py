@@ -185,6 +185,7 @@ def test_attention_modes(tiny_model_dir):
         ({"dtype": "int8"}, "dtype must be one of"),
         ({"dtype": "fp16", "device": "cpu"}, "use fp32"),
         ({"dtype": torch.float16, "device": "cpu"}, "use fp32"),
+        ({"dtype": "bf16", "device": "cpu"}, "bf16 is not supported on CPU"),
         ({"device": "tpu"}, "device must be one of"),
         ({"no_such_option": 1}, "no_such_option"),
     ],

@@ -46,7 +46,8 @@ def resolve_device(device: str | None) -> str:
 
 
 def resolve_dtype(dtype: Any, device: str):
-    """None -> fp16 on CUDA, fp32 on CPU. fp16 on CPU is refused, as the model card says."""
+    """None -> fp16 on CUDA, fp32 on CPU. Half precision on CPU is refused: the card supports
+    only fp32 there (and the job's config refuses it too)."""
     import torch
 
     if dtype is None:
@@ -57,8 +58,11 @@ def resolve_dtype(dtype: Any, device: str):
         name = DTYPES.get(str(dtype).strip().lower().removeprefix("torch."), "")
     if name not in ("float16", "bfloat16", "float32"):
         raise ConfigError(f"dtype must be one of fp16, bf16, fp32, got {dtype!r}")
-    if name == "float16" and device == "cpu":
-        raise ConfigError("dtype fp16 is not supported on CPU (the model card says so): use fp32")
+    if name != "float32" and device == "cpu":
+        short = "fp16" if name == "float16" else "bf16"
+        raise ConfigError(
+            f"dtype {short} is not supported on CPU (the model card says so): use fp32"
+        )
     return getattr(torch, name)
 
 
