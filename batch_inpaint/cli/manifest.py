@@ -153,4 +153,5 @@ def _cell(v: Any, width: int = 48) -> str:
     from ..uri import redact_uri
 
     s = "" if v is None else redact_uri(v) if isinstance(v, str) and "://" in v else str(v)
-    return s if len(s) <= width else s[: width - 1] + "…"
+    half = width // 2
+    return s if len(s) <= width else s[: half - 1] + "…" + s[-half:]  # keep the file name
