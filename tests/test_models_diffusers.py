@@ -172,6 +172,10 @@ def test_attention_modes(tiny_model_dir):
     auto = load_inpainter("tiny", str(tiny_model_dir), device="cpu", attention="auto",
                           vae_tiling=True, channels_last=True)  # fmt: skip
     assert auto.attention == "sdpa" and auto.pipe.vae.use_tiling
+    assert (
+        load_inpainter("tiny", str(tiny_model_dir), device="cpu", dtype="auto").dtype
+        == torch.float32
+    )
     images, masks = small_batch(1)
     a, b = run(sliced, images, masks)[0], run(auto, images, masks)[0]
     assert maxdiff(a, b) <= 2  # the same maths, summed in another order

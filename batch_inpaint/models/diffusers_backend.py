@@ -46,18 +46,18 @@ def resolve_device(device: str | None) -> str:
 
 
 def resolve_dtype(dtype: Any, device: str):
-    """None -> fp16 on CUDA, fp32 on CPU. Half precision on CPU is refused: the card supports
+    """None or 'auto' -> fp16 on CUDA, fp32 on CPU. Half precision on CPU is refused: the card supports
     only fp32 there (and the job's config refuses it too)."""
     import torch
 
-    if dtype is None:
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
         return torch.float16 if device.startswith("cuda") else torch.float32
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
     else:
         name = DTYPES.get(str(dtype).strip().lower().removeprefix("torch."), "")
     if name not in ("float16", "bfloat16", "float32"):
-        raise ConfigError(f"dtype must be one of fp16, bf16, fp32, got {dtype!r}")
+        raise ConfigError(f"dtype must be one of auto, fp16, bf16, fp32, got {dtype!r}")
     if name != "float32" and device == "cpu":
         short = "fp16" if name == "float16" else "bf16"
         raise ConfigError(
