@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import AccessDeniedError, ConfigError, InpaintError, NotFoundError, StorageError
+from .http_get import http_get
 from .storage_options import StorageOptions
 from .uri import check_uri, is_local, local_path, output_key, redact_uri, uri_scheme
 
@@ -48,7 +49,9 @@ def _is_transient(exc: BaseException) -> bool:
             code = str(response.get("Error", {}).get("Code", ""))
             if status == 429 or status >= 500 or code in _TRANSIENT_CODES:
                 return True
-        status = getattr(e, "status", None)  # aiohttp / fsspec http errors
+        if isinstance(getattr(e, "reason", None), (ConnectionError, TimeoutError)):
+            return True  # urllib's URLError
+        status = getattr(e, "status", None)  # aiohttp / urllib http errors
         if isinstance(status, int) and (status == 429 or status >= 500):
             return True
         name = type(e).__name__
@@ -135,11 +138,16 @@ class Storage:
             fs = fsspec.filesystem("s3", **kwargs)
             fs.retries = 1  # s3fs's own retry loop (a class attribute)
             return fs
-        if scheme == "gs":
-            return fsspec.filesystem("gs", token="anon" if o.anon else None)
         if scheme in ("http", "https"):
+            raise StorageError(
+                f"{scheme}:// URIs can only be read (read_bytes), not listed/written"
+            )
+        try:
+            if scheme == "gs":
+                return fsspec.filesystem("gs", token="anon" if o.anon else None)
             return fsspec.filesystem(scheme)
-        return fsspec.filesystem(scheme)
+        except ImportError as exc:
+            raise ConfigError(f"{scheme}:// URIs need an extra package: {exc}") from exc
 
     def pyarrow_filesystem(self, uri: str) -> tuple[Any, str]:
         """(pyarrow.fs.FileSystem, path) for Parquet reads and writes, e.g. by Ray Data."""
@@ -193,6 +201,12 @@ class Storage:
 
     def read_bytes(self, uri: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes (or bytes [start, end)); NotFoundError / AccessDeniedError name it."""
+        if uri_scheme(uri) in ("http", "https"):
+            self.check(uri)
+            timeout = self.options.timeout_s
+            return self._retry(
+                "reading", uri, lambda: http_get(uri, self.check, timeout, start, end)
+            )
         fs, path = self.filesystem(uri)
         if is_local(uri) and os.path.isdir(path):
             raise NotFoundError(f"{redact_uri(uri)}: is a directory, not an object")

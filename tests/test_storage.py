@@ -324,3 +324,71 @@ def test_fetch_model_dir_local_and_missing(tmp_path, s3_bucket, s3_storage_optio
     )
     with pytest.raises(UriRejectedError):
         fetch_model_dir("http://169.254.169.254/model", s, tmp_path)
+
+
+# --- http(s), only with allow_http ----------------------------------------------------------
+
+
+@pytest.fixture
+def http_site():
+    """A local web server: /a.png, /redirect-ok -> /a.png, /redirect-metadata -> 169.254.169.254,
+    /flaky (503 once), anything else 404."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = {"flaky": 1}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            routes = {"/redirect-ok": "/a.png", "/redirect-metadata": "http://169.254.169.254/x"}
+            if self.path in routes:
+                self.send_response(302)
+                self.send_header("Location", routes[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if self.path == "/flaky" and state["flaky"]:
+                state["flaky"] -= 1
+                code, body = 503, b"busy"
+            elif self.path in ("/a.png", "/flaky"):
+                code, body = 200, b"image-bytes"
+            else:
+                code, body = 404, b"no"
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_reads_hold_the_policy_on_every_redirect(http_site):
+    s = Storage(StorageOptions(allow_http=True, backoff_s=0.01))
+    assert s.read_bytes(f"{http_site}/a.png") == b"image-bytes"
+    assert s.read_bytes(f"{http_site}/a.png", 0, 5) == b"image"
+    assert s.read_bytes(f"{http_site}/redirect-ok") == b"image-bytes"
+    with pytest.raises(UriRejectedError, match="169.254.169.254"):
+        s.read_bytes(f"{http_site}/redirect-metadata")
+    with pytest.raises(NotFoundError, match="/missing"):
+        s.read_bytes(f"{http_site}/missing")
+    assert s.read_bytes(f"{http_site}/flaky") == b"image-bytes"  # a 503, then retried
+    with pytest.raises(UriRejectedError, match="allow_http"):
+        Storage(StorageOptions()).read_bytes(f"{http_site}/a.png")
+
+
+def test_http_host_resolving_to_metadata_address_is_refused(monkeypatch):
+    import socket
+
+    def fake_resolve(host, *args, **kwargs):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_resolve)
+    s = Storage(StorageOptions(allow_http=True))
+    with pytest.raises(UriRejectedError, match="resolves to a link-local"):
+        s.read_bytes("http://innocent.example/a.png")
