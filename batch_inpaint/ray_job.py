@@ -22,6 +22,7 @@ from . import __version__, report, results
 from .config import JobConfig
 from .errors import ConfigError, InpaintError
 from .lock import OutputLock
+from .schema import RESULT_SCHEMA, conform_manifest
 from .stages import JobContext, ModelStage, finish_batch, prepare_batch, verify_outputs
 from .storage import Storage
 
@@ -218,8 +219,6 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
     output objects and resume); later occurrences get result ids 'id#2', 'id#3', ..."""
     import pyarrow.dataset as pads
 
-    from .schema import conform_manifest
-
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
     try:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
@@ -263,14 +262,16 @@ def _duplicate_rows(dataset, dups: set[str], counts: dict[str, list[int]]) -> pa
     table = table.set_column(
         table.schema.get_field_index("id"), "id", pa.array(out_ids, pa.string())
     )
-    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    now = dt.datetime.now(dt.timezone.utc)
     for name, values in {
         "status": ["error"] * n,
         "error_kind": ["duplicate_id"] * n,
         "error": msgs,
-        "finished_at": [now] * n,
     }.items():
         table = table.append_column(name, pa.array(values, pa.string()))
+    table = table.append_column(
+        "finished_at", pa.array([now] * n, RESULT_SCHEMA.field("finished_at").type)
+    )
     return table
 
 

@@ -102,6 +102,10 @@ def latest_per_id(table: pa.Table) -> pa.Table:
     return table.take(sorted(best.values()))
 
 
+def _ts(value) -> float:
+    return value.timestamp() if value is not None else 0.0
+
+
 def done_ids(storage, output: str, retry_errors: bool) -> set[str]:
     table, _, _ = read_results(storage, output)
     if table is None:

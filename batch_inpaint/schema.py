@@ -79,7 +79,6 @@ RESULT_SCHEMA = pa.schema(
         _field("prepare_s", pa.float64(), "seconds to fetch, decode and plan"),
         _field("model_s", pa.float64(), "seconds in the model (this row's share of its batch)"),
         _field("write_s", pa.float64(), "seconds to paste, encode and write"),
-        _field("attempt", pa.int32(), "1 for the first try; more after retries"),
         _field("finished_at", pa.timestamp("ms", tz="UTC"), "when the row finished"),
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},

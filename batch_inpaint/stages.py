@@ -27,6 +27,7 @@ from .config import JobConfig, batch_size_for
 from .errors import InpaintError, MaskError, error_kind
 from .inpaint import prepare, region_seed
 from .params import GenerationParams, derive_seed
+from .schema import RESULT_SCHEMA
 from .uri import output_key
 
 P = "_bi_"  # prefix of internal columns
@@ -329,7 +330,7 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
         out["prepare_s"].append(cols[f"{P}t_prepare"][i])
         out["model_s"].append(cols[f"{P}t_model"][i])
         out["write_s"].append(time.perf_counter() - t0)
-        out["finished_at"].append(dt.datetime.now(dt.timezone.utc).isoformat())
+        out["finished_at"].append(dt.datetime.now(dt.timezone.utc))
     for k, v in ctx.model_info.items():
         out[k] = [v] * len(ids)
     keep = [c for c in table.column_names if not c.startswith(P)]
@@ -340,24 +341,8 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     return _append(result, out, RESULT_TYPES)
 
 
-RESULT_TYPES = {
-    "status": pa.string(),
-    "error_kind": pa.string(),
-    "error": pa.string(),
-    "output": pa.string(),
-    "sha256": pa.string(),
-    "width": pa.int32(),
-    "height": pa.int32(),
-    "seed": pa.int64(),
-    "model": pa.string(),
-    "revision": pa.string(),
-    "backend": pa.string(),
-    "params": pa.string(),
-    "prepare_s": pa.float64(),
-    "model_s": pa.float64(),
-    "write_s": pa.float64(),
-    "finished_at": pa.string(),
-}
+# Result columns and their types come from the one schema in schema.py.
+RESULT_TYPES = {f.name: f.type for f in RESULT_SCHEMA if f.name != "id"}
 
 
 def output_uri(cfg: JobConfig, row_id: str) -> str:

@@ -104,7 +104,7 @@ def test_newer_schema_version_is_refused():
 def test_result_schema_and_status():
     expected = [
         "id", "status", "error_kind", "error", "output", "sha256", "width", "height", "seed",
-        "model", "revision", "backend", "params", "prepare_s", "model_s", "write_s", "attempt",
+        "model", "revision", "backend", "params", "prepare_s", "model_s", "write_s",
         "finished_at",
     ]  # fmt: skip
     assert RESULT_SCHEMA.names == expected
