@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 
 from .errors import ConfigError, ManifestError, NotFoundError
 from .pairing import IMAGE_EXTENSIONS, Unpaired, pair_files
-from .schema import MANIFEST_SCHEMA, Status, conform_manifest
+from .schema import MANIFEST_SCHEMA, conform_manifest
 from .storage import Storage, StorageOptions
 from .uri import is_local, local_path, redact_uri
 from .validation import ValidationReport, validate_table
@@ -265,33 +264,12 @@ class Manifest:
 
     def without_done(self, results_uri: str, retry_errors: bool = False) -> Manifest:
         """The rows that an earlier run into `results_uri` did not finish, judged by the
-        {results_uri}/metadata/*.parquet result rows: ok and skipped rows are done; error rows
-        are done unless retry_errors=True. No results yet: every row."""
-        fs, path = self.storage.pyarrow_filesystem(_join(results_uri, "metadata"))
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
-            return Manifest(self._table, self.storage, base=self.base)
-        files = _parquet_files(fs, path)
+        {results_uri}/metadata/*.parquet result rows the job writes (the same rule as the job's
+        resume): ok and skipped rows are done; error rows are done unless retry_errors=True. No
+        results yet: every row. A results file that can't be read raises ManifestError."""
+        from .results import done_ids
 
-        def read(f: str) -> pa.Table:
-            try:
-                return pq.read_table(f, filesystem=fs, columns=["id", "status"], partitioning=None)
-            except (OSError, pa.ArrowInvalid, KeyError) as exc:
-                raise ManifestError(f"results file {f}: {exc}") from None
-
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            parts = list(pool.map(read, files))
-        if not parts:
-            return Manifest(self._table, self.storage, base=self.base)
-        schema = pa.schema([("id", pa.string()), ("status", pa.string())])
-        try:
-            results = pa.concat_tables([p.select(["id", "status"]).cast(schema) for p in parts])
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ManifestError(f"results under {redact_uri(results_uri)}: {exc}") from None
-        done_status = [Status.OK, Status.SKIPPED] + ([] if retry_errors else [Status.ERROR])
-        done = results.filter(pc.is_in(results["status"], value_set=pa.array(done_status)))
-        ids = pc.unique(done["id"].cast(pa.string()))
-        keep = pc.invert(pc.fill_null(pc.is_in(self._table["id"], value_set=ids), False))
-        return Manifest(self._table.filter(keep), self.storage, base=self.base)
+        return self.exclude(done_ids(self.storage, results_uri, retry_errors, strict=True))
 
 
 def _parquet_files(fs: Any, path: str, recursive: bool = True) -> list[str]:

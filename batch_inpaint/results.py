@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import ManifestError
+
 DONE = ("ok", "skipped")
 
 
@@ -65,19 +67,26 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def read_results(storage, output: str) -> tuple[pa.Table | None, list[str], list[str]]:
+def read_results(
+    storage, output: str, strict: bool = False
+) -> tuple[pa.Table | None, list[str], list[str]]:
     """All result rows under output/metadata (latest row per id), the part URIs read, and the
-    parts that could not be read (a part half-written by a killed run: its rows get redone)."""
+    parts that could not be read (a part half-written by a killed run: its rows get redone;
+    strict=True raises ManifestError instead). Hidden ('.x') and '_x' files and folders are
+    unfinished writes, not data."""
     prefix = join(output, "metadata")
     try:
-        uris = [u for u in storage.list(prefix) if u.endswith(".parquet")]
+        found = storage.list(prefix)
     except Exception:  # noqa: BLE001 - no metadata folder yet: nothing done
         return None, [], []
+    uris = [u for u in found if u.endswith(".parquet") and _is_data(u.rsplit("/metadata/", 1)[-1])]
     tables, bad = [], []
     for uri in sorted(uris):
         try:
             tables.append(pq.read_table(io.BytesIO(storage.read_bytes(uri))))
-        except Exception:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001
+            if strict:
+                raise ManifestError(f"results file {uri} can't be read: {exc}") from None
             bad.append(uri)
     if not tables:
         return None, uris, bad
@@ -85,12 +94,21 @@ def read_results(storage, output: str) -> tuple[pa.Table | None, list[str], list
     return latest_per_id(table), uris, bad
 
 
+def _is_data(rel: str) -> bool:
+    return not any(part.startswith((".", "_")) for part in rel.strip("/").split("/"))
+
+
 def latest_per_id(table: pa.Table) -> pa.Table:
     """Delivery is at least once: keep one row per id, the last finished (ok beats error when a
     retried task finished both)."""
     ids = table.column("id").to_pylist()
     status = table.column("status").to_pylist()
-    finished = table.column("finished_at").to_pylist()
+    n = table.num_rows
+    finished = (
+        table.column("finished_at").to_pylist()
+        if "finished_at" in table.column_names
+        else [None] * n
+    )
     best: dict[str, int] = {}
     for i, rid in enumerate(ids):
         j = best.get(rid)
@@ -106,8 +124,8 @@ def _ts(value) -> float:
     return value.timestamp() if value is not None else 0.0
 
 
-def done_ids(storage, output: str, retry_errors: bool) -> set[str]:
-    table, _, _ = read_results(storage, output)
+def done_ids(storage, output: str, retry_errors: bool, strict: bool = False) -> set[str]:
+    table, _, _ = read_results(storage, output, strict=strict)
     if table is None:
         return set()
     keep = DONE if retry_errors else (*DONE, "error")
