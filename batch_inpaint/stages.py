@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -222,6 +223,7 @@ class ModelStage:
         self.on_gpu = str(getattr(self.inpainter, "device", "cpu")).startswith("cuda")
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        _test_crash_hook()
         t0 = time.perf_counter()
         status = table.column(f"{P}status").to_pylist()
         errors = table.column(f"{P}error").to_pylist()
@@ -287,6 +289,24 @@ class ModelStage:
                 errors[i] = f"row {table.column('id')[i].as_py()!r}: {failed[i]}"
             else:
                 results[i] = done[i]
+
+
+CRASH_MARKER_ENV = "BATCH_INPAINT_TEST_CRASH_MARKER"
+
+
+def _test_crash_hook() -> None:
+    """TEST-ONLY fault injection, never set in production: when the variable names a path that
+    does not exist yet, create it and kill this actor's process at once, as a GPU fault or an
+    OOM kill would. tests/test_job_faults.py uses it to check that Ray restarts the actor, retries
+    the batch and the job still records every row once. O_EXCL: only one actor ever crashes."""
+    marker = os.environ.get(CRASH_MARKER_ENV)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(1)
 
 
 def _frombuf(buf: bytes, h: int, w: int, c: int | None = None) -> np.ndarray:
