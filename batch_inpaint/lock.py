@@ -4,13 +4,14 @@ older than its TTL (a run that died) may be broken by the next run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import time
 import uuid
 
-from .errors import InpaintError
+from .errors import InpaintError, NotFoundError
 
 
 class LockedError(InpaintError):
@@ -32,29 +33,54 @@ class OutputLock:
         ).encode()
 
     def acquire(self) -> None:
-        if self.storage.write_bytes(self.uri, self._body(), overwrite=False):
-            self.held = True
-            return
-        current = self._read()
+        for _ in range(3):  # a lock released between our create and our read: try again
+            if self.storage.write_bytes(self.uri, self._body(), overwrite=False):
+                self.held = True
+                return
+            raw = self._read_raw()
+            if raw is not None:
+                break
+        else:
+            raise LockedError(f"{self.uri} keeps changing hands: other runs are starting; retry")
+        current = _parse(raw)
         if current is not None and current.get("expires_at", 0) > time.time():
             left = current["expires_at"] - time.time()
             raise LockedError(
                 f"{self.uri} is held by {current.get('owner')} for {left:.0f} s more: another run "
                 "into this output is in progress (a stale lock expires after lock_ttl_s)"
             )
-        # Stale (or unreadable): break it, then race for a fresh create like everyone else.
-        self.storage.delete(self.uri)
-        if not self.storage.write_bytes(self.uri, self._body(), overwrite=False):
+        # Stale (or unreadable): only one run may break this lock. Delete-then-create would let
+        # a run that saw it stale delete the fresh lock another run just took; instead the right
+        # to take over is a create-only marker named after the stale lock's bytes.
+        tag = hashlib.sha256(raw or b"").hexdigest()[:16]
+        if not self.storage.write_bytes(
+            f"{self.uri}.takeover-{tag}", self.token.encode(), overwrite=False
+        ):
             raise LockedError(f"{self.uri}: another run took the expired lock first")
+        self.storage.write_bytes(self.uri, self._body())
         self.held = True
+
+    def _read_raw(self) -> bytes | None:
+        try:
+            return self.storage.read_bytes(self.uri)
+        except NotFoundError:
+            return None
 
     def _read(self) -> dict | None:
         try:
-            return json.loads(self.storage.read_bytes(self.uri))
-        except (InpaintError, ValueError):
+            return _parse(self.storage.read_bytes(self.uri))
+        except InpaintError:
             return None
 
     def release(self) -> None:
         if self.held and (self._read() or {}).get("owner") == self.token:
             self.storage.delete(self.uri)
         self.held = False
+
+
+def _parse(raw: bytes | None) -> dict | None:
+    try:
+        body = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
