@@ -90,6 +90,9 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
     return finalize(cfg, storage, scan, run_id, started, processed, echo)
 
 
+BLOCK_BATCHES = 2  # model batches per block: the unit of streaming, retry and progress
+
+
 def build_dataset(cfg: JobConfig, ctx: JobContext, storage: Storage, exclude, gpus: float):
     import ray
 
@@ -97,6 +100,11 @@ def build_dataset(cfg: JobConfig, ctx: JobContext, storage: Storage, exclude, gp
     ds = ray.data.read_parquet(path, filesystem=fs)
     if exclude:
         ds = ds.map_batches(drop_rows, batch_format="pyarrow", fn_kwargs={"exclude": exclude})
+    # A small manifest file is one read block, and Ray Data keeps a task's small outputs in one
+    # block: one actor would get every row and the driver would see none until the end (no
+    # parallel actors, no metadata parts, a killed run loses everything). Blocks of a couple of
+    # model batches stream through the pool instead.
+    ds = ds.repartition(target_num_rows_per_block=BLOCK_BATCHES * max(cfg.batch_size, 8))
     ds = ds.map_batches(
         prepare_batch,
         batch_format="pyarrow",
