@@ -78,7 +78,9 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
     t_last = t_first = time.time()
     if todo:
         ds = build_dataset(cfg_run, ctx, storage, exclude, gpus)
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        # No prefetch: with it, Ray Data hands over a finished block only once the next one is
+        # ready, so its rows reach a metadata part a whole block later (lost if killed meanwhile).
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
             writer.add(batch)
             processed += batch.num_rows
             errors += pc.sum(pc.equal(batch.column("status"), "error")).as_py() or 0
