@@ -116,6 +116,30 @@ class JobConfig:
         need(self.max_pixels >= 1, "max_pixels", "must be >= 1")
         need(self.flush_rows >= 1, "flush_rows", "must be >= 1")
         need(self.lock_ttl_s > 0, "lock_ttl_s", "must be > 0")
+        need(self.flush_interval_s >= 0, "flush_interval_s", "must be >= 0")
+        need(self.progress_interval_s >= 0, "progress_interval_s", "must be >= 0")
+        need(self.report_sample >= 0, "report_sample", "must be >= 0")
+        need(self.endpoint_url is None or self.endpoint_url.startswith(("http://", "https://")),
+             "endpoint_url", "must start with http:// or https://")  # fmt: skip
+        # Fields that feed InpaintOptions follow its rules; errors name the config field.
+        for name, build in {
+            "prompt": lambda: GenerationParams(prompt=self.prompt),
+            "steps": lambda: GenerationParams(num_inference_steps=self.steps),
+            "guidance_scale": lambda: GenerationParams(guidance_scale=self.guidance_scale),
+            "eta": lambda: GenerationParams(eta=self.eta),
+            "strength": lambda: GenerationParams(strength=self.strength),
+            "scheduler": lambda: GenerationParams(scheduler=self.scheduler),
+            "mask_threshold": lambda: MaskOptions(threshold=self.mask_threshold),
+            "dilate": lambda: MaskOptions(dilate=self.dilate),
+            "feather": lambda: MaskOptions(feather=self.feather),
+            "mode": lambda: GeometryOptions(mode=self.mode),
+            "max_side": lambda: GeometryOptions(max_side=self.max_side),
+            "crop_size": lambda: GeometryOptions(crop_size=self.crop_size),
+        }.items():
+            try:
+                build()
+            except ConfigError as exc:
+                raise ConfigError(f"config field '{name}': {exc}") from None
         try:
             self.inpaint_options()
         except ConfigError as exc:
