@@ -61,8 +61,11 @@ def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
 
 
 def _base(manifest: str) -> str:
+    """The folder rows' relative URIs resolve against: the job's rule (ray_job.scan_manifest)."""
     m = manifest.rstrip("/")
-    return m.rsplit("/", 1)[0] if m.endswith(".parquet") and "/" in m else m
+    if m.endswith(".parquet"):
+        return m.rsplit("/", 1)[0] if "/" in m else ""
+    return m
 
 
 def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
