@@ -25,6 +25,7 @@ from .lock import OutputLock
 from .schema import RESULT_SCHEMA, conform_manifest
 from .stages import JobContext, ModelStage, finish_batch, prepare_batch, verify_outputs
 from .storage import Storage
+from .uri import redact_uri
 
 log = logging.getLogger("batch_inpaint")
 
@@ -322,9 +323,13 @@ def job_json(cfg: JobConfig, run_id: str) -> dict:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
             versions[mod] = None
+    config = cfg.to_dict()
+    for name in ("manifest", "output", "model", "endpoint_url", "address"):
+        if config.get(name):  # user:password@ and presigned signatures stay out of outputs
+            config[name] = redact_uri(config[name])
     return {
         "run_id": run_id,
-        "config": cfg.to_dict(),
+        "config": config,
         "versions": versions,
         "storage": cfg.storage_options().to_public_dict(),
     }
