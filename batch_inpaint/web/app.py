@@ -82,9 +82,16 @@ class _Results:
         self.dir = Path(tempfile.mkdtemp(prefix="batch-inpaint-web-"))
         self.keep_s = keep_s
 
+    def thumbnail(self, sample: h.Sample) -> str:
+        """A small PNG of a sample for the picker (a thumbnail, not the sample's own path)."""
+        path = self.dir / f"sample-{sample.name}.png"
+        rgb = h.imaging.decode_image(sample.image.read_bytes())
+        path.write_bytes(h.imaging.encode_image(h.thumbnail(rgb), "png"))
+        return str(path)
+
     def save(self, name: str, data: bytes) -> str:
         now = time.time()
-        for old in self.dir.glob("*.png"):
+        for old in self.dir.glob("*/*.png"):
             try:
                 if now - old.stat().st_mtime > self.keep_s:
                     old.unlink()
@@ -110,25 +117,35 @@ def build_app(inpainter: Any, settings: h.ServeSettings | None = None):
         state = h.PageState(picture=picture)
         return _editor_value(picture, None), state, None, None
 
-    @_errors_to_page
     def on_image_upload(path: str | None, state: h.PageState):
+        # A refused upload is a warning, not an error: the file box is emptied for another try
+        # and whatever was on the canvas stays.
         if not path:
-            return gr.update(), state, gr.update(), gr.update()
-        picture = h.load_upload(path, settings, name=Path(path).name)
-        return fresh(picture)
+            return gr.update(), state, gr.update(), gr.update(), gr.update()
+        try:
+            picture = h.load_upload(path, settings, name=Path(path).name)
+        except InpaintError as exc:
+            gr.Warning(str(exc), title=_TITLES.get(exc.kind, "Can't use that file"))
+            return gr.update(), state, gr.update(), gr.update(), None
+        return (*fresh(picture), gr.update())
 
     @_errors_to_page
     def on_sample(name: str):
         editor, state, mask_file, _ = fresh(h.load_sample(name, samples, settings))
         return editor, state, mask_file, None
 
-    @_errors_to_page
     def on_mask_upload(path: str | None, state: h.PageState):
         if state.picture is None:
-            raise ConfigError("load an image first, then its mask")
-        mask = h.load_mask_upload(path, state.picture, settings) if path else None
+            if path:
+                gr.Warning("load an image first, then its mask", title="No image yet")
+            return gr.update(), state, None
+        try:
+            mask = h.load_mask_upload(path, state.picture, settings) if path else None
+        except InpaintError as exc:
+            gr.Warning(str(exc), title=_TITLES.get(exc.kind, "Can't use that mask"))
+            return gr.update(), state, None
         state = dataclasses.replace(state, uploaded_mask=mask)
-        return _editor_value(state.picture, mask), state
+        return _editor_value(state.picture, mask), state, gr.update()
 
     def on_editor_clear(state: h.PageState):
         return h.PageState()
@@ -255,13 +272,10 @@ def build_app(inpainter: Any, settings: h.ServeSettings | None = None):
                     placeholder="Upload an image above, or pick a sample below",
                 )
                 if samples:
-                    sample_thumb = gr.Image(visible=False, type="numpy", format="png")
+                    sample_thumb = gr.Image(visible=False, type="filepath")
                     sample_name = gr.Textbox(visible=False)
                     examples = gr.Examples(
-                        examples=[
-                            [h.thumbnail(h.imaging.decode_image(s.image.read_bytes())), name]
-                            for name, s in samples.items()
-                        ],
+                        examples=[[results.thumbnail(s), name] for name, s in samples.items()],
                         inputs=[sample_thumb, sample_name],
                         label="Samples (click one)",
                         examples_per_page=len(samples),
@@ -335,7 +349,7 @@ def build_app(inpainter: Any, settings: h.ServeSettings | None = None):
         image_file.upload(
             on_image_upload,
             [image_file, state],
-            [editor, state, mask_file, slider],
+            [editor, state, mask_file, slider, image_file],
             concurrency_id="load",
             concurrency_limit=4,
         )
@@ -346,8 +360,13 @@ def build_app(inpainter: Any, settings: h.ServeSettings | None = None):
                 [editor, state, mask_file, image_file],
                 concurrency_id="load",
             )
-        mask_file.upload(on_mask_upload, [mask_file, state], [editor, state], concurrency_id="load")
-        mask_file.clear(on_mask_upload, [mask_file, state], [editor, state], concurrency_id="load")
+        mask_events = dict(concurrency_id="load", show_progress="hidden")
+        mask_file.upload(
+            on_mask_upload, [mask_file, state], [editor, state, mask_file], **mask_events
+        )
+        mask_file.clear(
+            on_mask_upload, [mask_file, state], [editor, state, mask_file], **mask_events
+        )
         editor.clear(on_editor_clear, state, state)
         run.click(
             on_run,
