@@ -152,6 +152,21 @@ def test_uploaded_mask_is_resized_to_the_picture(tmp_path, settings, picture):
         h.load_mask_upload(p, picture, settings)
 
 
+@pytest.mark.parametrize(
+    "size, max_bytes, expected",
+    [
+        ((600, 400), 20 * 2**20, (600, 400)),  # small: shown as it is
+        ((6000, 4000), 2**62, (2048, 1365)),  # large: 2048 on the long side
+        ((1400, 1000), 2**20, (567, 405)),  # a 1 MB upload limit: the RGBA PNG must fit in it
+    ],
+)
+def test_editor_preview_fits_the_side_and_upload_limits(size, max_bytes, expected):
+    w, hgt = h.preview_size(*size, max_side=2048, max_bytes=max_bytes)
+    assert (w, hgt) == expected and w * hgt * 4.1 <= max_bytes
+    small = h.preview(np.zeros((size[1], size[0], 3), np.uint8), 2048, max_bytes)
+    assert small.shape == (hgt, w, 3)
+
+
 def test_mask_png_round_trips_through_the_mask_reader():
     mask = box_mask()
     assert (mask_from_image(h.mask_png(mask), (96, 64)) == mask).all()

@@ -35,7 +35,7 @@ CHROMIUM_ARGS = [
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "images" / "coffee.png"
 ARTIFACTS = ROOT / "tests" / "artifacts"
-MAX_UPLOAD_MB = 1
+MAX_UPLOAD_MB = 2
 
 
 @pytest.fixture(scope="module")

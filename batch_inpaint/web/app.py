@@ -62,17 +62,9 @@ _TITLES = {
 }
 
 
-def _shrink(rgb: np.ndarray, max_side: int = EDITOR_MAX_SIDE) -> np.ndarray:
-    """A copy for the browser: the image itself if small enough, else scaled down."""
-    hgt, wid = rgb.shape[:2]
-    if max(hgt, wid) <= max_side:
-        return rgb
-    return h.thumbnail(rgb, max_side)
-
-
-def _editor_value(picture: h.Picture, uploaded_mask: np.ndarray | None) -> dict:
-    shown = _shrink(h.tint(picture.rgb, uploaded_mask))
-    return {"background": shown, "layers": [], "composite": shown}
+def _shrink(rgb: np.ndarray) -> np.ndarray:
+    """A copy to show (before/after): at most EDITOR_MAX_SIDE per side; the download is full size."""
+    return h.preview(rgb, EDITOR_MAX_SIDE, 2**62)
 
 
 class _Results:
@@ -113,6 +105,11 @@ def build_app(inpainter: Any, settings: h.ServeSettings | None = None):
     model_text = f"{model['backend']}" + (f" · `{model['model']}`" if model.get("model") else "")
 
     # -- handlers (gradio-facing: components in, component values out) ------------------------
+    def _editor_value(picture: h.Picture, uploaded_mask: np.ndarray | None) -> dict:
+        tinted = h.tint(picture.rgb, uploaded_mask)
+        shown = h.preview(tinted, EDITOR_MAX_SIDE, settings.max_upload_bytes)
+        return {"background": shown, "layers": [], "composite": shown}
+
     def fresh(picture: h.Picture) -> tuple:
         state = h.PageState(picture=picture)
         return _editor_value(picture, None), state, None, None

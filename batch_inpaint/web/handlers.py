@@ -158,6 +158,29 @@ def thumbnail(rgb: np.ndarray, side: int = 160) -> np.ndarray:
     return np.asarray(im)
 
 
+def preview_size(width: int, height: int, max_side: int, max_bytes: int) -> tuple[int, int]:
+    """The size to show an image at in the editor: at most `max_side` per side, and small enough
+    that the browser's RGBA PNG of it (up to ~4 bytes a pixel: noise does not compress) fits in
+    an upload of `max_bytes`. The editor sends the canvas back as such PNGs, and an upload over
+    gradio's max_file_size is refused with no message on the page."""
+    budget = 0.9 * max_bytes / 4.1
+    scale = min(1.0, max_side / max(width, height), (budget / (width * height)) ** 0.5)
+    if scale >= 1.0:
+        return width, height
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def preview(rgb: np.ndarray, max_side: int, max_bytes: int) -> np.ndarray:
+    """`rgb` scaled down to preview_size (itself when it already fits)."""
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    size = preview_size(width, height, max_side, max_bytes)
+    if size == (width, height):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+
+
 # -- masks ------------------------------------------------------------------------------------
 def mask_from_layers(layers: list[np.ndarray] | None, size: tuple[int, int]) -> np.ndarray:
     """The painted pixels of the editor's layers (any colour, alpha above STROKE_THRESHOLD).
