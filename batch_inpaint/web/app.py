@@ -103,6 +103,10 @@ def build_app(inpainter: Any, settings: h.ServeSettings | None = None):
     results = _Results()
     model = inpainter.describe()
     model_text = f"{model['backend']}" + (f" · `{model['model']}`" if model.get("model") else "")
+    if model["backend"] == "opencv":
+        model_text += " (classical fill: it ignores the prompt, steps, guidance and seed)"
+    elif model["backend"] == "tiny":
+        model_text += " (random weights, for tests: the fill is noise)"
 
     # -- handlers (gradio-facing: components in, component values out) ------------------------
     def _editor_value(picture: h.Picture, uploaded_mask: np.ndarray | None) -> dict:
