@@ -112,16 +112,26 @@ def latest_per_id(table: pa.Table) -> pa.Table:
     best: dict[str, int] = {}
     for i, rid in enumerate(ids):
         j = best.get(rid)
-        if j is None or (status[i] in DONE, finished[i] or "") >= (
+        if j is None or (status[i] in DONE, _ts(finished[i])) >= (
             status[j] in DONE,
-            finished[j] or "",
+            _ts(finished[j]),
         ):
             best[rid] = i
     return table.take(sorted(best.values()))
 
 
 def _ts(value) -> float:
-    return value.timestamp() if value is not None else 0.0
+    """Seconds of a finished_at value; results written before it was a timestamp may hold text."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        import datetime as dt
+
+        try:
+            return dt.datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return 0.0
+    return value.timestamp()
 
 
 def done_ids(storage, output: str, retry_errors: bool, strict: bool = False) -> set[str]:
