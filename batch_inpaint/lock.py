@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 
@@ -25,6 +26,8 @@ class OutputLock:
         self.ttl_s = ttl_s
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.held = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def _body(self) -> bytes:
         now = time.time()
@@ -35,7 +38,7 @@ class OutputLock:
     def acquire(self) -> None:
         for _ in range(3):  # a lock released between our create and our read: try again
             if self.storage.write_bytes(self.uri, self._body(), overwrite=False):
-                self.held = True
+                self._hold()
                 return
             raw = self._read_raw()
             if raw is not None:
@@ -53,12 +56,26 @@ class OutputLock:
         # a run that saw it stale delete the fresh lock another run just took; instead the right
         # to take over is a create-only marker named after the stale lock's bytes.
         tag = hashlib.sha256(raw or b"").hexdigest()[:16]
-        if not self.storage.write_bytes(
-            f"{self.uri}.takeover-{tag}", self.token.encode(), overwrite=False
-        ):
+        marker = f"{self.uri}.takeover-{tag}"
+        if not self.storage.write_bytes(marker, self.token.encode(), overwrite=False):
             raise LockedError(f"{self.uri}: another run took the expired lock first")
         self.storage.write_bytes(self.uri, self._body())
+        self._hold()  # the marker stays: a run that read the same stale lock late must still lose
+
+    def _hold(self) -> None:
+        """Held: renew the expiry every ttl/3 so a run longer than the TTL keeps its lock."""
         self.held = True
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._renew_loop, name="output-lock", daemon=True)
+        self._beat.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3):
+            try:
+                if (self._read() or {}).get("owner") == self.token:
+                    self.storage.write_bytes(self.uri, self._body())
+            except InpaintError:  # a missed renewal is retried at the next beat
+                pass
 
     def _read_raw(self) -> bytes | None:
         try:
@@ -73,6 +90,9 @@ class OutputLock:
             return None
 
     def release(self) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=10)
         if self.held and (self._read() or {}).get("owner") == self.token:
             self.storage.delete(self.uri)
         self.held = False

@@ -219,3 +219,21 @@ def test_two_runs_racing_for_a_stale_lock_never_both_hold_it(tmp_path):
     assert holders == ["fast"], f"both runs think they hold the lock: {outcome}"
     assert isinstance(outcome["slow"], LockedError)
     assert json.loads((tmp_path / "_LOCK").read_text())["owner"] == fast.token
+
+
+def test_held_lock_is_renewed_before_it_expires(tmp_path):
+    """A run longer than lock_ttl_s keeps its lock: the expiry moves forward while it is held."""
+    storage = Storage()
+    out = str(tmp_path / "out")
+    lock = OutputLock(storage, out, ttl_s=0.6)
+    lock.acquire()
+    try:
+        first = json.loads(storage.read_bytes(lock.uri))["expires_at"]
+        time.sleep(1.0)  # past the first expiry: only renewal keeps it held
+        later = json.loads(storage.read_bytes(lock.uri))["expires_at"]
+        assert later > first
+        with pytest.raises(LockedError):
+            OutputLock(storage, out, ttl_s=0.6).acquire()
+    finally:
+        lock.release()
+    assert not storage.exists(lock.uri)
