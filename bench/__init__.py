@@ -1,0 +1,31 @@
+"""Benchmarks for batch-inpaint: `python -m bench WORKLOAD [options]`, `python -m bench smoke`.
+
+Each run prints a table and writes one JSON record to bench/results/ (device, versions, workload,
+configuration, images/s, seconds/image, peak GPU memory, ratios measured side by side in the same
+process on the same inputs). docs/benchmarks.md says what each workload measures and how to rerun it.
+Nothing here runs in the test suite except `smoke` (tests/test_bench.py).
+"""
+
+from __future__ import annotations
+
+# name -> (module:function, needs a GPU, what it measures)
+WORKLOADS = {
+    "arch": ("sd2:arch", False, "SD2-inpainting architecture: parameter counts and FLOP per image"),
+    "w1": ("gpu_model:w1", True, "512², 50 steps: card config vs best (images/s, % of peak)"),
+    "w2": ("gpu_model:w2", True, "25 DPM++ steps vs 50 default steps, per image"),
+    "w3": ("gpu_model:w3", True, "1920x1080 full frame: slicing vs SDPA + VAE tiling"),
+    "w4": ("gpu_pipeline:w4", True, "1920x1080, masks <= 10%: crop vs full mode per image"),
+    "w5": ("gpu_model:w5", True, "size sweep 512²..2048²: time and peak memory, plotted"),
+    "w6": ("gpu_pipeline:w6", True, "GPU stage fed by prepare/finish threads vs model loop"),
+    "c1": ("cpu_stages:c1", False, "CPU stages per core, per size and encoding; cores per GPU"),
+    "c2": ("cpu_job:c2", False, "whole Ray job (opencv) vs plain single-process loop"),
+}
+
+
+def resolve(name: str):
+    """The workload function for a name in WORKLOADS."""
+    import importlib
+
+    target = WORKLOADS[name][0]
+    module, func = target.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), func)

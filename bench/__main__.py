@@ -1,0 +1,136 @@
+"""`python -m bench WORKLOAD [options]`: run one workload, print its table, write its record.
+`python -m bench smoke`: every workload on the CPU with the tiny checkpoint, in seconds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from . import WORKLOADS, resolve
+from . import record as rec
+
+SMOKE_DIR = rec.RESULTS_DIR / "smoke"  # git-ignored: smoke numbers mean nothing
+# What each workload gets in a smoke run (on top of --device cpu --tiny --steps 2).
+SMOKE = {
+    "arch": ["--quick"],
+    "w1": ["--size", "64", "--batch", "2"],
+    "w2": ["--size", "64", "--batch", "2"],
+    "w3": ["--width", "96", "--height", "64", "--repeats", "1"],
+    "w4": ["--width", "128", "--height", "96", "--images", "2"],
+    "w5": ["--sizes", "64,96", "--repeats", "1"],
+    "w6": ["--size", "64", "--rows", "8", "--batch", "4", "--threads", "2"],
+    "c1": ["--size", "64", "--rows", "8"],
+    "c2": ["--size", "64", "--rows", "16", "--plain-only"],
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="workloads:\n" + "\n".join(
+                                    f"  {k:6} {'GPU' if v[1] else 'CPU'}  {v[2]}"
+                                    for k, v in WORKLOADS.items())
+                                + "\n  smoke  CPU  every workload, tiny checkpoint (numbers mean nothing)"
+                                + "\n  gpu    GPU  w1..w6 in turn, one model load"
+                                + "\n  plot   -    python -m bench plot W5_RECORD.json: redraw its PNG")  # fmt: skip
+    p.add_argument("workload", choices=[*WORKLOADS, "smoke", "gpu", "plot"])
+    a = p.add_argument
+    a("--device", default="auto", help="auto | cuda | cuda:N | cpu (cpu needs --tiny or --model)")
+    a("--tiny", action="store_true", help="the tiny random checkpoint (smoke runs)")
+    a("--model", help="a local diffusers SD-inpainting directory: real weights instead of random")
+    a("--cache-dir", help="where the random full-size checkpoint is saved (~2.6 GB)")
+    a("--steps", type=int, help="denoising steps (default: the workload's)")
+    a("--batch", type=int, help="images per forward pass of the 'best' variants (default 8)")
+    a("--size", type=int, help="square side (w1, w2, w6: 512; c1: both 512² and 1080p)")
+    a("--sizes", type=lambda s: [int(x) for x in s.split(",")], help="w5 sides, e.g. 512,1024")
+    a("--width", type=int, help="w3, w4 (default 1920)")
+    a("--height", type=int, help="w3, w4 (default 1080)")
+    a("--images", type=int, help="w4: images per mode (default 4)")
+    a(
+        "--rows",
+        type=int,
+        help="c1 rows at 512² (24; a quarter at 1080p), c2 rows (1000), w6 rows (64)",
+    )
+    a("--warmup", type=int, default=1, help="untimed calls before timing (compiled: >= 2)")
+    a("--repeats", type=int, default=2, help="timed calls per variant")
+    a("--variants", help="comma-separated variant names to keep (default: all)")
+    a("--quick", action="store_true", help="skip torch.compile variants (minutes to compile)")
+    a("--compile", action="store_true", help="w2: torch.compile the UNet")
+    a("--backend", default="diffusers", choices=["diffusers", "opencv"],
+      help="w4: opencv runs a labelled CPU proxy")  # fmt: skip
+    a("--threads", type=int, help="w6: prepare and finish threads (default min(8, cores))")
+    a("--cpus-per-actor", type=float, help="c2: Ray CPUs per model actor (1)")
+    a("--cpus-per-task", type=float, help="c2: Ray CPUs per prepare/finish task (1)")
+    a("--plain-only", action="store_true", help="c2: the plain loop only (no Ray)")
+    a("--results-dir", help="where records go (default bench/results/, smoke: results/smoke/)")
+    a("--no-write", action="store_true", help="print only")
+    a("--smoke", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def run(argv: list[str]) -> rec.Record:
+    """Parse argv, run the workload, print its table and write its record."""
+    args = parser().parse_args(argv)
+    t0 = time.perf_counter()
+    record = resolve(args.workload)(args)
+    record.seconds = round(time.perf_counter() - t0, 2)
+    record.command = "python -m bench " + shlex.join(argv)
+    record.smoke = bool(args.tiny or args.smoke)
+    print(f"\n== {record.workload}: {record.title}\n   {record.device}, {record.seconds:.1f} s")
+    print(rec.table(record.rows))
+    for key in ("ratios", "goals"):
+        if getattr(record, key):
+            print(f"{key}: {json.dumps(getattr(record, key), default=str)}")
+    if not args.no_write:
+        print(f"record: {record.write(args.results_dir)}")
+    return record
+
+
+def smoke(extra: list[str]) -> list[rec.Record]:
+    """Every workload's CPU smoke variant; records go to bench/results/smoke/ unless told."""
+    out = []
+    if "--results-dir" not in extra:
+        extra = [*extra, "--results-dir", str(SMOKE_DIR)]
+    for name, opts in SMOKE.items():
+        gpu = WORKLOADS[name][1]
+        base = ["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "0"] if gpu else []
+        out.append(run([name, *base, *opts, "--smoke", *extra]))
+    return out
+
+
+def plot(paths: list[str]) -> None:
+    """Redraw the PNG of w5 records (JSON files), e.g. ones brought back from a GPU machine."""
+    from .gpu_model import plot_w5
+
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        fields = {k: data[k] for k in ("workload", "title", "device", "config", "rows")}
+        out = plot_w5(rec.Record(**fields), Path(p).with_suffix(".png"))
+        print(f"plot: {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "smoke":
+            smoke(argv[1:])
+        elif argv and argv[0] == "plot":
+            plot(argv[1:])
+        elif argv and argv[0] == "gpu":  # every GPU workload, one after another, one model load
+            for name in (k for k, v in WORKLOADS.items() if v[1]):
+                run([name, *argv[1:]])
+        else:
+            run(argv)
+    except rec.NeedsGPU as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    Path(rec.RESULTS_DIR).mkdir(exist_ok=True)
+    sys.exit(main())
