@@ -74,7 +74,13 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
     writer = results.MetadataWriter(
         storage, cfg.output, run_id, cfg.flush_rows, cfg.flush_interval_s
     )
-    writer.add(scan.dup_rows)
+    dup_rows = scan.dup_rows
+    for name, value in ctx.model_info.items():  # same columns as every other result row
+        if dup_rows.num_rows:
+            dup_rows = dup_rows.append_column(
+                name, pa.array([value] * dup_rows.num_rows, pa.string())
+            )
+    writer.add(dup_rows)
     processed = errors = 0
     t_last = t_first = time.time()
     if todo:

@@ -29,7 +29,7 @@ from .errors import InpaintError, MaskError, error_kind
 from .inpaint import prepare, region_seed
 from .params import GenerationParams, derive_seed
 from .schema import RESULT_SCHEMA
-from .uri import output_key
+from .uri import output_key, redact_uri
 
 P = "_bi_"  # prefix of internal columns
 OVERRIDES = {  # manifest column -> GenerationParams field
@@ -130,7 +130,10 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
     params = row_params(row, cfg)  # bad per-row values (e.g. steps=0) fail this row only
     image_uri = resolve_uri(str(row["image"]), ctx.manifest_base)
     data = ctx.storage.read_bytes(image_uri)
-    rgb, alpha = imaging.decode_image_with_alpha(data, max_pixels=cfg.max_pixels)
+    try:
+        rgb, alpha = imaging.decode_image_with_alpha(data, max_pixels=cfg.max_pixels)
+    except InpaintError as exc:
+        raise type(exc)(f"image {redact_uri(image_uri)}: {exc}", kind=exc.kind) from None
     h, w = rgb.shape[:2]
     raw = build_mask(row, (w, h), alpha, ctx)
     prep = prepare(rgb, raw, opts, native_size=ctx.native_size, size_multiple=ctx.size_multiple)
@@ -167,8 +170,12 @@ def build_mask(row: dict, size: tuple[int, int], alpha, ctx: JobContext) -> np.n
     opts = cfg.inpaint_options().mask
     parts = []
     if row.get("mask"):
-        data = ctx.storage.read_bytes(resolve_uri(str(row["mask"]), ctx.manifest_base))
-        parts.append(masks.mask_from_image(data, size=size, options=opts))
+        mask_uri = resolve_uri(str(row["mask"]), ctx.manifest_base)
+        data = ctx.storage.read_bytes(mask_uri)
+        try:
+            parts.append(masks.mask_from_image(data, size=size, options=opts))
+        except InpaintError as exc:
+            raise type(exc)(f"mask {redact_uri(mask_uri)}: {exc}", kind=exc.kind) from None
     if row.get("mask_boxes"):
         parts.append(masks.mask_from_boxes(row["mask_boxes"], size))
     if row.get("mask_polygons"):
