@@ -36,9 +36,23 @@ SAMPLES = {
     "coffee.png": (
         "spoon",
         [
-            [(398, 68), (426, 70), (418, 112), (400, 170), (388, 228), (404, 250), (410, 292),
-             (392, 328), (348, 330), (322, 302), (326, 262), (348, 240), (372, 228), (382, 196),
-             (396, 118)],
+            [
+                (398, 68),
+                (426, 70),
+                (418, 112),
+                (400, 170),
+                (388, 228),
+                (404, 250),
+                (410, 292),
+                (392, 328),
+                (348, 330),
+                (322, 302),
+                (326, 262),
+                (348, 240),
+                (372, 228),
+                (382, 196),
+                (396, 118),
+            ],
         ],
         "CC0 (Rachel Michetti)",
     ),
@@ -81,19 +95,40 @@ def main() -> None:
     for name, (what, polys, licence) in SAMPLES.items():
         stem = Path(name).stem
         draw_mask(HERE / "images" / name, polys).save(HERE / "masks" / f"{stem}.png", optimize=True)
-        rows.append(dict(id=stem, image=f"images/{name}", mask=f"masks/{stem}.png",
-                         mask_boxes=None, what=what, licence=licence))
+        rows.append(
+            dict(
+                id=stem,
+                image=f"images/{name}",
+                mask=f"masks/{stem}.png",
+                mask_boxes=None,
+                what=what,
+                licence=licence,
+            )
+        )
     for name, (what, boxes, licence) in BOX_SAMPLES.items():
         stem = Path(name).stem
-        rows.append(dict(id=stem, image=f"images/{name}", mask=None, mask_boxes=boxes,
-                         what=what, licence=licence))
+        rows.append(
+            dict(
+                id=stem,
+                image=f"images/{name}",
+                mask=None,
+                mask_boxes=boxes,
+                what=what,
+                licence=licence,
+            )
+        )
     table = pa.Table.from_pylist(
         rows,
-        schema=pa.schema([
-            ("id", pa.string()), ("image", pa.string()), ("mask", pa.string()),
-            ("mask_boxes", pa.list_(pa.list_(pa.float64()))),
-            ("what", pa.string()), ("licence", pa.string()),
-        ]),
+        schema=pa.schema(
+            [
+                ("id", pa.string()),
+                ("image", pa.string()),
+                ("mask", pa.string()),
+                ("mask_boxes", pa.list_(pa.list_(pa.float64()))),
+                ("what", pa.string()),
+                ("licence", pa.string()),
+            ]
+        ),
     )
     pq.write_table(table, HERE / "manifest.parquet")
     print(f"wrote {len(rows)} rows to {HERE / 'manifest.parquet'}")

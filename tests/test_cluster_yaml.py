@@ -41,7 +41,10 @@ def test_fractional_gpus_divide_the_worker():
     c = load()
     cfg = JobConfig(manifest="m", output="o", gpus_per_actor=0.5, max_actors=2)
     res = c["available_node_types"]["gpu_worker"]["resources"]
-    assert res["GPU"] / cfg.gpus_per_actor >= cfg.max_actors / c["available_node_types"]["gpu_worker"]["max_workers"]
+    assert (
+        res["GPU"] / cfg.gpus_per_actor
+        >= cfg.max_actors / c["available_node_types"]["gpu_worker"]["max_workers"]
+    )
 
 
 def test_setup_installs_this_package_and_ray():
