@@ -54,10 +54,10 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
 
     done = results.done_ids(storage, cfg.output, cfg.retry_errors) if cfg.resume else set()
     exclude = frozenset(done) | frozenset(scan.duplicates)
-    todo = sum(1 for i in scan.ids if i not in exclude)
+    todo = sum(1 for i in scan.ids if i and i not in exclude)
     echo(
         f"batch-inpaint: {len(scan.ids)} manifest rows, {len(done & set(scan.ids))} already done, "
-        f"{len(scan.dup_rows)} with duplicate ids, {todo} to process -> {cfg.output}"
+        f"{scan.bad_rows.num_rows} with a duplicate or missing id, {todo} to process -> {cfg.output}"
     )
     _init_ray(cfg)
     gpus = _gpus_per_actor(cfg, ray.cluster_resources().get("GPU", 0))
@@ -74,13 +74,13 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
     writer = results.MetadataWriter(
         storage, cfg.output, run_id, cfg.flush_rows, cfg.flush_interval_s
     )
-    dup_rows = scan.dup_rows
+    bad_rows = scan.bad_rows
     for name, value in ctx.model_info.items():  # same columns as every other result row
-        if dup_rows.num_rows:
-            dup_rows = dup_rows.append_column(
-                name, pa.array([value] * dup_rows.num_rows, pa.string())
+        if bad_rows.num_rows:
+            bad_rows = bad_rows.append_column(
+                name, pa.array([value] * bad_rows.num_rows, pa.string())
             )
-    writer.add(dup_rows)
+    writer.add(bad_rows)
     processed = errors = 0
     t_last = t_first = time.time()
     if todo:
@@ -107,8 +107,8 @@ def build_dataset(cfg: JobConfig, ctx: JobContext, storage: Storage, exclude, gp
 
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
     ds = ray.data.read_parquet(path, filesystem=fs)
-    if exclude:
-        ds = ds.map_batches(drop_rows, batch_format="pyarrow", fn_kwargs={"exclude": exclude})
+    # Always: rows without an id never reach the stages (the driver wrote their error rows).
+    ds = ds.map_batches(drop_rows, batch_format="pyarrow", fn_kwargs={"exclude": exclude})
     # A small manifest file is one read block, and Ray Data keeps a task's small outputs in one
     # block: one actor would get every row and the driver would see none until the end (no
     # parallel actors, no metadata parts, a killed run loses everything). Blocks of a couple of
@@ -141,7 +141,10 @@ def build_dataset(cfg: JobConfig, ctx: JobContext, storage: Storage, exclude, gp
 
 def drop_rows(table: pa.Table, exclude: frozenset) -> pa.Table:
     ids = pc.cast(table.column("id"), pa.string())
-    keep = pc.invert(pc.is_in(ids, value_set=pa.array(sorted(exclude), pa.string())))
+    keep = pc.and_(
+        pc.invert(pc.is_in(ids, value_set=pa.array(sorted(exclude), pa.string()))),
+        pc.greater(pc.utf8_length(pc.fill_null(ids, "")), 0),
+    )
     return table.filter(keep)
 
 
@@ -221,19 +224,38 @@ def _norm(uri: str) -> str:
 
 
 class ManifestScan:
-    def __init__(self, ids: list[str], duplicates: set[str], dup_rows: pa.Table, base: str):
-        self.ids, self.duplicates, self.dup_rows, self.base = ids, duplicates, dup_rows, base
-        seen: dict[str, int] = {}
-        self.result_ids = []
+    """What the driver learns from the id column: row ids, the ids that can't be processed
+    (duplicated, null or empty), their error rows, and one result id per manifest row."""
+
+    def __init__(self, ids: list[str | None], bad_rows: pa.Table, base: str):
+        self.ids, self.bad_rows, self.base = ids, bad_rows, base
+        counts: dict[str, int] = {}
         for i in ids:
-            seen[i] = seen.get(i, 0) + 1
-            self.result_ids.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+            if i:
+                counts[i] = counts.get(i, 0) + 1
+        self.duplicates = {i for i, n in counts.items() if n > 1}
+        self.result_ids = result_ids(ids)
+
+
+def result_ids(ids: list[str | None]) -> list[str]:
+    """One unique result id per manifest row: the id itself; 'id#2', 'id#3', ... for later
+    occurrences of a duplicated id; '#row-N' for a row with no id (N counts from 0)."""
+    seen: dict[str, int] = {}
+    out = []
+    for n, i in enumerate(ids):
+        if not i:
+            out.append(f"#row-{n}")
+            continue
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
+    return out
 
 
 def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
-    """Check the manifest's schema and ids on the driver before any cluster work. Every row of an
-    id that appears twice becomes an error row (we can't know which one was meant; ids key the
-    output objects and resume); later occurrences get result ids 'id#2', 'id#3', ..."""
+    """Check the manifest's schema and ids on the driver before any cluster work. Rows that can't
+    be processed become error rows here and never reach the cluster: every row of an id that
+    appears twice (we can't know which one was meant; ids name the output objects and drive
+    resume), and rows with a null or empty id."""
     import pyarrow.dataset as pads
 
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
@@ -245,51 +267,60 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
         raise
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigError(f"cannot read manifest {cfg.manifest}: {exc}") from None
-    if any(i is None or i == "" for i in ids):
-        raise ConfigError(
-            f"manifest {cfg.manifest}: column 'id' has null or empty values; every row needs an id"
-        )
-    counts: dict[str, list[int]] = {}
+    positions: dict[str | None, list[int]] = {}
     for n, i in enumerate(ids):
-        counts.setdefault(i, []).append(n)
-    dups = {i for i, rows in counts.items() if len(rows) > 1}
-    dup_rows = _duplicate_rows(dataset, dups, counts) if dups else pa.table({})
+        positions.setdefault(i or None, []).append(n)
+    bad = {i for i, rows in positions.items() if i is None or len(rows) > 1}
+    bad_rows = _unusable_rows(dataset, bad, positions, ids) if bad else pa.table({})
     base = cfg.manifest.rstrip("/")
     if base.endswith(".parquet"):
         base = base.rsplit("/", 1)[0] if "/" in base else ""
-    return ManifestScan(ids, dups, dup_rows, base)
+    return ManifestScan(ids, bad_rows, base)
 
 
-def _duplicate_rows(dataset, dups: set[str], counts: dict[str, list[int]]) -> pa.Table:
+def _unusable_rows(dataset, bad: set, positions: dict, ids: list) -> pa.Table:
+    """Error rows (with their pass-through columns) for duplicated ids and rows without an id."""
     import datetime as dt
 
-    table = dataset.to_table(filter=pc.field("id").isin(sorted(dups)))
-    ids = table.column("id").to_pylist()
-    seen: dict[str, int] = {}
+    named = sorted(i for i in bad if i is not None)
+    where = pc.field("id").isin(named) if named else None
+    if None in bad:
+        no_id = pc.field("id").is_null() | (pc.field("id") == "")
+        where = no_id if where is None else (where | no_id)
+    table = dataset.to_table(filter=where)
+    # The filter keeps file order, so the k-th row of an id here is its k-th position overall.
+    taken: dict[str | None, int] = {}
+    all_result_ids = result_ids(ids)
     out_ids, msgs = [], []
-    for i in ids:
-        seen[i] = seen.get(i, 0) + 1
-        out_ids.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
-        rows = ", ".join(str(r) for r in counts[i])
-        msgs.append(
-            f"row {i!r}: id appears {len(counts[i])} times in the manifest (rows {rows}); ids must be "
-            f"unique (they name the output object and drive resume), so none of these rows was processed"
-        )
+    for i in pc.cast(table.column("id"), pa.string()).to_pylist():
+        key = i or None
+        k = taken.get(key, 0)
+        taken[key] = k + 1
+        pos = positions[key][k]
+        out_ids.append(all_result_ids[pos])
+        if key is None:
+            msgs.append(
+                f"manifest row {pos} has no id (null or empty); every row needs a unique id "
+                f"(it names the output object and drives resume), so it was not processed"
+            )
+        else:
+            rows = ", ".join(str(r) for r in positions[key])
+            msgs.append(
+                f"row {i!r}: id appears {len(positions[key])} times in the manifest (rows {rows}); "
+                f"ids must be unique (they name the output object and drive resume), so none of "
+                f"these rows was processed"
+            )
     n = table.num_rows
+    kinds = ["missing_id" if r.startswith("#row-") else "duplicate_id" for r in out_ids]
     table = table.set_column(
         table.schema.get_field_index("id"), "id", pa.array(out_ids, pa.string())
     )
     now = dt.datetime.now(dt.timezone.utc)
-    for name, values in {
-        "status": ["error"] * n,
-        "error_kind": ["duplicate_id"] * n,
-        "error": msgs,
-    }.items():
+    for name, values in {"status": ["error"] * n, "error_kind": kinds, "error": msgs}.items():
         table = table.append_column(name, pa.array(values, pa.string()))
-    table = table.append_column(
+    return table.append_column(
         "finished_at", pa.array([now] * n, RESULT_SCHEMA.field("finished_at").type)
     )
-    return table
 
 
 def native_size(cfg: JobConfig) -> int | None:

@@ -432,3 +432,32 @@ def test_job_json_keeps_credentials_in_uris_out():
     for secret in ("minio-pass-123", "sig-value-123", "ray-pass-123"):
         assert secret not in text
     assert "127.0.0.1:9000" in text and "s3://b/out" in text
+
+
+def test_rows_without_an_id_fail_alone_and_the_rest_finish(ray_local, tmp_path):
+    """A null or empty id can't name an output or drive resume: that row is an error row with a
+    result id '#row-N', every other row still runs, and the invariants (one result row per
+    manifest row, unique ids) hold."""
+    from tests.fixtures_ray import local_dataset
+
+    manifest, rows = local_dataset(tmp_path / "data", 3)
+    rows[1] = {**rows[1], "id": None}
+    rows.append({**rows[0], "id": "", "split": "train"})
+    manifest.write_bytes(manifest_bytes(rows))
+    out = tmp_path / "out"
+    summary = run_job(
+        config(manifest=str(manifest), output=str(out), backend="opencv"), echo=lambda *_: None
+    )
+    meta = {r["id"]: r for r in _local_meta(out)}
+    assert sorted(meta) == ["#row-1", "#row-3", "r000", "r002"]
+    for rid, pos in (("#row-1", 1), ("#row-3", 3)):
+        assert meta[rid]["status"] == "error" and meta[rid]["error_kind"] == "missing_id"
+        assert f"manifest row {pos} has no id" in meta[rid]["error"]
+    assert meta["#row-3"]["split"] == "train"  # pass-through columns survive on error rows
+    assert summary["counts"] == {"ok": 2, "error": 2, "skipped": 0}
+    assert summary["success"] and (out / "_SUCCESS").is_file()
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["r000.png", "r002.png"]
+    rerun = run_job(
+        config(manifest=str(manifest), output=str(out), backend="opencv"), echo=lambda *_: None
+    )
+    assert rerun["rows_this_run"] == 0 and rerun["counts"] == summary["counts"]
