@@ -43,9 +43,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise _load_error(exc, data) from None
 
-        fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "unknown")
-        if fmt not in ALLOWED_FORMATS:
-            raise DecodeError(f"unsupported format {fmt}; allowed: {', '.join(ALLOWED_FORMATS)}")
+        check_format(im)
         pixels = im.width * im.height
         if pixels > max_pixels:
             raise DecodeError(
@@ -61,6 +59,13 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError) as exc:
             raise _load_error(exc, data) from None
     return im
+
+
+def check_format(im: Image.Image) -> None:
+    """DecodeError unless the opened image is of an allowed format (also used by validation)."""
+    fmt = _FORMAT_ALIASES.get(im.format or "", im.format or "unknown")
+    if fmt not in ALLOWED_FORMATS:
+        raise DecodeError(f"unsupported format {fmt}; allowed: {', '.join(ALLOWED_FORMATS)}")
 
 
 def _bomb_error(message: str, max_pixels: int) -> DecodeError:

@@ -111,6 +111,8 @@ def _probe(storage: Storage, uri: str, decode: bool) -> dict[str, Any]:
     """Size (after EXIF orientation) and alpha of an image, from its header where possible."""
     from PIL import Image
 
+    from .imaging import check_format
+
     if decode:
         from .imaging import open_image
 
@@ -122,6 +124,10 @@ def _probe(storage: Storage, uri: str, decode: bool) -> dict[str, Any]:
     for attempt in (0, 1):
         try:
             with Image.open(io.BytesIO(data)) as im:
+                try:
+                    check_format(im)
+                except DecodeError as bad:
+                    raise DecodeError(f"{redact_uri(uri)}: {bad}") from None
                 w, h = im.size
                 if _orientation(im) in (5, 6, 7, 8):  # rotated 90°: EXIF transposes it
                     w, h = h, w

@@ -339,3 +339,18 @@ def test_docs_example_runs(s3_bucket, s3_server, capsys):
     assert "1 images without a mask" in out and "size_mismatch" in out
     written = Manifest.read(f"s3://{s3_bucket}/manifest.parquet")
     assert written.ids == ["sub/cat"]
+
+
+def test_validate_flags_formats_the_job_refuses(tmp_path):
+    """A GIF decodes with Pillow, but the job's allowlist refuses it: validate says so up front."""
+    (tmp_path / "a.gif").write_bytes(png(8, 6, mode="P", fmt="GIF"))
+    (tmp_path / "b.png").write_bytes(png(8, 6))
+    m = Manifest.from_records(
+        [
+            {"id": "gif", "image": str(tmp_path / "a.gif"), "mask_boxes": [[0, 0, 2, 2]]},
+            {"id": "png", "image": str(tmp_path / "b.png"), "mask_boxes": [[0, 0, 2, 2]]},
+        ]
+    )
+    report = m.validate()
+    assert report.bad_ids == {"gif"}
+    assert "unsupported format GIF" in str(report)
