@@ -27,8 +27,6 @@ from .stages import JobContext, ModelStage, finish_batch, prepare_batch, verify_
 from .storage import Storage
 from .uri import redact_uri
 
-log = logging.getLogger("batch_inpaint")
-
 
 def run_job(config: JobConfig, *, echo=print) -> dict:
     """Run one job to the end and return its summary (also written to `{output}/run.json`)."""
@@ -60,7 +58,7 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
         f"{scan.bad_rows.num_rows} with a duplicate or missing id, {todo} to process -> {cfg.output}"
     )
     _init_ray(cfg)
-    gpus = _gpus_per_actor(cfg, ray.cluster_resources().get("GPU", 0))
+    gpus = _gpus_per_actor(cfg, ray.cluster_resources().get("GPU", 0), echo)
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     cfg_run = JobConfig.from_dict({**cfg.to_dict(), "device": device})
     ctx = JobContext(
@@ -372,17 +370,26 @@ def job_json(cfg: JobConfig, run_id: str) -> dict:
     }
 
 
-def _gpus_per_actor(cfg: JobConfig, cluster_gpus: float) -> float:
+def _gpus_per_actor(cfg: JobConfig, cluster_gpus: float, echo=print) -> float:
+    """GPUs per model actor: as configured; else 1 for device cuda or when the cluster has GPUs;
+    else 0 (CPU actors, fp32). A cluster whose GPU workers autoscale from zero shows no GPU at
+    start: ask for them with gpus_per_actor: 1 or device: cuda."""
     if cfg.gpus_per_actor is not None:
         if cfg.gpus_per_actor > 0 and cluster_gpus == 0:
-            log.warning(
-                "gpus_per_actor=%s but the cluster reports no GPU yet (autoscaling?)",
-                cfg.gpus_per_actor,
+            echo(
+                f"batch-inpaint: gpus_per_actor={cfg.gpus_per_actor} but the cluster has no GPU "
+                "yet; the actors wait for the autoscaler to add GPU workers"
             )
         return cfg.gpus_per_actor
     if cfg.device == "cpu" or cfg.backend == "opencv":
         return 0.0
-    return 1.0 if cluster_gpus >= 1 else 0.0
+    if cfg.device == "cuda" or cluster_gpus >= 1:
+        return 1.0
+    echo(
+        "batch-inpaint: the cluster has no GPU, so the model runs on CPU actors (fp32, slow); "
+        "on a cluster whose GPU workers autoscale from zero, pass --gpus-per-actor 1"
+    )
+    return 0.0
 
 
 def _init_ray(cfg: JobConfig) -> None:
