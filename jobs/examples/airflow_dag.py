@@ -25,6 +25,6 @@ with DAG(
         bash_command=(
             "ray job submit --working-dir . -- python jobs/clean.py "
             "--images s3://my-bucket/uploads/ --masks s3://my-bucket/masks/ "
-            "--output s3://my-bucket/cleaned/"
+            "--output s3://my-bucket/cleaned/ --gpus-per-actor 1"
         ),
     )
