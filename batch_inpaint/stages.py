@@ -250,7 +250,8 @@ class ModelStage:
         for name, arr in cols.items():
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         table = table.append_column(f"{P}results", pa.array(results, pa.list_(pa.large_binary())))
-        t_model = [share if i in set(pending) else 0.0 for i in range(table.num_rows)]
+        in_model = set(pending)
+        t_model = [share if i in in_model else 0.0 for i in range(table.num_rows)]
         return table.append_column(f"{P}t_model", pa.array(t_model, pa.float64()))
 
     def _run(self, table, pending, results, status, errors, kinds) -> None:
