@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ManifestError
+from .errors import InpaintError, ManifestError
 
 DONE = ("ok", "skipped")
 
@@ -134,18 +135,42 @@ def _ts(value) -> float:
     return value.timestamp()
 
 
-def done_ids(storage, output: str, retry_errors: bool, strict: bool = False) -> set[str]:
+def done_ids(
+    storage, output: str, retry_errors: bool, strict: bool = False, check_outputs: bool = False
+) -> set[str]:
+    """Ids an earlier run finished: ok and skipped rows, and error rows unless retry_errors.
+    check_outputs=True (the job's resume) also lists images/ and redoes an ok or skipped row
+    whose object is gone, so a deleted output is made again instead of failing the invariants."""
     table, _, _ = read_results(storage, output, strict=strict)
     if table is None:
         return set()
     keep = DONE if retry_errors else (*DONE, "error")
+    ids = table.column("id").to_pylist()
+    status = table.column("status").to_pylist()
+    outputs = (
+        table.column("output").to_pylist() if "output" in table.column_names else [None] * len(ids)
+    )
+    present = list_images(storage, output) if check_outputs else None
     return {
         r
-        for r, s in zip(
-            table.column("id").to_pylist(), table.column("status").to_pylist(), strict=True
-        )
-        if s in keep
+        for r, s, o in zip(ids, status, outputs, strict=True)
+        if s in keep and (present is None or s not in DONE or norm_uri(o or "") in present)
     }
+
+
+def list_images(storage, output: str) -> set[str]:
+    """Normalised URIs of every object under output/images (empty if there is none yet)."""
+    try:
+        return {norm_uri(u) for u in storage.list(join(output, "images"))}
+    except InpaintError:
+        return set()
+
+
+def norm_uri(uri: str) -> str:
+    """Local paths and file:// URIs as absolute paths, so listings and result rows compare."""
+    if "://" not in uri or uri.startswith("file://"):
+        return os.path.abspath(uri[7:] if uri.startswith("file://") else uri)
+    return uri
 
 
 def compact(storage, output: str, table: pa.Table, old_parts: list[str], run_id: str) -> str:
@@ -168,8 +193,9 @@ class Check:
 def check_invariants(
     table: pa.Table, manifest_ids: list[str], verified_outputs: dict[str, str]
 ) -> Check:
-    """ok + error + skipped == manifest rows; ids unique; every ok row's object exists and decodes
-    (`verified_outputs` maps output URI -> problem, for those that failed the check)."""
+    """ok + error + skipped == manifest rows; ids unique; every ok row's object exists (and was
+    checked to decode when written); `verified_outputs` maps output URI -> problem, for those
+    that failed the check."""
     problems = []
     ids = table.column("id").to_pylist()
     counts = Counter(ids)

@@ -389,13 +389,18 @@ def _finish_row(c: dict, cfg: JobConfig) -> bytes:
             region = geometry.Region(box=tuple(reg[:4]), work_size=(reg[4], reg[5]))
             pieces.append((region, _frombuf(res, reg[5], reg[4], 3)))
         image = geometry.paste(original, soft, pieces)
-    return imaging.encode_image(
+    data = imaging.encode_image(
         image,
         cfg.output_format,
         quality=cfg.jpeg_quality,
         png_compress_level=cfg.png_compress_level,
         exif=c.get(f"{P}exif") if cfg.keep_exif else None,
     )
+    # Checked here, once, so finalize need not read every output back: what is written decodes.
+    check = imaging.open_image(data, max_pixels=max(cfg.max_pixels, w * h))
+    if check.size != (w, h):
+        raise InpaintError(f"encoded output is {check.size}, expected {(w, h)}", kind="encode")
+    return data
 
 
 def _append(table: pa.Table, cols: dict[str, list], types: dict[str, pa.DataType]) -> pa.Table:
@@ -403,17 +408,3 @@ def _append(table: pa.Table, cols: dict[str, list], types: dict[str, pa.DataType
         if name in cols:
             table = table.append_column(name, pa.array(cols[name], typ))
     return table
-
-
-def verify_outputs(table: pa.Table, storage) -> pa.Table:
-    """The URIs of this batch whose object is missing or does not decode, with the reason."""
-    bad_uris, problems = [], []
-    for uri in table.column("uri").to_pylist():
-        try:
-            imaging.open_image(storage.read_bytes(uri))
-        except Exception as exc:  # noqa: BLE001
-            bad_uris.append(uri)
-            problems.append(str(exc))
-    return pa.table(
-        {"uri": pa.array(bad_uris, pa.string()), "problem": pa.array(problems, pa.string())}
-    )

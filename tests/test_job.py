@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -358,7 +357,9 @@ def test_local_opencv_mixed_manifest(local_run):
 def test_retry_errors_redoes_only_error_rows(local_run, tmp_path):
     mixed, cfg, _, root = local_run
     out = tmp_path / "out"
-    shutil.copytree(cfg.output, out)
+    # A first run of its own (not a copy of the shared one: result rows record where their
+    # objects are, and resume redoes a row whose object is not there).
+    run_job(JobConfig.from_dict({**cfg.to_dict(), "output": str(out)}), echo=lambda *_: None)
     cfg = JobConfig.from_dict({**cfg.to_dict(), "output": str(out), "retry_errors": True})
     before = {r["id"]: r for r in _local_meta(out)}
     # The missing object appears: its row must now succeed.
@@ -461,3 +462,22 @@ def test_rows_without_an_id_fail_alone_and_the_rest_finish(ray_local, tmp_path):
         config(manifest=str(manifest), output=str(out), backend="opencv"), echo=lambda *_: None
     )
     assert rerun["rows_this_run"] == 0 and rerun["counts"] == summary["counts"]
+
+
+def test_a_deleted_output_is_made_again_on_resume(ray_local, tmp_path):
+    """An ok row whose object disappeared is not finished: the rerun redoes that row alone (same
+    seed, so the same bytes) and the invariants hold again; other rows are not touched."""
+    from tests.fixtures_ray import local_dataset
+
+    manifest, _ = local_dataset(tmp_path / "data", 3)
+    out = tmp_path / "out"
+    cfg = config(manifest=str(manifest), output=str(out), backend="opencv")
+    assert run_job(cfg, echo=lambda *_: None)["success"]
+    gone = out / "images" / "r001.png"
+    before = gone.read_bytes()
+    kept_mtime = (out / "images" / "r000.png").stat().st_mtime_ns
+    gone.unlink()
+    summary = run_job(cfg, echo=lambda *_: None)
+    assert summary["rows_this_run"] == 1 and summary["success"]
+    assert gone.read_bytes() == before
+    assert (out / "images" / "r000.png").stat().st_mtime_ns == kept_mtime
