@@ -53,7 +53,14 @@ def _serve(args: argparse.Namespace) -> int:
         manifest_root=Path(args.manifest_root),
         samples_dir=Path(args.samples) if args.samples else None,
     )
-    from ..web.app import launch  # imports gradio: after the cheap checks
+    try:
+        from ..web.app import launch  # imports gradio: after the cheap checks
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "gradio":
+            raise ConfigError(
+                "batch-inpaint serve needs gradio: pip install 'batch-inpaint[serve]'"
+            ) from None
+        raise
 
     if args.host not in LOOPBACK:
         print(f"serve: binding {args.host}: anyone who can reach this port can use the model and "
