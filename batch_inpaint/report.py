@@ -48,9 +48,10 @@ def _thumb(rgb: np.ndarray) -> str:
 
 def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
     from .masks import finish_mask
+    from .scan import manifest_base
     from .stages import JobContext, build_mask, resolve_uri
 
-    ctx = JobContext(config=cfg, storage=storage, manifest_base=_base(cfg.manifest))
+    ctx = JobContext(config=cfg, storage=storage, manifest_base=manifest_base(cfg.manifest))
     rgb, alpha = imaging.decode_image_with_alpha(
         storage.read_bytes(resolve_uri(row["image"], ctx.manifest_base))
     )
@@ -58,14 +59,6 @@ def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
     hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), cfg.inpaint_options().mask)
     out = imaging.decode_image(storage.read_bytes(row["output"]))
     return _thumb(rgb), _thumb(np.repeat(hard[..., None], 3, axis=2)), _thumb(out)
-
-
-def _base(manifest: str) -> str:
-    """The folder rows' relative URIs resolve against: the job's rule (ray_job.scan_manifest)."""
-    m = manifest.rstrip("/")
-    if m.endswith(".parquet"):
-        return m.rsplit("/", 1)[0] if "/" in m else ""
-    return m
 
 
 def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:

@@ -3,7 +3,8 @@
 import pytest
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.ray_job import _gpus_per_actor, result_ids
+from batch_inpaint.ray_job import _gpus_per_actor
+from batch_inpaint.scan import result_ids
 
 
 @pytest.mark.parametrize(

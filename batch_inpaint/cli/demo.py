@@ -66,13 +66,14 @@ def side_by_side(out: Path) -> list[Path]:
 
     from ..config import JobConfig
     from ..masks import finish_mask
+    from ..scan import manifest_base
     from ..stages import JobContext, build_mask, resolve_uri
     from ..storage import Storage
 
     job = json.loads((out / "job.json").read_text())
     cfg = JobConfig.from_dict(job["config"])
     storage = Storage(cfg.storage_options())
-    base = str(Path(cfg.manifest).parent)
+    base = manifest_base(cfg.manifest)
     ctx = JobContext(config=cfg, storage=storage, manifest_base=base)
     dest = out / "side_by_side"
     dest.mkdir(exist_ok=True)
