@@ -46,7 +46,9 @@ def _thumb(rgb: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
+def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A result row's input, its mask as the job built it (RGB, white = inpainted) and its output,
+    decoded the way the job decodes them (EXIF orientation, alpha masks)."""
     from .masks import finish_mask
     from .scan import manifest_base
     from .stages import JobContext, build_mask, resolve_uri
@@ -58,7 +60,12 @@ def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
     h, w = rgb.shape[:2]
     hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), cfg.inpaint_options().mask)
     out = imaging.decode_image(storage.read_bytes(row["output"]))
-    return _thumb(rgb), _thumb(np.repeat(hard[..., None], 3, axis=2)), _thumb(out)
+    return rgb, np.repeat(hard[..., None], 3, axis=2), out
+
+
+def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
+    a, m, o = row_pictures(row, storage, cfg)
+    return _thumb(a), _thumb(m), _thumb(o)
 
 
 def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:

@@ -65,16 +65,11 @@ def side_by_side(out: Path) -> list[Path]:
     from PIL import Image
 
     from ..config import JobConfig
-    from ..masks import finish_mask
-    from ..scan import manifest_base
-    from ..stages import JobContext, build_mask, resolve_uri
+    from ..report import row_pictures
     from ..storage import Storage
 
-    job = json.loads((out / "job.json").read_text())
-    cfg = JobConfig.from_dict(job["config"])
+    cfg = JobConfig.from_dict(json.loads((out / "job.json").read_text())["config"])
     storage = Storage(cfg.storage_options())
-    base = manifest_base(cfg.manifest)
-    ctx = JobContext(config=cfg, storage=storage, manifest_base=base)
     dest = out / "side_by_side"
     dest.mkdir(exist_ok=True)
     made = []
@@ -82,12 +77,7 @@ def side_by_side(out: Path) -> list[Path]:
         for row in pq.read_table(part).to_pylist():
             if row["status"] not in ("ok", "skipped"):
                 continue
-            rgb = np.array(Image.open(resolve_uri(row["image"], base)).convert("RGB"))
-            h, w = rgb.shape[:2]
-            alpha = None
-            hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), cfg.inpaint_options().mask)
-            result = np.array(Image.open(row["output"]).convert("RGB"))
-            sheet = np.concatenate([rgb, np.repeat(hard[..., None], 3, axis=2), result], axis=1)
+            sheet = np.concatenate(row_pictures(row, storage, cfg), axis=1)
             path = dest / f"{Path(row['output']).stem}.jpg"
             Image.fromarray(sheet).save(path, quality=90)
             made.append(path)
