@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import InpaintError, ManifestError
@@ -231,7 +232,7 @@ def summarize(table: pa.Table, started: float, ended: float, this_run_rows: int)
         if s == "error"
     )
     secs = {
-        c: float(pa.compute.sum(table.column(c)).as_py() or 0.0)
+        c: float(pc.sum(table.column(c)).as_py() or 0.0)
         for c in ("prepare_s", "model_s", "write_s")
     }
     wall = max(ended - started, 1e-9)
