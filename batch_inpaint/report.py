@@ -58,7 +58,7 @@ def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.nd
         storage.read_bytes(resolve_uri(row["image"], ctx.manifest_base))
     )
     h, w = rgb.shape[:2]
-    hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), cfg.inpaint_options().mask)
+    hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), ctx.options.mask)
     out = imaging.decode_image(storage.read_bytes(row["output"]))
     return rgb, np.repeat(hard[..., None], 3, axis=2), out
 

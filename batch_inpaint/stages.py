@@ -18,6 +18,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from . import geometry, imaging, masks
 from .config import JobConfig, batch_size_for
 from .errors import InpaintError, MaskError, error_kind
 from .inpaint import prepare, region_seed
-from .params import GenerationParams, derive_seed
+from .params import GenerationParams, InpaintOptions, derive_seed
 from .schema import RESULT_SCHEMA
 from .uri import output_key, redact_uri
 
@@ -39,7 +40,6 @@ OVERRIDES = {  # manifest column -> GenerationParams field
     "guidance_scale": "guidance_scale",
     "strength": "strength",
 }
-HEAVY = [f"{P}pixels", f"{P}soft", f"{P}crops", f"{P}crop_masks", f"{P}results", f"{P}exif"]
 
 
 @dataclass
@@ -52,6 +52,11 @@ class JobContext:
     native_size: int | None = 512
     size_multiple: int = 8
     model_info: dict = field(default_factory=dict)
+
+    @cached_property
+    def options(self) -> InpaintOptions:
+        """The job's options, built once per worker instead of once per row and use."""
+        return self.config.inpaint_options()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,8 +112,7 @@ def resolve_uri(uri: str, base: str) -> str:
     return f"{base.rstrip('/')}/{uri}"
 
 
-def row_params(row: dict, cfg: JobConfig) -> GenerationParams:
-    base = cfg.inpaint_options().generation
+def row_params(row: dict, base: GenerationParams) -> GenerationParams:
     return base.with_overrides(**{f: row.get(col) for col, f in OVERRIDES.items()})
 
 
@@ -126,8 +130,10 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
         raise MaskError("row has no id")
     if not row.get("image"):
         raise MaskError("row has no image URI")
-    opts = cfg.inpaint_options()
-    params = row_params(row, cfg)  # bad per-row values (e.g. steps=0) fail this row only
+    opts = ctx.options
+    params = row_params(
+        row, opts.generation
+    )  # bad per-row values (e.g. steps=0) fail this row only
     image_uri = resolve_uri(str(row["image"]), ctx.manifest_base)
     data = ctx.storage.read_bytes(image_uri)
     try:
@@ -166,8 +172,7 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
 
 def build_mask(row: dict, size: tuple[int, int], alpha, ctx: JobContext) -> np.ndarray:
     """The union of every mask source the row gives; a row with none is an error."""
-    cfg = ctx.config
-    opts = cfg.inpaint_options().mask
+    opts = ctx.options.mask
     parts = []
     if row.get("mask"):
         mask_uri = resolve_uri(str(row["mask"]), ctx.manifest_base)
