@@ -7,27 +7,27 @@ job), `inpaint_array` and `load_inpainter` (one image in process), `batch_inpain
 
 __version__ = "0.1.0"
 
-from .config import JobConfig as JobConfig  # noqa: E402
-from .manifest import Manifest as Manifest  # noqa: E402
+from batch_inpaint.config import JobConfig as JobConfig  # noqa: E402
+from batch_inpaint.manifest.manifest import Manifest as Manifest  # noqa: E402
 
 
 def run_job(config: JobConfig, **kwargs):
     """Run the Ray job described by `config`; returns the run summary (also in run.json)."""
-    from .ray_job import run_job as _run_job
+    from batch_inpaint.job.ray_job import run_job as _run_job
 
     return _run_job(config, **kwargs)
 
 
 def inpaint_array(*args, **kwargs):
-    """Inpaint one RGB array in process; see batch_inpaint.inpaint.inpaint_array."""
-    from .inpaint import inpaint_array as _inpaint_array
+    """Inpaint one RGB array in process; see batch_inpaint.image.inpaint.inpaint_array."""
+    from batch_inpaint.image.inpaint import inpaint_array as _inpaint_array
 
     return _inpaint_array(*args, **kwargs)
 
 
 def load_inpainter(*args, **kwargs):
     """Load a model backend; see batch_inpaint.models.load_inpainter."""
-    from .models import load_inpainter as _load_inpainter
+    from batch_inpaint.models import load_inpainter as _load_inpainter
 
     return _load_inpainter(*args, **kwargs)
 

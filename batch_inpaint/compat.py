@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
-from .inpaint import inpaint_array
-from .models import load_inpainter
-from .models.base import Inpainter
-from .params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.image.inpaint import inpaint_array
+from batch_inpaint.models import load_inpainter
+from batch_inpaint.models.base import Inpainter
+from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
 
 __all__ = ["ImageInpaintingPipeline", "OutputKeys", "Tasks", "pipeline"]
 
@@ -143,25 +143,25 @@ class ImageInpaintingPipeline:
             raise ConfigError(f"bad input value: {exc}") from exc
 
     def _bytes_if_remote(self, src: Any) -> Any:
-        from .uri import is_local
+        from batch_inpaint.storage.uri import is_local
 
         if isinstance(src, str) and not is_local(src):
-            from .storage import Storage
+            from batch_inpaint.storage.store import Storage
 
             storage = self.storage if isinstance(self.storage, Storage) else Storage(self.storage)
             return storage.read_bytes(src)
         return src
 
     def load_image(self, src: Any) -> np.ndarray:
-        from .imaging import load_array
+        from batch_inpaint.image.codec import load_array
 
         return load_array(self._bytes_if_remote(src))
 
     def load_mask(self, src: Any, image: np.ndarray, options: MaskOptions) -> np.ndarray:
         from PIL import Image
 
-        from .masks import mask_from_image
-        from .uri import local_path
+        from batch_inpaint.image.masks import mask_from_image
+        from batch_inpaint.storage.uri import local_path
 
         src = self._bytes_if_remote(src)
         if isinstance(src, (str, os.PathLike)):
@@ -170,7 +170,7 @@ class ImageInpaintingPipeline:
                 with open(path, "rb") as f:
                     src = f.read()
             except OSError as exc:
-                from .errors import NotFoundError
+                from batch_inpaint.errors import NotFoundError
 
                 raise NotFoundError(f"cannot read mask {path}: {exc.strerror}") from None
         if not isinstance(src, (bytes, bytearray, memoryview, np.ndarray, Image.Image)):

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
 
 BACKENDS = ("diffusers", "opencv", "tiny")
 DEVICES = ("auto", "cuda", "cpu")
@@ -179,7 +179,7 @@ class JobConfig:
         )
 
     def storage_options(self):
-        from .storage import StorageOptions
+        from batch_inpaint.storage.store import StorageOptions
 
         return StorageOptions.from_env(
             endpoint_url=self.endpoint_url,

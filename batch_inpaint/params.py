@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
-from .errors import ConfigError
+from batch_inpaint.errors import ConfigError
 
 Mode = Literal["full", "crop"]
 SCHEDULERS = ("default", "dpm++", "ddim", "euler_a")

@@ -14,13 +14,12 @@ import re
 import time
 
 import pyarrow as pa
-
-from batch_inpaint.config import JobConfig
-from batch_inpaint.stages import JobContext, ModelStage, finish_batch, prepare_batch
-from batch_inpaint.storage import Storage
-
 from . import record as rec
 from .s3local import NOTE, LocalS3, local_s3, upload_rows
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.storage.store import Storage
 
 PROGRESS = re.compile(r"progress: (\d+)/(\d+) rows")
 
@@ -55,7 +54,7 @@ def plain_loop(cfg: JobConfig, storage: Storage, manifest: pa.Table, batch: int)
 def ray_job(cfg: JobConfig, cpus: int) -> dict:
     import ray
 
-    from batch_inpaint.ray_job import run_job
+    from batch_inpaint.job.ray_job import run_job
 
     os.environ.setdefault("BATCH_INPAINT_PROGRESS_BARS", "0")
     t0 = time.perf_counter()

@@ -12,15 +12,14 @@ import functools
 import time
 
 import numpy as np
-
-from batch_inpaint import imaging
-from batch_inpaint.config import JobConfig
-from batch_inpaint.models.base import Inpainter
-from batch_inpaint.stages import JobContext, ModelStage, finish_batch, prepare_batch
-from batch_inpaint.storage import Storage
-
 from . import record as rec
 from .s3local import NOTE, LocalS3, local_s3, upload_rows
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.image import codec
+from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.models.base import Inpainter
+from batch_inpaint.storage.store import Storage
 
 ENCODINGS = [  # (label, output_format, png_compress_level, quality)
     ("png-1", "png", 1, 95),
@@ -72,7 +71,7 @@ def measure_size(s3: LocalS3, width: int, height: int, rows: int, repeats: int,
 
     fetch, _ = best_per_row(lambda: [storage.read_bytes(u) for u in uris], rows, repeats)
     data = [storage.read_bytes(u) for u in images]
-    decode, _ = best_per_row(lambda: [imaging.decode_image_with_alpha(d) for d in data], rows,
+    decode, _ = best_per_row(lambda: [codec.decode_image_with_alpha(d) for d in data], rows,
                              repeats)  # fmt: skip
     prepare, prepared = best_per_row(lambda: [prepare_batch(t, ctx) for t in batches], rows,
                                      repeats)  # fmt: skip
@@ -80,7 +79,7 @@ def measure_size(s3: LocalS3, width: int, height: int, rows: int, repeats: int,
     model, modeled = best_per_row(lambda: [stage(t) for t in prepared], rows, repeats)
     status = {s for t in modeled for s in t.column("_bi_status").to_pylist()}
     assert status <= {"pending", "skipped"}, f"rows failed in prepare: {status}"
-    pasted = imaging.decode_image(data[0])  # what finish encodes: the identity model's output
+    pasted = codec.decode_image(data[0])  # what finish encodes: the identity model's output
 
     out = []
     for label, fmt, level, quality in ENCODINGS:
@@ -94,7 +93,7 @@ def measure_size(s3: LocalS3, width: int, height: int, rows: int, repeats: int,
         bad = [s for t in finished for s in t.column("status").to_pylist() if s != "ok"]
         assert not bad, f"finish_batch failed rows: {bad[:3]}"
         n = max(4, 32 // rows)
-        enc = functools.partial(imaging.encode_image, pasted, fmt, quality=quality,
+        enc = functools.partial(codec.encode_image, pasted, fmt, quality=quality,
                                 png_compress_level=level)  # fmt: skip
         encode, blobs = best_per_row(lambda enc=enc, n=n: [enc() for _ in range(n)], n, repeats)
         cpu = prepare[0] + finish[0]  # CPU s per row on the CPU tasks; the model stage's apart

@@ -18,18 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-
-from batch_inpaint import imaging
-from batch_inpaint.config import JobConfig
-from batch_inpaint.inpaint import inpaint_array
-from batch_inpaint.masks import random_mask
-from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions
-from batch_inpaint.stages import JobContext, ModelStage, finish_batch, prepare_batch
-from batch_inpaint.storage import Storage, StorageOptions
-
 from . import record as rec
 from .gpu_model import gpu_setup
 from .sd2 import Variant, apply_variant
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.image import codec
+from batch_inpaint.image.inpaint import inpaint_array
+from batch_inpaint.image.masks import random_mask
+from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions
+from batch_inpaint.storage.store import Storage, StorageOptions
 
 RAY_NOTE = (
     "Ray can't travel to the GPU machine (its ~79 MB wheel exceeds the 64 MiB that can be carried "
@@ -89,10 +88,10 @@ def write_inputs(folder: Path, rows: int, size: int) -> pa.Table:
     ids, imgs, msks = [], [], []
     for i in range(rows):
         (folder / f"{i}.jpg").write_bytes(
-            imaging.encode_image(rec.sample_image(size, size, i % 16), "jpeg", quality=92)
+            codec.encode_image(rec.sample_image(size, size, i % 16), "jpeg", quality=92)
         )
         mask = random_mask(size, size, i, max_coverage=0.25).astype(np.uint8) * 255
-        (folder / f"{i}_mask.png").write_bytes(imaging.encode_image(np.dstack([mask] * 3)))
+        (folder / f"{i}_mask.png").write_bytes(codec.encode_image(np.dstack([mask] * 3)))
         ids.append(f"row-{i:05d}")
         imgs.append(f"{i}.jpg")
         msks.append(f"{i}_mask.png")

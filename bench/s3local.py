@@ -15,12 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from batch_inpaint import imaging
-from batch_inpaint.masks import random_mask
-from batch_inpaint.storage import StorageOptions
-
 from . import record as rec
+
+from batch_inpaint.image import codec
+from batch_inpaint.image.masks import random_mask
+from batch_inpaint.storage.store import StorageOptions
 
 KEY, SECRET, REGION = "bench-key-id", "bench-secret-not-real", "us-east-1"
 NOTE = (
@@ -141,7 +140,7 @@ def upload_rows(s3: LocalS3, prefix: str, rows: int, width: int, height: int,
     """`rows` JPEG photos (q92, `distinct` different ones) with their own LaMa-style PNG masks
     (<= `coverage` of the frame) under s3://bucket/prefix/; returns the manifest table."""
     photos = [
-        imaging.encode_image(rec.sample_image(height, width, i), "jpeg", quality=92)
+        codec.encode_image(rec.sample_image(height, width, i), "jpeg", quality=92)
         for i in range(min(distinct, rows))
     ]
     objects, ids, images, masks = {}, [], [], []

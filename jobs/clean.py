@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from batch_inpaint.manifest import Manifest
-    from batch_inpaint.ray_job import run_job
-    from batch_inpaint.results import join, new_run_id
-    from batch_inpaint.storage import Storage
+    from batch_inpaint.job.ray_job import run_job
+    from batch_inpaint.job.results import join, new_run_id
+    from batch_inpaint.manifest.manifest import Manifest
+    from batch_inpaint.storage.store import Storage
 
     if args.images:
         if args.manifest:

@@ -43,7 +43,7 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def s3_storage_options(s3_server):
-    from batch_inpaint.storage import StorageOptions
+    from batch_inpaint.storage.store import StorageOptions
 
     return StorageOptions(
         endpoint_url=s3_server,
@@ -111,7 +111,7 @@ def s3_list_only_options(s3_bucket, s3_server, s3_storage_options):
     import boto3
     import moto.settings
 
-    from batch_inpaint.storage import Storage
+    from batch_inpaint.storage.store import Storage
 
     iam = boto3.client("iam", endpoint_url=s3_server, region_name="us-east-1")
     name = f"reader-{s3_bucket}"

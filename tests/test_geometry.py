@@ -4,8 +4,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch_inpaint.errors import ModelError, SizeMismatchError
-from batch_inpaint.geometry import Region, cut, paste, plan_regions
-from batch_inpaint.masks import finish_mask
+from batch_inpaint.image.geometry import Region, cut, paste, plan_regions
+from batch_inpaint.image.masks import finish_mask
 from batch_inpaint.params import GeometryOptions, MaskOptions
 
 FULL = GeometryOptions(mode="full")

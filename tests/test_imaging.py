@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from batch_inpaint.errors import ConfigError, DecodeError, NotFoundError
-from batch_inpaint.imaging import (
+from batch_inpaint.image.codec import (
     decode_image,
     decode_image_with_alpha,
     encode_image,

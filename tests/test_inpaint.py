@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from batch_inpaint.errors import ConfigError, SizeMismatchError
-from batch_inpaint.inpaint import InpaintResult, inpaint_array, prepare, region_seed
-from batch_inpaint.masks import finish_mask
+from batch_inpaint.image.inpaint import InpaintResult, inpaint_array, prepare, region_seed
+from batch_inpaint.image.masks import finish_mask
 from batch_inpaint.models.opencv_backend import OpenCVInpainter
 from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.ray_job import run_job
+from batch_inpaint.job.ray_job import run_job
 from tests.fixtures_ray import REPO, box_mask, manifest_bytes, png, sample_image
 from tests.fixtures_s3 import DUMMY_KEY, DUMMY_SECRET, s3_client
 
@@ -421,7 +421,7 @@ def test_cli_run_on_the_bundled_examples(ray_local, tmp_path, capsys):
 
 def test_job_json_keeps_credentials_in_uris_out():
     """A MinIO endpoint or presigned manifest URL can carry credentials; job.json must not."""
-    from batch_inpaint.ray_job import job_json
+    from batch_inpaint.job.ray_job import job_json
 
     cfg = JobConfig(
         manifest="https://host/m.parquet?X-Amz-Signature=sig-value-123",

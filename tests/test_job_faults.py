@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.lock import LockedError, OutputLock
-from batch_inpaint.ray_job import run_job
-from batch_inpaint.storage import Storage
+from batch_inpaint.job.lock import LockedError, OutputLock
+from batch_inpaint.job.ray_job import run_job
+from batch_inpaint.storage.store import Storage
 from tests.fixtures_ray import REPO, local_dataset, manifest_bytes, png, sample_image
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from batch_inpaint.errors import MaskError, SizeMismatchError
-from batch_inpaint.masks import (
+from batch_inpaint.image.masks import (
     RANDOM_KINDS,
     finish_mask,
     mask_from_alpha,

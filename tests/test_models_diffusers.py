@@ -220,7 +220,7 @@ def test_uri_models_are_fetched_through_storage(monkeypatch, tmp_path, tiny_mode
         seen.append((uri, storage, cache_dir))
         return tiny_model_dir
 
-    import batch_inpaint.storage as storage_module
+    import batch_inpaint.storage.model_cache as storage_module
 
     # The storage area tests the download itself (tests/test_storage*); here: that we go through it.
     monkeypatch.setattr(storage_module, "fetch_model_dir", fetch_model_dir)

@@ -3,8 +3,8 @@
 import pytest
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.ray_job import _gpus_per_actor
-from batch_inpaint.scan import result_ids
+from batch_inpaint.job.ray_job import _gpus_per_actor
+from batch_inpaint.job.scan import result_ids
 
 
 @pytest.mark.parametrize(

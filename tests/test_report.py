@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from batch_inpaint import report, results
 from batch_inpaint.config import JobConfig
+from batch_inpaint.job import report, results
+from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.models import load_inpainter
-from batch_inpaint.stages import JobContext, ModelStage, finish_batch, prepare_batch
-from batch_inpaint.storage import Storage
+from batch_inpaint.storage.store import Storage
 from tests.fixtures_ray import local_dataset, manifest_table
 
 EVIL_ID = '<img src=x onerror="document.title=1">'

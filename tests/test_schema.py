@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from batch_inpaint.errors import ManifestError
-from batch_inpaint.schema import (
+from batch_inpaint.manifest.schema import (
     MANIFEST_SCHEMA,
     RESULT_SCHEMA,
     SCHEMA_VERSION,

@@ -18,8 +18,14 @@ from batch_inpaint.errors import (
     StorageError,
     UriRejectedError,
 )
-from batch_inpaint.storage import Storage, StorageOptions, check_uri, fetch_model_dir, output_key
-from batch_inpaint.uri import MAX_KEY_CHARS, redact_uri
+from batch_inpaint.storage import (
+    Storage,
+    StorageOptions,
+    check_uri,
+    fetch_model_dir,
+    output_key,
+)
+from batch_inpaint.storage.uri import MAX_KEY_CHARS, redact_uri
 from tests.fixtures_s3 import s3_client
 
 # --- options --------------------------------------------------------------------------------

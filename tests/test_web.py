@@ -13,11 +13,11 @@ from PIL import Image
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError, DecodeError, MaskError
-from batch_inpaint.manifest import Manifest
-from batch_inpaint.masks import mask_from_image
+from batch_inpaint.image.masks import mask_from_image
+from batch_inpaint.manifest.manifest import Manifest
+from batch_inpaint.manifest.schema import MANIFEST_SCHEMA
 from batch_inpaint.models import load_inpainter
 from batch_inpaint.params import GeometryOptions
-from batch_inpaint.schema import MANIFEST_SCHEMA
 from batch_inpaint.web import handlers as h
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_inpaint.manifest import Manifest
+from batch_inpaint.manifest.manifest import Manifest
 from batch_inpaint.web import handlers as h
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import InpaintError
+from batch_inpaint.errors import InpaintError
 
 # module name -> registers one or more subcommands; imported lazily so `--help` stays fast
 # and a missing optional dependency only breaks its own command.

@@ -28,8 +28,8 @@ def add_parser(sub) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from ..config import JobConfig
-    from ..ray_job import run_job
+    from batch_inpaint.config import JobConfig
+    from batch_inpaint.job.ray_job import run_job
 
     out = Path(args.output).resolve()
     cfg = JobConfig(
@@ -64,9 +64,9 @@ def side_by_side(out: Path) -> list[Path]:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from ..config import JobConfig
-    from ..report import row_pictures
-    from ..storage import Storage
+    from batch_inpaint.config import JobConfig
+    from batch_inpaint.job.report import row_pictures
+    from batch_inpaint.storage.store import Storage
 
     cfg = JobConfig.from_dict(json.loads((out / "job.json").read_text())["config"])
     storage = Storage(cfg.storage_options())

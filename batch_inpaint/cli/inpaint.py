@@ -7,7 +7,7 @@ import argparse
 import time
 from pathlib import PurePosixPath
 
-from ..params import SCHEDULERS, GenerationParams
+from batch_inpaint.params import SCHEDULERS, GenerationParams
 
 _G = GenerationParams()
 
@@ -76,7 +76,7 @@ def add_parser(sub) -> None:
                     "faster; auto: sdpa (default: slicing)")  # fmt: skip
     mo.add_argument("--vae-tiling", action="store_true", help="decode big images tile by tile")
     mo.add_argument("--cache-dir", default=None, help="where downloaded weights are kept")
-    from .manifest import add_storage_flags
+    from batch_inpaint.cli.manifest import add_storage_flags
 
     add_storage_flags(p)
     p.set_defaults(func=_inpaint)
@@ -94,12 +94,12 @@ def add_parser(sub) -> None:
 
 def _inpaint(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
-    from ..imaging import decode_image, encode_image
-    from ..inpaint import inpaint_array
-    from ..masks import mask_from_image
-    from ..models import load_inpainter
-    from ..params import GeometryOptions, InpaintOptions, MaskOptions
-    from .manifest import storage_from_args
+    from batch_inpaint.cli.manifest import storage_from_args
+    from batch_inpaint.image.codec import decode_image, encode_image
+    from batch_inpaint.image.inpaint import inpaint_array
+    from batch_inpaint.image.masks import mask_from_image
+    from batch_inpaint.models import load_inpainter
+    from batch_inpaint.params import GeometryOptions, InpaintOptions, MaskOptions
 
     # 1. Check every option before loading anything
     fmt = _output_format(args.output)
@@ -162,8 +162,8 @@ def _inpaint(args: argparse.Namespace) -> int:
 
 
 def _output_format(out: str) -> str:
-    from ..errors import ConfigError
-    from ..imaging import ENCODE_FORMATS
+    from batch_inpaint.errors import ConfigError
+    from batch_inpaint.image.codec import ENCODE_FORMATS
 
     suffix = PurePosixPath(out.split("?")[0]).suffix.lower().lstrip(".")
     if suffix not in ENCODE_FORMATS:
@@ -179,7 +179,7 @@ def _output_names(out: str, n: int) -> list[str]:
 
 
 def _make_tiny(args: argparse.Namespace) -> int:
-    from ..models.tiny import make_tiny_model
+    from batch_inpaint.models.tiny import make_tiny_model
 
     t0 = time.perf_counter()
     path = make_tiny_model(args.dir)

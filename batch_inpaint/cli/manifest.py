@@ -22,7 +22,7 @@ def add_storage_flags(p: argparse.ArgumentParser) -> None:
 
 
 def storage_from_args(args: argparse.Namespace) -> Any:
-    from ..storage import Storage, StorageOptions
+    from batch_inpaint.storage.store import Storage, StorageOptions
 
     options = StorageOptions.from_env(
         endpoint_url=args.endpoint_url,
@@ -76,7 +76,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..manifest import Manifest
+    from batch_inpaint.manifest.manifest import Manifest
 
     storage = storage_from_args(args)
     m = Manifest.from_prefix(
@@ -96,7 +96,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..manifest import Manifest
+    from batch_inpaint.manifest.manifest import Manifest
 
     storage = storage_from_args(args)
     m = Manifest.read(args.uri, storage)
@@ -127,8 +127,8 @@ def _write_report(table: Any, uri: str, storage: Any) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from ..manifest import Manifest
-    from ..schema import SCHEMA_VERSION, VERSION_KEY
+    from batch_inpaint.manifest.manifest import Manifest
+    from batch_inpaint.manifest.schema import SCHEMA_VERSION, VERSION_KEY
 
     m = Manifest.read(args.uri, storage_from_args(args))
     version = (m.table.schema.metadata or {}).get(VERSION_KEY, str(SCHEMA_VERSION).encode())
@@ -150,7 +150,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cell(v: Any, width: int = 48) -> str:
-    from ..uri import redact_uri
+    from batch_inpaint.storage.uri import redact_uri
 
     s = "" if v is None else redact_uri(v) if isinstance(v, str) and "://" in v else str(v)
     half = width // 2

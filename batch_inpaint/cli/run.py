@@ -14,15 +14,15 @@ def add_parser(sub) -> None:
         "resumes: only unfinished rows are processed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    from ..config import add_arguments
+    from batch_inpaint.config import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    from ..config import config_from_args
-    from ..ray_job import run_job
+    from batch_inpaint.config import config_from_args
+    from batch_inpaint.job.ray_job import run_job
 
     cfg = config_from_args(args).require_io()  # validated before any cluster work
     summary = run_job(cfg)

@@ -8,14 +8,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError
+from batch_inpaint.errors import ConfigError
 
 BACKENDS = ("diffusers", "opencv", "tiny")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub) -> None:
-    from ..web.handlers import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+    from batch_inpaint.web.handlers import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
 
     p = sub.add_parser("serve", help="start a local web page to try the model",
                        description=__doc__)  # fmt: skip
@@ -42,8 +42,8 @@ def add_parser(sub) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..models import load_inpainter
-    from ..web.handlers import ServeSettings
+    from batch_inpaint.models import load_inpainter
+    from batch_inpaint.web.handlers import ServeSettings
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [1, 65535], got {args.port}")
@@ -54,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         samples_dir=Path(args.samples) if args.samples else None,
     )
     try:
-        from ..web.app import launch  # imports gradio: after the cheap checks
+        from batch_inpaint.web.app import launch  # imports gradio: after the cheap checks
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] == "gradio":
             raise ConfigError(

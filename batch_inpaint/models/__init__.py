@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..errors import ConfigError
-from .base import Inpainter
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.models.base import Inpainter
 
 BACKENDS = ("diffusers", "opencv", "tiny")
 TINY_MODEL_ID = "batch-inpaint/tiny-sd-inpainting-v1"
@@ -44,11 +44,11 @@ def load_inpainter(
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "opencv":
-        from .opencv_backend import OpenCVInpainter
+        from batch_inpaint.models.opencv_backend import OpenCVInpainter
 
         return _construct(OpenCVInpainter, backend, **backend_options)
 
-    from .diffusers_backend import (
+    from batch_inpaint.models.diffusers_backend import (
         DiffusersInpainter,
         resolve_attention,
         resolve_device,
@@ -71,7 +71,7 @@ def load_inpainter(
         cache_dir=cache_dir,
     )
     if backend == "tiny":
-        from .tiny import default_tiny_dir, make_tiny_model
+        from batch_inpaint.models.tiny import default_tiny_dir, make_tiny_model
 
         path = make_tiny_model(model or default_tiny_dir(cache_dir))
         kwargs.update(revision=None, storage=None, cache_dir=None)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ModelError
-from ..params import GenerationParams
+from batch_inpaint.errors import ModelError
+from batch_inpaint.params import GenerationParams
 
 
 class Inpainter(ABC):

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ModelError
-from ..params import SCHEDULERS, GenerationParams
-from .base import Inpainter, is_out_of_memory
+from batch_inpaint.errors import ConfigError, ModelError
+from batch_inpaint.models.base import Inpainter, is_out_of_memory
+from batch_inpaint.params import SCHEDULERS, GenerationParams
 
 # stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
 # the same weights in diffusers format with safetensors.
@@ -92,7 +92,7 @@ class DiffusersInpainter(Inpainter):
     """A diffusers inpainting pipeline behind the Inpainter interface.
 
     `model` is a Hub id, a local diffusers directory, or a URI (s3://...) of such a directory,
-    fetched through `batch_inpaint.storage.fetch_model_dir`. Only safetensors weights are loaded
+    fetched through `batch_inpaint.storage.model_cache.fetch_model_dir`. Only safetensors weights are loaded
     and no remote code runs. Pass a commit hash as `revision` to pin Hub weights.
     """
 
@@ -141,7 +141,7 @@ class DiffusersInpainter(Inpainter):
 
         source, local = self.model_id, local_files_only
         if "://" in source:
-            from ..storage import fetch_model_dir  # owned by the storage area; imported when needed
+            from batch_inpaint.storage.model_cache import fetch_model_dir
 
             source, local = str(fetch_model_dir(source, storage, cache_dir)), True
         elif os.path.isdir(source):

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from ..errors import ConfigError, ModelError
-from ..params import GenerationParams
-from .base import Inpainter
+from batch_inpaint.errors import ConfigError, ModelError
+from batch_inpaint.models.base import Inpainter
+from batch_inpaint.params import GenerationParams
 
 METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 

@@ -12,7 +12,7 @@ import string
 import tempfile
 from pathlib import Path
 
-from ..errors import ConfigError
+from batch_inpaint.errors import ConfigError
 
 TINY_SEED = 0
 # Written last: a directory holding it is a complete checkpoint (a crash mid-write leaves none).

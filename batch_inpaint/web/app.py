@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, InpaintError
-from . import handlers as h
+from batch_inpaint.errors import ConfigError, InpaintError
+from batch_inpaint.web import handlers as h
 
 # The editor shows (and the browser paints on) at most this many pixels per side; the mask is
 # scaled back to the full image. Keeps a 25-megapixel photo responsive in a browser tab.
@@ -77,8 +77,8 @@ class _Results:
     def thumbnail(self, sample: h.Sample) -> str:
         """A small PNG of a sample for the picker (a thumbnail, not the sample's own path)."""
         path = self.dir / f"sample-{sample.name}.png"
-        rgb = h.imaging.decode_image(sample.image.read_bytes())
-        path.write_bytes(h.imaging.encode_image(h.thumbnail(rgb), "png"))
+        rgb = h.codec.decode_image(sample.image.read_bytes())
+        path.write_bytes(h.codec.encode_image(h.thumbnail(rgb), "png"))
         return str(path)
 
     def save(self, name: str, data: bytes) -> str:

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import imaging, masks
-from ..errors import ConfigError, DecodeError, InpaintError, ManifestError, MaskError
-from ..params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
+from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, ManifestError, MaskError
+from batch_inpaint.image import codec, masks
+from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 ACCEPTED_TYPES = "PNG, JPEG, WebP, TIFF or BMP"
@@ -119,7 +119,7 @@ def load_upload(
             f"{shown} is {size / 2**20:.1f} MB; this page accepts {settings.limits_text()}"
         )
     try:
-        rgb = imaging.decode_image(path.read_bytes(), max_pixels=settings.max_pixels)
+        rgb = codec.decode_image(path.read_bytes(), max_pixels=settings.max_pixels)
     except DecodeError as exc:
         raise DecodeError(
             f"{shown} can't be used: {exc}. This page accepts {settings.limits_text()}"
@@ -146,7 +146,7 @@ def load_sample(name: str, samples: dict[str, Sample], settings: ServeSettings) 
     sample = samples.get(str(name))
     if sample is None:
         raise ConfigError(f"no sample called {name!r}; samples: {', '.join(samples) or 'none'}")
-    rgb = imaging.decode_image(sample.image.read_bytes(), max_pixels=max(settings.max_pixels, 1))
+    rgb = codec.decode_image(sample.image.read_bytes(), max_pixels=max(settings.max_pixels, 1))
     return Picture(rgb=rgb, name=sample.name, source_uri=str(sample.image))
 
 
@@ -331,7 +331,7 @@ def run_inpaint(
     seed: int,
 ) -> RunResult:
     """Inpaint the picture where `mask` is set, through the same path a job row takes."""
-    from ..inpaint import inpaint_array
+    from batch_inpaint.image.inpaint import inpaint_array
 
     if mask.shape != picture.rgb.shape[:2]:
         raise MaskError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {picture.size}")
@@ -342,7 +342,7 @@ def run_inpaint(
     result = inpaint_array(picture.rgb, mask, inpainter, options, seed=seed)
     image = np.asarray(result.image)
     params = reproduction_params(options, seed, inpainter.describe())
-    return RunResult(image, imaging.encode_image(image, "png"), seed, result.status, params)
+    return RunResult(image, codec.encode_image(image, "png"), seed, result.status, params)
 
 
 # -- manifests --------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ def add_to_manifest(
     folder can be copied to object storage as it is; a bundled sample keeps its own absolute path.
     A row with the same id (same image, mask and parameters) replaces the old one.
     """
-    from ..manifest import Manifest
+    from batch_inpaint.manifest.manifest import Manifest
 
     if not mask.any():
         raise MaskError("the mask is empty: paint over what should go before adding it")
@@ -404,7 +404,7 @@ def add_to_manifest(
             image_uri = f"images/{digest[:16]}.png"
             image_path = folder / image_uri
             if not image_path.exists():
-                _write_atomic(image_path, imaging.encode_image(picture.rgb, "png"))
+                _write_atomic(image_path, codec.encode_image(picture.rgb, "png"))
         mask_uri = f"masks/{row_id}.png"
         _write_atomic(folder / mask_uri, mask_bytes)
         row = {"id": row_id, "image": image_uri, "mask": mask_uri, **row_params}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import ConfigError, ModelError, SizeMismatchError
-from .params import GeometryOptions
+from batch_inpaint.errors import ConfigError, ModelError, SizeMismatchError
+from batch_inpaint.params import GeometryOptions
 
 DEFAULT_CROP_SIZE = 512  # crop side for models with no native size (the opencv backend)
 

@@ -16,12 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, ManifestError, NotFoundError
-from .pairing import IMAGE_EXTENSIONS, Unpaired, pair_files
-from .schema import MANIFEST_SCHEMA, conform_manifest
-from .storage import Storage, StorageOptions
-from .uri import is_local, local_path, redact_uri
-from .validation import ValidationReport, validate_table
+from batch_inpaint.errors import ConfigError, ManifestError, NotFoundError
+from batch_inpaint.manifest.pairing import IMAGE_EXTENSIONS, Unpaired, pair_files
+from batch_inpaint.manifest.schema import MANIFEST_SCHEMA, conform_manifest
+from batch_inpaint.manifest.validation import ValidationReport, validate_table
+from batch_inpaint.storage.store import Storage, StorageOptions
+from batch_inpaint.storage.uri import is_local, local_path, redact_uri
 
 ROW_GROUP_ROWS = 10_000  # ~1-3 MB of manifest rows: readers split and stream files by row group
 ROWS_PER_FILE = 100_000  # default for directory manifests (uri ending in '/')
@@ -267,7 +267,7 @@ class Manifest:
         {results_uri}/metadata/*.parquet result rows the job writes (the same rule as the job's
         resume): ok and skipped rows are done; error rows are done unless retry_errors=True. No
         results yet: every row. A results file that can't be read raises ManifestError."""
-        from .results import done_ids
+        from batch_inpaint.job.results import done_ids
 
         return self.exclude(done_ids(self.storage, results_uri, retry_errors, strict=True))
 

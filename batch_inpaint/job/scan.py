@@ -8,10 +8,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import JobConfig
-from .errors import ConfigError, InpaintError
-from .schema import RESULT_SCHEMA, conform_manifest
-from .storage import Storage
+from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import ConfigError, InpaintError
+from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
+from batch_inpaint.storage.store import Storage
 
 
 class ManifestScan:

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .errors import MaskError, SizeMismatchError
-from .imaging import DEFAULT_MAX_PIXELS, open_image
-from .params import MaskOptions
+from batch_inpaint.errors import MaskError, SizeMismatchError
+from batch_inpaint.image.codec import DEFAULT_MAX_PIXELS, open_image
+from batch_inpaint.params import MaskOptions
 
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, what Pillow's convert("L") uses
 _MAX_COORD = 1_000_000  # keeps coordinates inside OpenCV's fixed-point range

@@ -24,13 +24,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from . import geometry, imaging, masks
-from .config import JobConfig, batch_size_for
-from .errors import InpaintError, MaskError, error_kind
-from .inpaint import prepare, region_seed
-from .params import GenerationParams, InpaintOptions, derive_seed
-from .schema import RESULT_SCHEMA
-from .uri import output_key, redact_uri
+from batch_inpaint.config import JobConfig, batch_size_for
+from batch_inpaint.errors import InpaintError, MaskError, error_kind
+from batch_inpaint.image import codec, geometry, masks
+from batch_inpaint.image.inpaint import prepare, region_seed
+from batch_inpaint.manifest.schema import RESULT_SCHEMA
+from batch_inpaint.params import GenerationParams, InpaintOptions, derive_seed
+from batch_inpaint.storage.uri import output_key, redact_uri
 
 P = "_bi_"  # prefix of internal columns
 OVERRIDES = {  # manifest column -> GenerationParams field
@@ -47,7 +47,7 @@ class JobContext:
     """What every stage needs; small and picklable (Ray ships it to each task and actor)."""
 
     config: JobConfig
-    storage: Any  # batch_inpaint.storage.Storage
+    storage: Any  # batch_inpaint.storage.store.Storage
     manifest_base: str  # folder of the manifest: relative URIs in rows resolve against it
     native_size: int | None = 512
     size_multiple: int = 8
@@ -137,7 +137,7 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
     image_uri = resolve_uri(str(row["image"]), ctx.manifest_base)
     data = ctx.storage.read_bytes(image_uri)
     try:
-        rgb, alpha = imaging.decode_image_with_alpha(data, max_pixels=cfg.max_pixels)
+        rgb, alpha = codec.decode_image_with_alpha(data, max_pixels=cfg.max_pixels)
     except InpaintError as exc:
         raise type(exc)(f"image {redact_uri(image_uri)}: {exc}", kind=exc.kind) from None
     h, w = rgb.shape[:2]
@@ -217,7 +217,7 @@ class ModelStage:
     """Holds one model per actor; every batch is split into groups that can share a forward pass."""
 
     def __init__(self, ctx: JobContext, inpainter=None):
-        from .models import load_inpainter
+        from batch_inpaint.models import load_inpainter
 
         self.ctx = ctx
         cfg = ctx.config
@@ -394,7 +394,7 @@ def _finish_row(c: dict, cfg: JobConfig) -> bytes:
             region = geometry.Region(box=tuple(reg[:4]), work_size=(reg[4], reg[5]))
             pieces.append((region, _frombuf(res, reg[5], reg[4], 3)))
         image = geometry.paste(original, soft, pieces)
-    data = imaging.encode_image(
+    data = codec.encode_image(
         image,
         cfg.output_format,
         quality=cfg.jpeg_quality,
@@ -402,7 +402,7 @@ def _finish_row(c: dict, cfg: JobConfig) -> bytes:
         exif=c.get(f"{P}exif") if cfg.keep_exif else None,
     )
     # Checked here, once, so finalize need not read every output back: what is written decodes.
-    check = imaging.open_image(data, max_pixels=max(cfg.max_pixels, w * h))
+    check = codec.open_image(data, max_pixels=max(cfg.max_pixels, w * h))
     if check.size != (w, h):
         raise InpaintError(f"encoded output is {check.size}, expected {(w, h)}", kind="encode")
     return data

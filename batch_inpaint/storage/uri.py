@@ -11,10 +11,10 @@ import unicodedata
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from .errors import ConfigError, UriRejectedError
+from batch_inpaint.errors import ConfigError, UriRejectedError
 
 if TYPE_CHECKING:
-    from .storage import StorageOptions
+    from batch_inpaint.storage.options import StorageOptions
 
 OBJECT_SCHEMES = ("s3", "gs", "memory")
 HTTP_SCHEMES = ("http", "https")
@@ -83,7 +83,7 @@ def check_uri(uri: str, options: StorageOptions | None = None) -> str:
                 "(CLI: --allow-http) to read images over http(s)"
             )
         host = (urlsplit(uri).hostname or "").lower()
-        if not host or _blocked_host(host):
+        if not host or blocked_host(host):
             raise UriRejectedError(f"{shown!r}: host {host!r} is a link-local/metadata address")
         return uri
     if scheme not in OBJECT_SCHEMES:
@@ -101,7 +101,7 @@ def check_uri(uri: str, options: StorageOptions | None = None) -> str:
     return uri
 
 
-def _blocked_host(host: str) -> bool:
+def blocked_host(host: str) -> bool:
     if host in _BLOCKED_HOSTS:
         return True
     try:

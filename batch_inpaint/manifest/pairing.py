@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .uri import redact_uri
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.storage.uri import redact_uri
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 

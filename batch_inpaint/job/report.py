@@ -13,7 +13,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from . import imaging, results
+from batch_inpaint.image import codec
+from batch_inpaint.job import results
 
 THUMB = 256
 MAX_ERRORS_SHOWN = 1000
@@ -49,17 +50,17 @@ def _thumb(rgb: np.ndarray) -> str:
 def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A result row's input, its mask as the job built it (RGB, white = inpainted) and its output,
     decoded the way the job decodes them (EXIF orientation, alpha masks)."""
-    from .masks import finish_mask
-    from .scan import manifest_base
-    from .stages import JobContext, build_mask, resolve_uri
+    from batch_inpaint.image.masks import finish_mask
+    from batch_inpaint.job.scan import manifest_base
+    from batch_inpaint.job.stages import JobContext, build_mask, resolve_uri
 
     ctx = JobContext(config=cfg, storage=storage, manifest_base=manifest_base(cfg.manifest))
-    rgb, alpha = imaging.decode_image_with_alpha(
+    rgb, alpha = codec.decode_image_with_alpha(
         storage.read_bytes(resolve_uri(row["image"], ctx.manifest_base))
     )
     h, w = rgb.shape[:2]
     hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), ctx.options.mask)
-    out = imaging.decode_image(storage.read_bytes(row["output"]))
+    out = codec.decode_image(storage.read_bytes(row["output"]))
     return rgb, np.repeat(hard[..., None], 3, axis=2), out
 
 

@@ -14,9 +14,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import NotFoundError, StorageError
-from .storage import Storage
-from .uri import is_local, local_path, redact_uri
+from batch_inpaint.errors import NotFoundError, StorageError
+from batch_inpaint.storage.store import Storage
+from batch_inpaint.storage.uri import is_local, local_path, redact_uri
 
 MARKER = ".batch-inpaint-complete"
 

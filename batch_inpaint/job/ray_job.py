@@ -18,14 +18,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import __version__, report, results
-from .config import JobConfig
-from .errors import InpaintError
-from .lock import OutputLock
-from .scan import scan_manifest
-from .stages import JobContext, ModelStage, finish_batch, prepare_batch
-from .storage import Storage
-from .uri import redact_uri
+from batch_inpaint import __version__
+from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import InpaintError
+from batch_inpaint.job import report, results
+from batch_inpaint.job.lock import OutputLock
+from batch_inpaint.job.scan import scan_manifest
+from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.storage.store import Storage
+from batch_inpaint.storage.uri import redact_uri
 
 
 def run_job(config: JobConfig, *, echo=print) -> dict:
@@ -231,8 +232,8 @@ def native_size(cfg: JobConfig) -> int | None:
 
 
 def model_info(cfg: JobConfig) -> dict:
-    from .models import TINY_MODEL_ID
-    from .models.diffusers_backend import DEFAULT_MODEL
+    from batch_inpaint.models import TINY_MODEL_ID
+    from batch_inpaint.models.diffusers_backend import DEFAULT_MODEL
 
     default = {"diffusers": DEFAULT_MODEL, "tiny": TINY_MODEL_ID, "opencv": "opencv-telea"}
     return {

@@ -12,7 +12,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ConfigError, DecodeError, NotFoundError
+from batch_inpaint.errors import ConfigError, DecodeError, NotFoundError
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 # Pillow calls multi-picture JPEGs from phones "MPO"; they are JPEGs (first picture decoded).
@@ -190,7 +190,7 @@ def _local_path(src: str) -> Path:
     if len(parsed.scheme) > 1:  # one letter: a Windows drive, not a scheme
         raise ConfigError(
             f"load_array reads local files only, got {parsed.scheme}:// ({src}); "
-            "fetch remote images with batch_inpaint.storage"
+            "fetch remote images with batch_inpaint.storage.store"
         )
     return Path(src)
 

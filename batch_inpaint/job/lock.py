@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 
-from .errors import InpaintError, NotFoundError
+from batch_inpaint.errors import InpaintError, NotFoundError
 
 
 class LockedError(InpaintError):

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, ModelError, SizeMismatchError
-from .geometry import Region, cut, paste, plan_regions
-from .masks import finish_mask
-from .models.base import Inpainter
-from .params import GenerationParams, InpaintOptions
+from batch_inpaint.errors import ConfigError, ModelError, SizeMismatchError
+from batch_inpaint.image.geometry import Region, cut, paste, plan_regions
+from batch_inpaint.image.masks import finish_mask
+from batch_inpaint.models.base import Inpainter
+from batch_inpaint.params import GenerationParams, InpaintOptions
 
 
 @dataclass
@@ -163,7 +163,7 @@ def inpaint_array(
 def check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
         raise ConfigError(
-            "image must be an RGB uint8 HxWx3 array (imaging.load_array makes one), got "
+            "image must be an RGB uint8 HxWx3 array (image.codec.load_array makes one), got "
             f"{getattr(image, 'dtype', type(image).__name__)} {getattr(image, 'shape', '')}"
         )
     if image.shape[2] != 3:

@@ -16,11 +16,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from .errors import ConfigError, DecodeError, InpaintError, error_kind
-from .params import GenerationParams
-from .schema import MASK_COLUMNS, OVERRIDE_COLUMNS
-from .storage import Storage
-from .uri import redact_uri
+from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, error_kind
+from batch_inpaint.manifest.schema import MASK_COLUMNS, OVERRIDE_COLUMNS
+from batch_inpaint.params import GenerationParams
+from batch_inpaint.storage.store import Storage
+from batch_inpaint.storage.uri import redact_uri
 
 HEAD_BYTES = 256 * 1024  # enough for the size of any PNG/JPEG/WebP short of huge EXIF blocks
 PROBLEM_KINDS = (
@@ -111,10 +111,10 @@ def _probe(storage: Storage, uri: str, decode: bool) -> dict[str, Any]:
     """Size (after EXIF orientation) and alpha of an image, from its header where possible."""
     from PIL import Image
 
-    from .imaging import check_format
+    from batch_inpaint.image.codec import check_format
 
     if decode:
-        from .imaging import open_image
+        from batch_inpaint.image.codec import open_image
 
         im = open_image(storage.read_bytes(uri))
         return {"size": im.size, "alpha": _has_alpha(im)}

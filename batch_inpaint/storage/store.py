@@ -10,24 +10,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import AccessDeniedError, ConfigError, InpaintError, NotFoundError, StorageError
-from .http_get import http_get
-from .storage_options import StorageOptions
-from .uri import check_uri, is_local, local_path, output_key, redact_uri, uri_scheme
-
-__all__ = [
-    "Storage",
-    "StorageOptions",
-    "check_uri",
-    "fetch_model_dir",
-    "is_local",
-    "output_key",
-    "pyarrow_filesystem",
-    "redact_uri",
-]
+from batch_inpaint.errors import (
+    AccessDeniedError,
+    ConfigError,
+    InpaintError,
+    NotFoundError,
+    StorageError,
+)
+from batch_inpaint.storage.http_get import http_get
+from batch_inpaint.storage.options import StorageOptions
+from batch_inpaint.storage.uri import check_uri, is_local, local_path, redact_uri, uri_scheme
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -337,10 +331,3 @@ def _pyarrow_s3(o: StorageOptions) -> Any:
 def pyarrow_filesystem(uri: str, options: StorageOptions | None = None) -> tuple[Any, str]:
     """(pyarrow.fs.FileSystem, path) for a URI; see Storage.pyarrow_filesystem."""
     return Storage(options).pyarrow_filesystem(uri)
-
-
-def fetch_model_dir(uri: str, storage: Storage | None = None, cache_dir: Any = None) -> Path:
-    """A local directory holding the model under `uri`, downloaded once per machine."""
-    from .model_cache import fetch_model_dir as fetch
-
-    return fetch(uri, storage, cache_dir)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import InpaintError, ManifestError
+from batch_inpaint.errors import InpaintError, ManifestError
 
 DONE = ("ok", "skipped")
 

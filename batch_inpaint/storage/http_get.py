@@ -9,8 +9,8 @@ import urllib.request
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from .errors import UriRejectedError
-from .uri import _blocked_host, redact_uri
+from batch_inpaint.errors import UriRejectedError
+from batch_inpaint.storage.uri import blocked_host, redact_uri
 
 MAX_REDIRECTS = 5
 
@@ -23,7 +23,7 @@ def check_resolved(uri: str) -> None:
     except socket.gaierror:
         return  # the request itself will fail with a clear connection error
     for info in infos:
-        if _blocked_host(info[4][0].split("%")[0]):
+        if blocked_host(info[4][0].split("%")[0]):
             raise UriRejectedError(
                 f"{redact_uri(uri)!r}: host {host!r} resolves to a link-local/metadata address"
             )

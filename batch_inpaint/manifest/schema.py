@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.types as pat
 
-from .errors import ManifestError
+from batch_inpaint.errors import ManifestError
 
 SCHEMA_VERSION = 1
 VERSION_KEY = b"batch_inpaint.schema_version"

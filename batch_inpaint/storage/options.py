@@ -7,8 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigError
-from .uri import redact_uri, uri_scheme
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.storage.uri import redact_uri, uri_scheme
 
 SECRET_FIELDS = ("key", "secret", "token")
 
