@@ -14,12 +14,13 @@ import re
 import time
 
 import pyarrow as pa
-from . import record as rec
-from .s3local import NOTE, LocalS3, local_s3, upload_rows
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.storage.store import Storage
+
+from . import record as rec
+from .s3local import NOTE, LocalS3, local_s3, upload_rows
 
 PROGRESS = re.compile(r"progress: (\d+)/(\d+) rows")
 

@@ -12,14 +12,15 @@ import functools
 import time
 
 import numpy as np
-from . import record as rec
-from .s3local import NOTE, LocalS3, local_s3, upload_rows
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.image import codec
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.models.base import Inpainter
 from batch_inpaint.storage.store import Storage
+
+from . import record as rec
+from .s3local import NOTE, LocalS3, local_s3, upload_rows
 
 ENCODINGS = [  # (label, output_format, png_compress_level, quality)
     ("png-1", "png", 1, 95),

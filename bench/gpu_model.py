@@ -13,12 +13,13 @@ so the ratios are side by side. Each refuses to run without CUDA unless given --
 from __future__ import annotations
 
 import numpy as np
-from . import record as rec
-from .sd2 import CARD, Variant, apply_variant, image_tflop, load_model
 
 from batch_inpaint.image.masks import random_mask
 from batch_inpaint.models.base import is_out_of_memory
 from batch_inpaint.params import GenerationParams
+
+from . import record as rec
+from .sd2 import CARD, Variant, apply_variant, image_tflop, load_model
 
 
 def gpu_setup(args, workload: str):

@@ -18,9 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from . import record as rec
-from .gpu_model import gpu_setup
-from .sd2 import Variant, apply_variant
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.image import codec
@@ -29,6 +26,10 @@ from batch_inpaint.image.masks import random_mask
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions
 from batch_inpaint.storage.store import Storage, StorageOptions
+
+from . import record as rec
+from .gpu_model import gpu_setup
+from .sd2 import Variant, apply_variant
 
 RAY_NOTE = (
     "Ray can't travel to the GPU machine (its ~79 MB wheel exceeds the 64 MiB that can be carried "

@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from . import record as rec
 
 from batch_inpaint.image import codec
 from batch_inpaint.image.masks import random_mask
 from batch_inpaint.storage.store import StorageOptions
+
+from . import record as rec
 
 KEY, SECRET, REGION = "bench-key-id", "bench-secret-not-real", "us-east-1"
 NOTE = (

@@ -44,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from batch_inpaint.job.ray_job import run_job
-    from batch_inpaint.job.results import join, new_run_id
+    from batch_inpaint.job.results import new_run_id
     from batch_inpaint.manifest.manifest import Manifest
     from batch_inpaint.storage.store import Storage
+    from batch_inpaint.storage.uri import join
 
     if args.images:
         if args.manifest:

@@ -26,7 +26,7 @@ from batch_inpaint.job.lock import OutputLock
 from batch_inpaint.job.scan import scan_manifest
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.storage.store import Storage
-from batch_inpaint.storage.uri import redact_uri
+from batch_inpaint.storage.uri import join, redact_uri, same_location
 
 
 def run_job(config: JobConfig, *, echo=print) -> dict:
@@ -73,7 +73,7 @@ def _run(cfg, storage, scan, run_id, started, echo) -> dict:
         native_size=native_size(cfg),
         model_info=model_info(cfg),
     )
-    storage.write_bytes(results.join(cfg.output, "job.json"), results.dumps(job_json(cfg, run_id)))
+    storage.write_bytes(join(cfg.output, "job.json"), results.dumps(job_json(cfg, run_id)))
     writer = results.MetadataWriter(
         storage, cfg.output, run_id, cfg.flush_rows, cfg.flush_interval_s
     )
@@ -182,9 +182,9 @@ def finalize(cfg, storage, scan, run_id, started, processed, echo) -> dict:
         unreadable_metadata_parts=bad_parts,
         orphans_removed=removed,
     )
-    storage.write_bytes(results.join(cfg.output, "run.json"), results.dumps(summary))
+    storage.write_bytes(join(cfg.output, "run.json"), results.dumps(summary))
     report_uri = report.write_report(storage, cfg, table, summary)
-    success_uri = results.join(cfg.output, "_SUCCESS")
+    success_uri = join(cfg.output, "_SUCCESS")
     if check.ok:
         storage.write_bytes(success_uri, results.dumps({"run_id": run_id, "rows": table.num_rows}))
     elif storage.exists(success_uri):
@@ -198,14 +198,14 @@ def reconcile_images(storage, output: str, keep: set[str]) -> tuple[set[str], in
     result row points to (a killed run's last rows, an older run's other format), which are
     removed so the output holds exactly what the metadata says."""
     try:
-        found = storage.list(results.join(output, "images"))
+        found = storage.list(join(output, "images"))
     except InpaintError:
         found = []
-    keep_paths = {results.norm_uri(u): u for u in keep}
+    keep_paths = {same_location(u): u for u in keep}
     seen = set()
     removed = 0
     for uri in found:
-        path = results.norm_uri(uri)
+        path = same_location(uri)
         if path in keep_paths:
             seen.add(path)
         else:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from batch_inpaint.image import codec
 from batch_inpaint.job import results
+from batch_inpaint.storage.uri import join
 
 THUMB = 256
 MAX_ERRORS_SHOWN = 1000
@@ -51,12 +52,12 @@ def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.nd
     """A result row's input, its mask as the job built it (RGB, white = inpainted) and its output,
     decoded the way the job decodes them (EXIF orientation, alpha masks)."""
     from batch_inpaint.image.masks import finish_mask
-    from batch_inpaint.job.scan import manifest_base
-    from batch_inpaint.job.stages import JobContext, build_mask, resolve_uri
+    from batch_inpaint.job.stages import JobContext, build_mask
+    from batch_inpaint.storage.uri import manifest_base, resolve
 
     ctx = JobContext(config=cfg, storage=storage, manifest_base=manifest_base(cfg.manifest))
     rgb, alpha = codec.decode_image_with_alpha(
-        storage.read_bytes(resolve_uri(row["image"], ctx.manifest_base))
+        storage.read_bytes(resolve(row["image"], ctx.manifest_base))
     )
     h, w = rgb.shape[:2]
     hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), ctx.options.mask)
@@ -119,7 +120,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
 
 
 def write_report(storage, cfg, table: pa.Table, summary: dict) -> str:
-    uri = results.join(cfg.output, "report.html")
+    uri = join(cfg.output, "report.html")
     page = render(summary, table, cfg, storage, cfg.report_sample)
     storage.write_bytes(uri, page.encode("utf-8"))
     return uri

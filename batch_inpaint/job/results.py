@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 import uuid
 from collections import Counter
@@ -23,12 +22,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch_inpaint.errors import InpaintError, ManifestError
+from batch_inpaint.storage.uri import join, same_location
 
 DONE = ("ok", "skipped")
-
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
 
 
 class MetadataWriter:
@@ -155,23 +151,16 @@ def done_ids(
     return {
         r
         for r, s, o in zip(ids, status, outputs, strict=True)
-        if s in keep and (present is None or s not in DONE or norm_uri(o or "") in present)
+        if s in keep and (present is None or s not in DONE or same_location(o or "") in present)
     }
 
 
 def list_images(storage, output: str) -> set[str]:
     """Normalised URIs of every object under output/images (empty if there is none yet)."""
     try:
-        return {norm_uri(u) for u in storage.list(join(output, "images"))}
+        return {same_location(u) for u in storage.list(join(output, "images"))}
     except InpaintError:
         return set()
-
-
-def norm_uri(uri: str) -> str:
-    """Local paths and file:// URIs as absolute paths, so listings and result rows compare."""
-    if "://" not in uri or uri.startswith("file://"):
-        return os.path.abspath(uri[7:] if uri.startswith("file://") else uri)
-    return uri
 
 
 def compact(storage, output: str, table: pa.Table, old_parts: list[str], run_id: str) -> str:

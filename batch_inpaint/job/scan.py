@@ -12,6 +12,7 @@ from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError, InpaintError
 from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
 from batch_inpaint.storage.store import Storage
+from batch_inpaint.storage.uri import manifest_base
 
 
 class ManifestScan:
@@ -64,15 +65,6 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
     bad = {i for i, rows in positions.items() if i is None or len(rows) > 1}
     bad_rows = _unusable_rows(dataset, bad, positions, ids) if bad else pa.table({})
     return ManifestScan(ids, bad_rows, manifest_base(cfg.manifest))
-
-
-def manifest_base(manifest: str) -> str:
-    """The folder a manifest's relative URIs resolve against: its own folder for a .parquet file
-    ('' for a bare file name: the working directory), the folder itself for a folder of parts."""
-    m = manifest.rstrip("/")
-    if m.endswith(".parquet"):
-        return m.rsplit("/", 1)[0] if "/" in m else ""
-    return m
 
 
 def _unusable_rows(dataset, bad: set, positions: dict, ids: list) -> pa.Table:

@@ -30,7 +30,7 @@ from batch_inpaint.image import codec, geometry, masks
 from batch_inpaint.image.inpaint import prepare, region_seed
 from batch_inpaint.manifest.schema import RESULT_SCHEMA
 from batch_inpaint.params import GenerationParams, InpaintOptions, derive_seed
-from batch_inpaint.storage.uri import output_key, redact_uri
+from batch_inpaint.storage.uri import join, output_key, redact_uri, resolve
 
 P = "_bi_"  # prefix of internal columns
 OVERRIDES = {  # manifest column -> GenerationParams field
@@ -105,13 +105,6 @@ def _error_item(row: dict, exc: BaseException) -> dict:
     }
 
 
-def resolve_uri(uri: str, base: str) -> str:
-    """Manifest URIs may be relative to the manifest's folder (the bundled samples are)."""
-    if "://" in uri or uri.startswith("/") or not base:
-        return uri
-    return f"{base.rstrip('/')}/{uri}"
-
-
 def row_params(row: dict, base: GenerationParams) -> GenerationParams:
     return base.with_overrides(**{f: row.get(col) for col, f in OVERRIDES.items()})
 
@@ -134,7 +127,7 @@ def _prepare_row(row: dict, ctx: JobContext) -> dict:
     params = row_params(
         row, opts.generation
     )  # bad per-row values (e.g. steps=0) fail this row only
-    image_uri = resolve_uri(str(row["image"]), ctx.manifest_base)
+    image_uri = resolve(str(row["image"]), ctx.manifest_base)
     data = ctx.storage.read_bytes(image_uri)
     try:
         rgb, alpha = codec.decode_image_with_alpha(data, max_pixels=cfg.max_pixels)
@@ -175,7 +168,7 @@ def build_mask(row: dict, size: tuple[int, int], alpha, ctx: JobContext) -> np.n
     opts = ctx.options.mask
     parts = []
     if row.get("mask"):
-        mask_uri = resolve_uri(str(row["mask"]), ctx.manifest_base)
+        mask_uri = resolve(str(row["mask"]), ctx.manifest_base)
         data = ctx.storage.read_bytes(mask_uri)
         try:
             parts.append(masks.mask_from_image(data, size=size, options=opts))
@@ -379,7 +372,7 @@ RESULT_TYPES = {f.name: f.type for f in RESULT_SCHEMA if f.name != "id"}
 
 
 def output_uri(cfg: JobConfig, row_id: str) -> str:
-    return f"{cfg.output.rstrip('/')}/images/{output_key(str(row_id), '.' + cfg.extension)}"
+    return join(cfg.output, "images", output_key(str(row_id), "." + cfg.extension))
 
 
 def _finish_row(c: dict, cfg: JobConfig) -> bytes:

@@ -33,10 +33,6 @@ def _storage(storage: Storage | StorageOptions | None) -> Storage:
     return Storage(storage)
 
 
-def _join(uri: str, name: str) -> str:
-    return uri.rstrip("/") + "/" + name
-
-
 class Manifest:
     """A validated-schema table of rows; see docs/manifests.md."""
 

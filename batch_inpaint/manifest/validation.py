@@ -20,7 +20,7 @@ from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, error_k
 from batch_inpaint.manifest.schema import MASK_COLUMNS, OVERRIDE_COLUMNS
 from batch_inpaint.params import GenerationParams
 from batch_inpaint.storage.store import Storage
-from batch_inpaint.storage.uri import redact_uri
+from batch_inpaint.storage.uri import redact_uri, resolve
 
 HEAD_BYTES = 256 * 1024  # enough for the size of any PNG/JPEG/WebP short of huge EXIF blocks
 PROBLEM_KINDS = (
@@ -222,9 +222,8 @@ def validate_table(
     if base:  # as the job does: relative URIs are relative to the manifest's folder
         for row in rows:
             for c in ("image", "mask"):
-                u = row.get(c)
-                if u and "://" not in u and not u.startswith("/"):
-                    row[c] = f"{base.rstrip('/')}/{u}"
+                if row.get(c):
+                    row[c] = resolve(row[c], base)
     counts = Counter(r["id"] for r in rows)
     fetch: list[int] = []
     for i, row in enumerate(rows):

@@ -41,6 +41,34 @@ def local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+def join(base: str, *parts: str) -> str:
+    """base/part/part for URIs and local paths alike (no os.path: URIs always use '/')."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def resolve(uri: str, base: str | None) -> str:
+    """A manifest URI as the job reads it: absolute URIs and paths as they are, relative ones
+    against `base` (the manifest's folder; the bundled samples use relative paths)."""
+    if not base or uri_scheme(uri) or uri.startswith("/"):
+        return uri
+    return join(base, uri)
+
+
+def manifest_base(manifest: str) -> str:
+    """The folder a manifest's relative URIs resolve against: its own folder for a .parquet file
+    ('' for a bare file name: the working directory), the folder itself for a folder of parts."""
+    m = manifest.rstrip("/")
+    if m.endswith(".parquet"):
+        return m.rsplit("/", 1)[0] if "/" in m else ""
+    return m
+
+
+def same_location(uri: str) -> str:
+    """A form of the URI that compares equal for the same object: local paths and file:// URIs
+    as absolute paths, other URIs as given."""
+    return local_path(uri) if is_local(uri) else uri
+
+
 def redact_uri(uri: str) -> str:
     """The URI without user:password@ and without signature/token query values (presigned URLs)."""
     if not isinstance(uri, str) or not uri_scheme(uri):
