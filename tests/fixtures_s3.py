@@ -3,7 +3,9 @@
 Fixture names other areas rely on: `s3_server` (endpoint URL), `s3_storage_options`
 (StorageOptions for it) and `s3_bucket` (a fresh bucket per test, dummy credentials in the env).
 `s3_list_only_options` are credentials that get real 403s on GetObject in `s3_bucket`.
-`flaky_s3` puts a tiny HTTP proxy in front of moto that answers real 503 SlowDown responses."""
+`flaky_s3` puts a tiny HTTP proxy in front of moto that answers real 503 SlowDown responses;
+`fault_proxy` is the general one (tests/faults_proxy.py: 503/5xx, delays, reset connections for a
+window of seconds or the next N requests), with `fault_s3_options` pointing StorageOptions at it."""
 
 from __future__ import annotations
 
@@ -203,3 +205,20 @@ def flaky_s3(s3_server):
     proxy = FlakyProxy(s3_server)
     yield proxy
     proxy.close()
+
+
+@pytest.fixture
+def fault_proxy(s3_server):
+    """A FaultProxy (tests/faults_proxy.py) in front of the moto server, stopped with the test:
+    `with fault_proxy.fault("503", seconds=2): ...`."""
+    from tests.faults_proxy import FaultProxy
+
+    proxy = FaultProxy(s3_server)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def fault_s3_options(fault_proxy, s3_storage_options):
+    """s3_storage_options through `fault_proxy` (5 attempts, short backoff)."""
+    return s3_storage_options.replace(endpoint_url=fault_proxy.url, retries=5, backoff_s=0.05)

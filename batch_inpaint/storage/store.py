@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -18,52 +17,16 @@ from batch_inpaint.errors import (
     InpaintError,
     NotFoundError,
     StorageError,
+    TransientStorageError,
 )
 from batch_inpaint.storage.http_get import http_get
+from batch_inpaint.storage.local import delete_local, write_local
 from batch_inpaint.storage.options import StorageOptions
+from batch_inpaint.storage.transient import is_transient
 from batch_inpaint.storage.uri import check_uri, is_local, local_path, redact_uri, uri_scheme
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """Throttling, 5xx, connection resets and timeouts: worth another attempt."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (FileNotFoundError, PermissionError, InpaintError)):
-            return False
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return True
-        response = getattr(e, "response", None)
-        if isinstance(response, dict):
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            code = str(response.get("Error", {}).get("Code", ""))
-            if status == 429 or status >= 500 or code in _TRANSIENT_CODES:
-                return True
-        if isinstance(getattr(e, "reason", None), (ConnectionError, TimeoutError)):
-            return True  # urllib's URLError
-        status = getattr(e, "status", None)  # aiohttp / urllib http errors
-        if isinstance(status, int) and (status == 429 or status >= 500):
-            return True
-        name = type(e).__name__
-        if name in _TRANSIENT_NAMES:
-            return True
-        e = e.__cause__ or e.__context__
-    return False
-
-
-_TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
-}  # fmt: skip
-_TRANSIENT_NAMES = {
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ResponseStreamingError", "IncompleteRead", "ClientPayloadError", "ServerDisconnectedError",
-    "ClientConnectorError", "ClientOSError", "FSTimeoutError", "ResponseParserError",
-}  # fmt: skip
 
 
 class Storage:
@@ -156,7 +119,9 @@ class Storage:
             pa_fs = self._pa.get(scheme)
             if pa_fs is None:
                 if scheme == "s3":
-                    pa_fs = _pyarrow_s3(self.options)
+                    from batch_inpaint.storage.arrow import pyarrow_s3  # pyarrow only when used
+
+                    pa_fs = pyarrow_s3(self.options)
                 else:
                     pa_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
                 self._pa[scheme] = pa_fs
@@ -164,6 +129,10 @@ class Storage:
 
     # --- operations -------------------------------------------------------------------------
     def _retry(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        """fn() with the retry policy: transient errors (see transient.is_transient) are retried with
+        exponential backoff and jitter, `retries` attempts in all, then TransientStorageError
+        (kind storage_transient); 404 -> NotFoundError, 403 -> AccessDeniedError and anything
+        else -> StorageError at once."""
         o = self.options
         for attempt in range(1, o.retries + 1):
             try:
@@ -172,19 +141,25 @@ class Storage:
                 raise
             except Exception as exc:
                 shown = redact_uri(uri)
+                local = is_local(uri)
                 if isinstance(exc, FileNotFoundError):
-                    raise NotFoundError(f"{shown}: not found (404) while {what}") from exc
+                    why = "not found (no such file or folder)" if local else "not found (404)"
+                    raise NotFoundError(f"{shown}: {why} while {what}") from exc
                 if isinstance(exc, PermissionError):
                     raise AccessDeniedError(
-                        f"{shown}: access denied (403) while {what}; check the credentials "
+                        f"{shown}: permission denied while {what}; check the file's and its "
+                        "folders' owner and permissions"
+                        if local
+                        else f"{shown}: access denied (403) while {what}; check the credentials "
                         f"(profile {o.profile or 'default'}) and the bucket policy"
                     ) from exc
-                if not _is_transient(exc):
+                if not is_transient(exc):
                     raise StorageError(f"{shown}: {what} failed: {exc}") from exc
                 if attempt == o.retries:
-                    raise StorageError(
-                        f"{shown}: {what} failed after {attempt} attempts (transient error; "
-                        f"raise storage retries to wait longer): {exc}"
+                    raise TransientStorageError(
+                        f"{shown}: {what} failed after {attempt} attempts with a transient error "
+                        f"({exc}); the next run retries it (raise storage retries to wait "
+                        "longer now)"
                     ) from exc
                 wait = min(o.max_backoff_s, o.backoff_s * 2 ** (attempt - 1))
                 wait *= 0.5 + random.random() / 2
@@ -215,12 +190,18 @@ class Storage:
 
         return self._retry("reading", uri, read)
 
-    def write_bytes(self, uri: str, data: bytes, *, overwrite: bool = True) -> bool:
+    def write_bytes(
+        self, uri: str, data: bytes, *, overwrite: bool = True, root: str | None = None
+    ) -> bool:
         """Write the object at once: readers see the old object, the whole new one, or none.
-        overwrite=False writes only if absent (exactly once) and returns False if it existed."""
+        overwrite=False writes only if absent (exactly once) and returns False if it existed.
+        root (e.g. the job's output): the URI must lie below it, and on local disk no folder
+        between root and the target, nor the target, may be a symbolic link (StorageError naming
+        the link; nothing is written). Local files get mode 0666 & ~umask."""
         fs, path = self.filesystem(uri)
+        confine = self._root(uri, root)
         if is_local(uri):
-            return self._retry("writing", uri, lambda: _write_local(path, data, overwrite))
+            return self._retry("writing", uri, lambda: write_local(path, data, overwrite, confine))
         if overwrite:
             self._retry("writing", uri, lambda: fs.pipe_file(path, data))
             return True
@@ -246,9 +227,32 @@ class Storage:
         fs, path = self.filesystem(uri)
         return int(self._retry("checking", uri, lambda: fs.size(path)))
 
-    def delete(self, uri: str) -> None:
+    def delete(self, uri: str, *, root: str | None = None) -> None:
+        """Remove the object if it exists; root as for write_bytes (a link at the target itself
+        is removed, never followed)."""
         fs, path = self.filesystem(uri)
+        confine = self._root(uri, root)
+        if is_local(uri):
+            self._retry("deleting", uri, lambda: delete_local(path, confine))
+            return
         self._retry("deleting", uri, lambda: fs.rm_file(path) if fs.exists(path) else None)
+
+    def _root(self, uri: str, root: str | None) -> str | None:
+        """The local root path to confine a write to (None: none or not local); StorageError if
+        the URI does not lie below the root."""
+        if root is None:
+            return None
+        self.check(root)
+        if is_local(uri) != is_local(root):
+            raise StorageError(f"{redact_uri(uri)}: not inside the output {redact_uri(root)}")
+        if is_local(uri):
+            return local_path(root)
+        if not uri.startswith(root.rstrip("/") + "/"):
+            raise StorageError(
+                f"{redact_uri(uri)}: not inside the output {redact_uri(root)}; batch-inpaint "
+                "writes and deletes only below it"
+            )
+        return None
 
     def download(self, uri: str, dest: str | os.PathLike) -> None:
         """Copy one object to a local file (streamed, not held in memory)."""
@@ -271,61 +275,6 @@ class Storage:
                 continue  # 'images2/x' is not under 'images'
             out.append(p if is_local(prefix) else prefix.rstrip("/") + p[len(root) :])
         return sorted(out)
-
-
-def _write_local(path: str, data: bytes, overwrite: bool) -> bool:
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-            return True
-        try:
-            os.link(tmp, path)  # atomic create-if-absent
-        except FileExistsError:
-            return False
-        return True
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _pyarrow_s3(o: StorageOptions) -> Any:
-    from urllib.parse import urlsplit
-
-    import pyarrow.fs as pafs
-
-    kw: dict[str, Any] = {
-        "anonymous": o.anon,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=o.retries),
-        "request_timeout": o.timeout_s,
-        "connect_timeout": min(o.timeout_s, 10),
-    }
-    if o.endpoint_url:
-        u = urlsplit(o.endpoint_url)
-        kw["endpoint_override"] = u.netloc + u.path.rstrip("/")
-        kw["scheme"] = u.scheme
-        kw["region"] = o.region or "us-east-1"
-    elif o.region:
-        kw["region"] = o.region
-    if o.key:
-        kw.update(access_key=o.key, secret_key=o.secret, session_token=o.token)
-    elif o.profile and not o.anon:  # pyarrow has no profile argument: resolve it with botocore
-        import botocore.session
-
-        creds = botocore.session.Session(profile=o.profile).get_credentials()
-        if creds is None:
-            raise ConfigError(f"AWS profile {o.profile!r} has no credentials")
-        frozen = creds.get_frozen_credentials()
-        kw.update(access_key=frozen.access_key, secret_key=frozen.secret_key)
-        if frozen.token:
-            kw["session_token"] = frozen.token
-    return pafs.S3FileSystem(**kw)
 
 
 def pyarrow_filesystem(uri: str, options: StorageOptions | None = None) -> tuple[Any, str]:

@@ -9,7 +9,7 @@ import os
 import re
 import unicodedata
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from batch_inpaint.errors import ConfigError, UriRejectedError
 
@@ -21,7 +21,10 @@ HTTP_SCHEMES = ("http", "https")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # cloud metadata endpoints: never reachable through an image URI, even with allow_http
 _BLOCKED_HOSTS = {"metadata.google.internal", "metadata", "instance-data"}
-_SECRET_QUERY = re.compile(r"signature|credential|token|key|sig|password|secret", re.I)
+# query/fragment parameter names whose values are secrets: SigV4 X-Amz-Signature/-Credential/
+# -Security-Token, SigV2 Signature/AWSAccessKeyId, GCS X-Goog-Signature/-Credential, Azure SAS sig,
+# and the usual token/key/password/secret/auth names (matched anywhere in the decoded name)
+_SECRET_QUERY = re.compile(r"signature|credential|token|key|sig|password|secret|auth|session", re.I)
 
 
 def uri_scheme(uri: str) -> str:
@@ -70,7 +73,10 @@ def same_location(uri: str) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """The URI without user:password@ and without signature/token query values (presigned URLs)."""
+    """The URI without user:password@ and with the value of every secret parameter (presigned URL
+    signatures, credentials, tokens; see _SECRET_QUERY) in the query or fragment replaced by
+    '***'. Parameters may be separated by '&' or ';'; names are matched decoded, so an encoded
+    name does not slip through. Everything else is kept exactly as given."""
     if not isinstance(uri, str) or not uri_scheme(uri):
         return str(uri)
     try:
@@ -80,13 +86,22 @@ def redact_uri(uri: str) -> str:
     netloc = u.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rsplit("@", 1)[1]
-    query = u.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs])
-    if netloc == u.netloc and query == u.query:
+    query, fragment = _redact_params(u.query), _redact_params(u.fragment)
+    if (netloc, query, fragment) == (u.netloc, u.query, u.fragment):
         return uri  # nothing secret: keep it exactly as given
-    return urlunsplit((u.scheme, netloc, u.path, query, u.fragment))
+    return urlunsplit((u.scheme, netloc, u.path, query, fragment))
+
+
+def _redact_params(text: str) -> str:
+    if "=" not in text:
+        return text
+    out = []
+    for part in re.split(r"([&;])", text):
+        name, eq, value = part.partition("=")
+        if eq and value and _SECRET_QUERY.search(unquote_plus(name)):
+            part = f"{name}=***"
+        out.append(part)
+    return "".join(out)
 
 
 def check_uri(uri: str, options: StorageOptions | None = None) -> str:
@@ -142,6 +157,9 @@ def blocked_host(host: str) -> bool:
 
 
 # --- output keys ---------------------------------------------------------------------------------
+# extensions of every output format (config.EXTENSIONS) and their spellings: a folder of a key
+# never ends like one of these, so it can't also be another id's output file
+OUTPUT_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
 MAX_KEY_CHARS = 150
 MAX_SEGMENT_CHARS = 80
 HASH_CHARS = 12
@@ -156,16 +174,27 @@ def output_key(row_id: str, suffix: str = "") -> str:
     sanitised (unicode folded to ASCII, other characters to '_', '..' and empty segments dropped,
     lengths capped) and gets '~' plus 12 hex digits of the id's SHA-256. Safe keys never contain
     '~' and sanitised keys always do, so two different ids never share a key, also on
-    case-insensitive filesystems. Pass a suffix so that ids 'a' and 'a/b' don't collide as a
-    file and a directory."""
+    case-insensitive filesystems.
+
+    No key is both a file and another key's folder: pass a suffix (a key's folders are the id's
+    non-final segments, so 'a' and 'a/b' give 'a.png' and 'a/b.png'), and an id with a non-final
+    segment that ends like an output file ('.png', '.jpg', '.jpeg', '.webp' or the suffix, any
+    case: 'sub.png/x', which would make 'images/sub.png' a folder while id 'sub' makes it a file)
+    is not safe: it is sanitised, and such a segment's last '.' becomes '_' ('sub_png/x~<hash>').
+    Files end in '.<ext>' and folders never do, whatever format each run wrote."""
     if not isinstance(row_id, str) or not row_id:
         raise ConfigError(f"row id must be a non-empty string, got {row_id!r}")
     if suffix and not re.fullmatch(r"\.[a-z0-9]{1,10}", suffix):
         raise ConfigError(f"output suffix must look like '.png', got {suffix!r}")
+    exts = tuple(f".{e}" for e in OUTPUT_EXTENSIONS) + ((suffix,) if suffix else ())
     segments = row_id.split("/")
-    if len(row_id) <= MAX_KEY_CHARS and all(
-        len(s) <= MAX_SEGMENT_CHARS and _SAFE_SEGMENT.fullmatch(s) and not s.endswith(".")
-        for s in segments
+    if (
+        len(row_id) <= MAX_KEY_CHARS
+        and all(
+            len(s) <= MAX_SEGMENT_CHARS and _SAFE_SEGMENT.fullmatch(s) and not s.endswith(".")
+            for s in segments
+        )
+        and not any(s.endswith(exts) for s in segments[:-1])
     ):
         return row_id + suffix
     ascii_id = unicodedata.normalize("NFKD", row_id).encode("ascii", "ignore").decode("ascii")
@@ -175,6 +204,9 @@ def output_key(row_id: str, suffix: str = "") -> str:
         seg = re.sub(r"\.{2,}", "_", seg).strip("._-")[:MAX_SEGMENT_CHARS].rstrip(".")
         if seg:
             clean.append(seg)
+    for i, seg in enumerate(clean[:-1]):
+        if seg.lower().endswith(exts):  # a folder must not look like an output file
+            clean[i] = seg[: seg.rindex(".")] + "_" + seg[seg.rindex(".") + 1 :]
     key = "/".join(clean)[-(MAX_KEY_CHARS - HASH_CHARS - 1) :].lstrip("/.")
     digest = hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_CHARS]
     return f"{key or 'id'}~{digest}{suffix}"
