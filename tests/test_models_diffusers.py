@@ -39,7 +39,7 @@ def test_outputs_are_uint8_rgb_at_input_size(tiny_inpainter):
     out = run(tiny_inpainter, images, masks)
     assert len(out) == 2
     assert all(o.shape == (48, 64, 3) and o.dtype == np.uint8 for o in out)
-    assert tiny_inpainter.native_size == 64
+    assert tiny_inpainter.native_size == 64 and tiny_inpainter.size_multiple == 8
     assert tiny_inpainter.describe() == {
         "backend": "tiny",
         "model": TINY_MODEL_ID,

@@ -1,3 +1,4 @@
+import cv2
 import numpy as np
 import pytest
 
@@ -47,6 +48,9 @@ def test_interface_and_description():
     assert inp.backend == "opencv" and inp.native_size is None and inp.size_multiple == 1
     info = inp.describe()
     assert info["backend"] == "opencv" and info["method"] == "ns" and info["radius"] == 4
+    # nothing to pin: the result rows' revision column stays empty; the version is still named
+    assert info["revision"] is None and info["opencv_version"] == cv2.__version__
+    assert inp.spec.model == "opencv-ns" and "prompt" in inp.spec.ignores
 
 
 def test_bad_options_and_inputs():

@@ -1,7 +1,9 @@
 """One image, in process: finish mask -> plan -> cut -> model -> paste.
 
 The job runs the same steps in separate stages; `prepare`, `run_model` and `compose` are those
-steps, so both paths give the same pixels for the same seed.
+steps, so both paths give the same pixels for the same seed. Both plan with a model spec's
+native_size and size_multiple (models/spec.py): here the loaded model's `inpainter.spec`, in the
+job the driver's `model_spec(...)`, which the model stage checks against the loaded model.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Prepared:
     """What the model stage needs for one image: the regions and their work-size crops."""
 
     hard: np.ndarray  # uint8 0/255, dilated
-    soft: np.ndarray  # float32 0..1, feathered
+    soft: np.ndarray  # float32 0..1, feathered, on the 1/255 grid (quantize_soft)
     regions: list[Region]
     crops: list[np.ndarray]  # RGB uint8 per region, at its work size
     crop_masks: list[np.ndarray]  # uint8 0/255 per region
@@ -63,9 +65,12 @@ def prepare(
     mask: np.ndarray,
     options: InpaintOptions,
     native_size: int | None,
-    size_multiple: int = 8,
+    size_multiple: int,
 ) -> Prepared:
-    """Finish the raw mask (bool HxW, nonzero = inpaint), plan the regions and cut them out."""
+    """Finish the raw mask (bool HxW, nonzero = inpaint), plan the regions and cut them out.
+
+    `native_size` and `size_multiple` are the model spec's (no default: a forgotten multiple
+    would plan other working sizes than the model's and change the pixels)."""
     check_image(image)
     mask = np.asarray(mask)
     if mask.shape != image.shape[:2]:
@@ -77,8 +82,15 @@ def prepare(
     regions = plan_regions(
         (soft > 0).astype(np.uint8), options.geometry, native_size, size_multiple
     )
+    soft = quantize_soft(soft)
     pieces = [cut(image, hard, r) for r in regions]
     return Prepared(hard, soft, regions, [p[0] for p in pieces], [p[1] for p in pieces])
+
+
+def quantize_soft(soft: np.ndarray) -> np.ndarray:
+    """The soft mask on the 1/255 grid (float32): the job carries it as one byte per pixel, so
+    pasting with these weights gives the same pixels in process and in the job. 0 stays 0."""
+    return np.round(np.clip(soft, 0.0, 1.0) * 255).astype(np.uint8).astype(np.float32) / 255.0
 
 
 def run_model(
@@ -143,7 +155,8 @@ def inpaint_array(
     if not 0 <= seed < 2**63:
         raise ConfigError(f"seed must be in [0, 2**63), got {seed}")
     params = options.generation
-    prep = prepare(image, mask, options, inpainter.native_size, inpainter.size_multiple)
+    spec = inpainter.spec
+    prep = prepare(image, mask, options, spec.native_size, spec.size_multiple)
     timings["prepare"] = time.perf_counter() - t
     if not prep.regions:
         original = image.copy()

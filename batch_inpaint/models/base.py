@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from batch_inpaint.errors import ModelError
+from batch_inpaint.models.spec import ModelSpec
 from batch_inpaint.params import GenerationParams
 
 
@@ -20,6 +21,8 @@ class Inpainter(ABC):
     own inputs and seed, never on what else is in the batch. Returns, per input image,
     `params.num_images_per_prompt` RGB uint8 arrays of the input's size, flattened in input order.
     Images and masks must be multiples of `size_multiple`; the geometry module takes care of that.
+    A subclass sets `backend`, `model_id`, `revision`, `native_size`, `size_multiple` and `ignores`
+    so that `spec` equals `models.spec.model_spec` for the same backend and model.
     """
 
     backend: str = "base"
@@ -28,6 +31,23 @@ class Inpainter(ABC):
     # Side length the model was trained at (512 for SD2-inpainting); None: any size is native.
     native_size: int | None = None
     size_multiple: int = 8
+    ignores: tuple[str, ...] = ()  # GenerationParams fields with no effect on this backend
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The loaded model's spec: what in-process inpainting plans with, and what the job's
+        model stage checks against the spec its images were planned with."""
+        from batch_inpaint.storage.uri import redact_uri
+
+        return ModelSpec(
+            backend=self.backend,
+            model=redact_uri(self.model_id),
+            revision=self.revision,
+            native_size=self.native_size,
+            size_multiple=self.size_multiple,
+            ignores=tuple(self.ignores),
+            source="loaded",
+        )
 
     @abstractmethod
     def inpaint(

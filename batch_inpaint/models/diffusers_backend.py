@@ -11,6 +11,7 @@ import numpy as np
 
 from batch_inpaint.errors import ConfigError, ModelError
 from batch_inpaint.models.base import Inpainter, is_out_of_memory
+from batch_inpaint.models.spec import sizes_from_configs
 from batch_inpaint.params import SCHEDULERS, GenerationParams
 
 # stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
@@ -124,6 +125,10 @@ class DiffusersInpainter(Inpainter):
         self._lock = threading.Lock()
         self.pipe = self._load(storage, cache_dir, local_files_only, variant)
         self.pipe.set_progress_bar_config(disable=True)
+        # The loaded configs, by the same rule models.spec.model_spec reads them with.
+        self.native_size, self.size_multiple = sizes_from_configs(
+            self.pipe.unet.config, self.pipe.vae.config
+        )
         if self.attention == "slicing":
             self.pipe.enable_attention_slicing()
         if vae_tiling:
@@ -132,8 +137,6 @@ class DiffusersInpainter(Inpainter):
             self.pipe.unet.to(memory_format=torch.channels_last)
         if compile:
             self.pipe.unet = torch.compile(self.pipe.unet)
-        self.vae_scale_factor = int(getattr(self.pipe, "vae_scale_factor", 8))
-        self.native_size = int(self.pipe.unet.config.sample_size) * self.vae_scale_factor
         self._schedulers: dict[str, Any] = {"default": self.pipe.scheduler}
 
     def _load(self, storage, cache_dir, local_files_only: bool, variant: str | None):

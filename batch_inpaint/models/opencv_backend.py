@@ -13,6 +13,7 @@ import numpy as np
 
 from batch_inpaint.errors import ConfigError, ModelError
 from batch_inpaint.models.base import Inpainter
+from batch_inpaint.models.spec import FILL_IGNORES
 from batch_inpaint.params import GenerationParams
 
 METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
@@ -28,6 +29,7 @@ class OpenCVInpainter(Inpainter):
     backend = "opencv"
     native_size = None
     size_multiple = 1
+    ignores = FILL_IGNORES  # every generation field but num_images_per_prompt
 
     def __init__(self, method: str = "telea", radius: int = 3):
         if method not in METHODS:
@@ -37,10 +39,15 @@ class OpenCVInpainter(Inpainter):
         self.method = method
         self.radius = radius
         self.model_id = f"opencv-{method}"
-        self.revision = cv2.__version__
+        self.revision = None  # nothing to pin; describe() names the OpenCV version
 
     def describe(self) -> dict:
-        return {**super().describe(), "method": self.method, "radius": self.radius}
+        return {
+            **super().describe(),
+            "method": self.method,
+            "radius": self.radius,
+            "opencv_version": cv2.__version__,
+        }
 
     def inpaint(
         self,

@@ -15,6 +15,11 @@ from pathlib import Path
 from batch_inpaint.errors import ConfigError
 
 TINY_SEED = 0
+TINY_MODEL_ID = "batch-inpaint/tiny-sd-inpainting-v1"
+# The checkpoint's shape, also read by models.spec without building it: native side
+# UNET_SAMPLE_SIZE * 2 ** (len(VAE_BLOCKS) - 1) = 64 px.
+UNET_SAMPLE_SIZE = 32
+VAE_BLOCKS = (32, 64)
 # Written last: a directory holding it is a complete checkpoint (a crash mid-write leaves none).
 _DONE = ".tiny-complete"
 TINY_VOCAB_SIZE = 1000
@@ -45,7 +50,7 @@ def build_tiny_pipeline():
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
-        sample_size=32,
+        sample_size=UNET_SAMPLE_SIZE,
         in_channels=9,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -56,7 +61,7 @@ def build_tiny_pipeline():
     )
     torch.manual_seed(TINY_SEED)
     vae = AutoencoderKL(
-        block_out_channels=[32, 64],
+        block_out_channels=list(VAE_BLOCKS),
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
@@ -79,7 +84,8 @@ def build_tiny_pipeline():
         projection_dim=32,
     )
     text_encoder = CLIPTextModel(text_config)
-    # model_max_length=77: without it the pipeline's tokenizer call overflows (FACTS.md).
+    # model_max_length=77: without it the pipeline's tokenizer call fails with
+    # "OverflowError: int too big to convert".
     tokenizer = CLIPTokenizer(vocab=_vocab(), merges=[], model_max_length=77)
     # steps_offset=1 is what the pipeline would rewrite it to anyway (with a FutureWarning).
     scheduler = PNDMScheduler(skip_prk_steps=True, steps_offset=1)
