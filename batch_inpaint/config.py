@@ -90,8 +90,9 @@ class JobConfig:
                                    help="CPUs per model actor")
     cpus_per_task: float = option(1.0, group="execution", lo=0, lo_open=True,
                                   help="CPUs per read/decode and paste/encode/write task")
-    address: str | None = option(None, group="execution", help="Ray cluster address; unset: "
-                                 "the cluster this runs on, or a local one")
+    address: str | None = option(None, group="execution", help="Ray cluster to join; unset: "
+                                 "RAY_ADDRESS (ray job submit sets it), else a private local "
+                                 "instance; 'local' forces a private one")
     output_format: str = option("png", group="outputs", choices=FORMATS,
                                 help="format of output images")
     jpeg_quality: int = option(95, group="outputs", lo=1, hi=100, help="JPEG/WebP quality")
@@ -103,11 +104,16 @@ class JobConfig:
                           help="skip rows an earlier run into the same output finished")
     retry_errors: bool = option(False, group="outputs",
                                 help="with resume, also redo rows that ended in error")
-    incremental: bool = option(False, group="outputs", help="scheduled cleaning: hold a lock on "
-                               "the output and only do unfinished rows")
-    lock_ttl_s: float = option(6 * 3600.0, group="outputs", lo=0, lo_open=True,
-                               help="incremental: seconds after which another run may take a "
-                               "stale lock")
+    incremental: bool = option(False, group="outputs", help="scheduled cleaning: only do "
+                               "unfinished rows (every run holds the output's lock)")
+    prune: bool = option(False, group="outputs", help="drop the results and images of rows "
+                         "no longer in the manifest (off: they are kept)")
+    allow_non_empty_output: bool = option(False, group="outputs", help="let a first run write "
+                                          "into a location that holds other files (it never "
+                                          "touches them)")
+    lock_ttl_s: float = option(120.0, group="outputs", lo=0, lo_open=True,
+                               help="a lock not renewed for this many seconds (its run died) "
+                               "may be taken over; renewed every ttl/4")
     flush_rows: int = option(1000, group="outputs", lo=1,
                              help="write a metadata part every N result rows")
     flush_interval_s: float = option(30.0, group="outputs", lo=0, help="…or every N seconds")

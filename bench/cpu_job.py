@@ -17,7 +17,9 @@ import pyarrow as pa
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.models.spec import model_spec
 from batch_inpaint.storage.store import Storage
+from batch_inpaint.vocab import Status
 
 from . import record as rec
 from .s3local import NOTE, LocalS3, local_s3, upload_rows
@@ -38,7 +40,8 @@ def job_config(s3: LocalS3, manifest: str, out: str, args) -> JobConfig:
 def plain_loop(cfg: JobConfig, storage: Storage, manifest: pa.Table, batch: int) -> dict:
     """prepare_batch -> ModelStage -> finish_batch, one batch after another, in this process."""
     t0 = time.perf_counter()
-    ctx = JobContext(config=cfg, storage=storage, manifest_base="", native_size=None)
+    spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
+    ctx = JobContext(config=cfg, storage=storage, manifest_base="", spec=spec)
     stage = ModelStage(ctx)  # loads the opencv backend as the job's actor does
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -49,7 +52,7 @@ def plain_loop(cfg: JobConfig, storage: Storage, manifest: pa.Table, batch: int)
     sec = time.perf_counter() - t0
     n = manifest.num_rows
     return {"path": "plain_loop", "rows": n, "seconds": sec, "rows_per_s": n / sec,
-            "startup_s": t_load, "rows_not_ok": sum(s != "ok" for s in status)}  # fmt: skip
+            "startup_s": t_load, "rows_not_ok": sum(s != Status.OK for s in status)}  # fmt: skip
 
 
 def ray_job(cfg: JobConfig, cpus: int) -> dict:

@@ -18,6 +18,7 @@ from batch_inpaint.image import codec
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.models.base import Inpainter
 from batch_inpaint.storage.store import Storage
+from batch_inpaint.vocab import Status
 
 from . import record as rec
 from .s3local import NOTE, LocalS3, local_s3, upload_rows
@@ -64,7 +65,8 @@ def measure_size(s3: LocalS3, width: int, height: int, rows: int, repeats: int,
     base = JobConfig(manifest=s3.uri("c1/m.parquet"), output=s3.uri(f"c1/out-{width}"),
                      backend="opencv", device="cpu", endpoint_url=s3.endpoint, region="us-east-1",
                      mode="full")  # fmt: skip
-    ctx = JobContext(config=base, storage=storage, manifest_base="", native_size=512)
+    identity = IdentityInpainter()
+    ctx = JobContext(config=base, storage=storage, manifest_base="", spec=identity.spec)
     batches = [manifest.slice(i, batch) for i in range(0, rows, batch)]
     images = manifest.column("image").to_pylist()
     uris = images + manifest.column("mask").to_pylist()
@@ -76,10 +78,10 @@ def measure_size(s3: LocalS3, width: int, height: int, rows: int, repeats: int,
                              repeats)  # fmt: skip
     prepare, prepared = best_per_row(lambda: [prepare_batch(t, ctx) for t in batches], rows,
                                      repeats)  # fmt: skip
-    stage = ModelStage(ctx, inpainter=IdentityInpainter())
+    stage = ModelStage(ctx, inpainter=identity)
     model, modeled = best_per_row(lambda: [stage(t) for t in prepared], rows, repeats)
     status = {s for t in modeled for s in t.column("_bi_status").to_pylist()}
-    assert status <= {"pending", "skipped"}, f"rows failed in prepare: {status}"
+    assert status <= {Status.PENDING.value, Status.SKIPPED.value}, f"rows failed: {status}"
     pasted = codec.decode_image(data[0])  # what finish encodes: the identity model's output
 
     out = []
@@ -87,11 +89,11 @@ def measure_size(s3: LocalS3, width: int, height: int, rows: int, repeats: int,
         cfg = JobConfig.from_dict({**base.to_dict(), "output_format": fmt,
                                    "png_compress_level": level, "jpeg_quality": quality,
                                    "output": s3.uri(f"c1/out-{width}-{label}")})  # fmt: skip
-        fctx = JobContext(config=cfg, storage=storage, manifest_base="", native_size=512)
+        fctx = JobContext(config=cfg, storage=storage, manifest_base="", spec=identity.spec)
         finish, finished = best_per_row(
             functools.partial(_finish_all, modeled, fctx), rows, repeats
         )
-        bad = [s for t in finished for s in t.column("status").to_pylist() if s != "ok"]
+        bad = [s for t in finished for s in t.column("status").to_pylist() if s != Status.OK]
         assert not bad, f"finish_batch failed rows: {bad[:3]}"
         n = max(4, 32 // rows)
         enc = functools.partial(codec.encode_image, pasted, fmt, quality=quality,

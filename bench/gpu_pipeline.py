@@ -26,6 +26,7 @@ from batch_inpaint.image.masks import random_mask
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions
 from batch_inpaint.storage.store import Storage, StorageOptions
+from batch_inpaint.vocab import Status
 
 from . import record as rec
 from .gpu_model import gpu_setup
@@ -112,12 +113,13 @@ def w6(args) -> rec.Record:
                     device=device, steps=args.steps or 50, batch_size=b, mode="full",
                     output_format="png", png_compress_level=1)  # fmt: skip
     ctx = JobContext(config=cfg, storage=Storage(StorageOptions()), manifest_base=str(tmp),
-                     native_size=inp.native_size)  # fmt: skip
+                     spec=inp.spec)  # fmt: skip
     stage = ModelStage(ctx, inpainter=inp)
     batches = [manifest.slice(i, b) for i in range(0, rows, b)]
     r = rec.Record("w6", f"{size}², batch {b}: GPU stage fed by {threads} stage threads vs model loop",
                    name, {"size": size, "rows": rows, "batch": b, "threads": threads,
-                          "model": model, "steps": cfg.steps, "output_format": "png/1"},
+                          "model": model, "steps": ctx.options.generation.num_inference_steps,
+                          "output_format": "png/1"},
                    notes=[RAY_NOTE])  # fmt: skip
     finish_batch(stage(prepare_batch(batches[0], ctx)), ctx)  # warm-up, all three stages
 
@@ -134,7 +136,7 @@ def w6(args) -> rec.Record:
     rec.sync(device)
     fed = time.perf_counter() - t0
     status = [s for t in out for s in t.column("status").to_pylist()]
-    bad = sum(s != "ok" for s in status)
+    bad = sum(s != Status.OK for s in status)
     r.rows = [
         {"path": "model_loop", "rows": rows, "seconds": plain, "rows_per_s": rows / plain},
         {"path": "stages_threaded", "rows": rows, "seconds": fed, "rows_per_s": rows / fed,

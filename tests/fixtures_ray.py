@@ -2,8 +2,8 @@
 costs ~10 s, so every in-process job test shares it), a `ray start --head` cluster with token auth
 for `ray job submit`, and small builders for images, masks and manifests.
 
-Fixture names: `ray_local` (a RayLocal: its address, for subprocess drivers, and the crash
-marker), `ray_head` (a RayHead: address, dashboard URL and env of a token-auth cluster)."""
+Fixture names: `ray_local` (a RayLocal: its address, for subprocess drivers), `ray_head` (a
+RayHead: address, dashboard URL and env of a token-auth cluster)."""
 
 from __future__ import annotations
 
@@ -29,13 +29,11 @@ from PIL import Image
 from tests.fixtures_s3 import DUMMY_KEY, DUMMY_SECRET
 
 REPO = Path(__file__).resolve().parents[1]
-CRASH_MARKER_ENV = "BATCH_INPAINT_TEST_CRASH_MARKER"
 
 
 @dataclass
 class RayLocal:
     address: str  # GCS address: a subprocess driver joins with RAY_ADDRESS=<address>
-    crash_marker: Path  # exists = disarmed; delete it to make the next ModelStage call crash
 
     def driver_env(self, **extra: str) -> dict[str, str]:
         """Environment for a subprocess driver (`batch-inpaint run`, jobs/inpaint.py) that joins
@@ -47,17 +45,14 @@ class RayLocal:
 
 
 @pytest.fixture(scope="session")
-def ray_local(tmp_path_factory):
+def ray_local():
     """One local Ray instance (2 CPUs, no dashboard) for every job test of the session.
 
     Its workers get dummy AWS credentials (the moto server accepts any; real workers take theirs
-    from the instance or env) and the test-only crash marker variable through the job's
-    runtime_env, so nothing leaks into this process's environment. run_job sees
-    ray.is_initialized() and joins it."""
+    from the instance or env) through the job's runtime_env, so nothing leaks into this
+    process's environment. run_job sees ray.is_initialized() and joins it."""
     import ray
 
-    marker = tmp_path_factory.mktemp("ray-crash") / "crashed"
-    marker.touch()  # disarmed
     started = False
     if not ray.is_initialized():
         ray.init(
@@ -70,13 +65,12 @@ def ray_local(tmp_path_factory):
                     "AWS_ACCESS_KEY_ID": DUMMY_KEY,
                     "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
                     "AWS_REGION": "us-east-1",
-                    CRASH_MARKER_ENV: str(marker),
                 }
             },
         )
         started = True
     ray.data.DataContext.get_current().enable_progress_bars = False
-    yield RayLocal(address=ray.get_runtime_context().gcs_address, crash_marker=marker)
+    yield RayLocal(address=ray.get_runtime_context().gcs_address)
     if started:
         ray.shutdown()
 
@@ -104,9 +98,11 @@ def ray_cli() -> str:
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A `ray start --head` cluster of our own (free ports, its own temp dir, token auth as
-    FACTS.md says), stopped at the end by killing only the process group it started (`ray stop`
-    would stop every Ray on the machine, the shared session instance included)."""
+    """A `ray start --head` cluster of our own (free ports, its own temp dir, and token auth:
+    `ray job submit` to a local head needs RAY_AUTH_MODE=token and a token from `ray
+    get-auth-token --generate` in the environment of both the head and the client), stopped at
+    the end by killing only the process group it started (`ray stop` would stop every Ray on the
+    machine, the shared session instance included)."""
     tmp = Path(_short_tmpdir())
     home = tmp / "home"
     home.mkdir()

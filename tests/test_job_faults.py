@@ -4,12 +4,12 @@ once and no stray object under images/."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.lock import LockedError, OutputLock
 from batch_inpaint.job.ray_job import run_job
-from batch_inpaint.storage.store import Storage
+from batch_inpaint.models.opencv_backend import OpenCVInpainter
+from batch_inpaint.vocab import ExitCode
 from tests.fixtures_ray import REPO, local_dataset, manifest_bytes, png, sample_image
 
 pytestmark = pytest.mark.slow
@@ -94,17 +94,36 @@ def test_killed_run_resumes_with_every_row_once(ray_local, tiny_model_dir, tmp_p
     _assert_complete(out, ids)
 
 
+class _DiesOnce(OpenCVInpainter):
+    """OpenCV, except that the first call in any process (an O_EXCL marker file decides) kills
+    that process at once, as a GPU fault or an OOM kill would."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def inpaint(self, *args, **kwargs):
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return super().inpaint(*args, **kwargs)
+        os._exit(1)
+
+
+def _dies_once(marker: str, ctx) -> _DiesOnce:
+    """The injected model factory: module level, so Ray can ship it to the actors."""
+    return _DiesOnce(marker)
+
+
 def test_actor_that_dies_mid_batch_is_restarted_and_every_row_finishes(ray_local, tmp_path):
     manifest, rows = local_dataset(tmp_path / "in", 6)
     out = tmp_path / "out"
-    ray_local.crash_marker.unlink()  # arm: the next ModelStage call kills its actor's process
-    try:
-        cfg = JobConfig(manifest=str(manifest), output=str(out), backend="opencv")
-        summary = run_job(cfg, echo=lambda *_: None)
-    finally:
-        crashed = ray_local.crash_marker.exists()
-        ray_local.crash_marker.touch()  # disarm for the tests after this one
-    assert crashed, "the crash hook never fired: the test proved nothing"
+    marker = tmp_path / "crashed"
+    cfg = JobConfig(manifest=str(manifest), output=str(out), backend="opencv")
+    summary = run_job(
+        cfg, echo=lambda *_: None, inpainter_factory=functools.partial(_dies_once, str(marker))
+    )
+    assert marker.exists(), "the injected model never crashed: the test proved nothing"
     assert summary["success"] and summary["counts"] == {"ok": 6, "error": 0, "skipped": 0}
     _assert_complete(out, [r["id"] for r in rows])
 
@@ -124,8 +143,8 @@ def test_concurrent_incremental_runs_one_is_refused(ray_local, tmp_path, capsys)
         rc = main(["run", *common])  # the second, overlapping run
         err = capsys.readouterr().err
         assert first.poll() is None, "the first run ended before the second started"
-        assert rc == 2, err
-        assert "_LOCK is held by" in err and "another run into this output" in err
+        assert rc == ExitCode.LOCKED, err
+        assert "_LOCK: another run into this output is in progress: held by host" in err
         first_out = first.communicate(timeout=300)[0].decode(errors="replace")
     finally:
         if first.poll() is None:
@@ -150,90 +169,3 @@ def test_concurrent_incremental_runs_one_is_refused(ray_local, tmp_path, capsys)
     assert summary["success"] and summary["rows_this_run"] == 3
     assert not (out / "_LOCK").exists()
     _assert_complete(out, [r["id"] for r in rows + new])
-
-
-# ------------------------------------------------------------------------------------------------
-# OutputLock on its own (local storage; no Ray)
-def test_lock_refuses_a_live_lock_and_takes_a_stale_one(tmp_path):
-    storage = Storage()
-    a = OutputLock(storage, str(tmp_path), ttl_s=60)
-    b = OutputLock(storage, str(tmp_path), ttl_s=60)
-    a.acquire()
-    with pytest.raises(LockedError, match="held by .* for \\d+ s more"):
-        b.acquire()
-    b.release()  # not the owner: must not remove a's lock
-    assert (tmp_path / "_LOCK").is_file()
-    a.release()
-    assert not (tmp_path / "_LOCK").exists()
-    b.acquire()  # free again
-    body = json.loads((tmp_path / "_LOCK").read_text())
-    body["expires_at"] = time.time() - 1
-    (tmp_path / "_LOCK").write_text(json.dumps(body))
-    a.acquire()  # b died: its lock expired
-    assert json.loads((tmp_path / "_LOCK").read_text())["owner"] == a.token
-    b.release()
-    assert json.loads((tmp_path / "_LOCK").read_text())["owner"] == a.token
-
-
-class _PausingStorage(Storage):
-    """Real local storage; `pause_after_read` holds the caller after it has read the lock, so a
-    test can let another run act in between (the race two scheduled runs can hit)."""
-
-    def __init__(self):
-        super().__init__()
-        self.pause_after_read: threading.Event | None = None
-        self.read_done = threading.Event()
-
-    def read_bytes(self, uri, start=None, end=None):
-        data = super().read_bytes(uri, start, end)
-        if self.pause_after_read is not None and uri.endswith("_LOCK"):
-            self.read_done.set()
-            self.pause_after_read.wait(10)
-            self.pause_after_read = None
-        return data
-
-
-def test_two_runs_racing_for_a_stale_lock_never_both_hold_it(tmp_path):
-    stale = {"owner": "dead:1:x", "acquired_at": 1.0, "expires_at": time.time() - 60}
-    (tmp_path / "_LOCK").write_text(json.dumps(stale))
-    slow_storage = _PausingStorage()
-    slow_storage.pause_after_read = go = threading.Event()
-    slow = OutputLock(slow_storage, str(tmp_path), ttl_s=60)
-    fast = OutputLock(Storage(), str(tmp_path), ttl_s=60)
-    outcome: dict[str, object] = {}
-
-    def run_slow():
-        try:
-            slow.acquire()
-            outcome["slow"] = "held"
-        except LockedError as exc:
-            outcome["slow"] = exc
-
-    t = threading.Thread(target=run_slow)
-    t.start()
-    assert slow_storage.read_done.wait(10)  # slow has seen the stale lock ...
-    fast.acquire()  # ... fast takes it over meanwhile ...
-    go.set()  # ... then slow goes on with what it saw
-    t.join(20)
-    holders = [n for n, lk in (("slow", slow), ("fast", fast)) if lk.held]
-    assert holders == ["fast"], f"both runs think they hold the lock: {outcome}"
-    assert isinstance(outcome["slow"], LockedError)
-    assert json.loads((tmp_path / "_LOCK").read_text())["owner"] == fast.token
-
-
-def test_held_lock_is_renewed_before_it_expires(tmp_path):
-    """A run longer than lock_ttl_s keeps its lock: the expiry moves forward while it is held."""
-    storage = Storage()
-    out = str(tmp_path / "out")
-    lock = OutputLock(storage, out, ttl_s=0.6)
-    lock.acquire()
-    try:
-        first = json.loads(storage.read_bytes(lock.uri))["expires_at"]
-        time.sleep(1.0)  # past the first expiry: only renewal keeps it held
-        later = json.loads(storage.read_bytes(lock.uri))["expires_at"]
-        assert later > first
-        with pytest.raises(LockedError):
-            OutputLock(storage, out, ttl_s=0.6).acquire()
-    finally:
-        lock.release()
-    assert not storage.exists(lock.uri)

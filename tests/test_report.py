@@ -14,6 +14,7 @@ from batch_inpaint.config import JobConfig
 from batch_inpaint.job import report, results
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.models import load_inpainter
+from batch_inpaint.models.spec import model_spec
 from batch_inpaint.storage.store import Storage
 from tests.fixtures_ray import local_dataset, manifest_table
 
@@ -25,7 +26,7 @@ def run_stages(manifest: Path, rows: list[dict], out: Path, **cfg_kw) -> tuple[J
     """The job's three stages in process over `rows`: the result table the job would write."""
     cfg = JobConfig(manifest=str(manifest), output=str(out), backend="opencv", **cfg_kw)
     storage = Storage(cfg.storage_options())
-    ctx = JobContext(cfg, storage, manifest_base=str(manifest.parent), native_size=None)
+    ctx = JobContext(cfg, storage, manifest_base=str(manifest.parent), spec=model_spec("opencv"))
     table = manifest_table(rows)
     model = ModelStage(ctx, inpainter=load_inpainter("opencv"))
     return cfg, finish_batch(model(prepare_batch(table, ctx)), ctx)
@@ -63,7 +64,7 @@ def test_report_sample_limits_the_contact_sheet(job):
 
 def test_a_row_whose_thumbnail_fails_does_not_break_the_report(job):
     cfg, table, summary = job
-    Path(table.column("output")[0].as_py()).unlink()  # an output gone since
+    Path(cfg.output, table.column("output")[0].as_py()).unlink()  # an output gone since
     page = report.render(summary, table, cfg, Storage(), sample=24)
     assert page.count("thumbnail unavailable") == 1 and page.count('class="card"') == 3
 

@@ -28,6 +28,7 @@ def add_parser(sub) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from batch_inpaint.cli import job_exit_status
     from batch_inpaint.config import JobConfig
     from batch_inpaint.job.ray_job import run_job
 
@@ -53,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
     if args.backend == "tiny":
         print("demo: the tiny checkpoint has random weights, so masked areas come out as noise; "
               "use --backend opencv for a classical fill, or --backend diffusers --model DIR for SD2")  # fmt: skip
-    return 0 if summary.get("success") else 1
+    return job_exit_status(summary)
 
 
 def side_by_side(out: Path) -> list[Path]:
@@ -67,6 +68,7 @@ def side_by_side(out: Path) -> list[Path]:
     from batch_inpaint.config import JobConfig
     from batch_inpaint.job.report import row_pictures
     from batch_inpaint.storage.store import Storage
+    from batch_inpaint.vocab import DONE
 
     cfg = JobConfig.from_dict(json.loads((out / "job.json").read_text())["config"])
     storage = Storage(cfg.storage_options())
@@ -75,7 +77,7 @@ def side_by_side(out: Path) -> list[Path]:
     made = []
     for part in sorted((out / "metadata").glob("*.parquet")):
         for row in pq.read_table(part).to_pylist():
-            if row["status"] not in ("ok", "skipped"):
+            if row["status"] not in DONE:
                 continue
             sheet = np.concatenate(row_pictures(row, storage, cfg), axis=1)
             path = dest / f"{Path(row['output']).stem}.jpg"

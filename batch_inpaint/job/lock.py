@@ -1,6 +1,9 @@
-"""A lock object with an expiry on storage, so two overlapping scheduled runs into one output never
-process the same rows twice. Taken with a create-only write (atomic on S3 and local disks); a lock
-older than its TTL (a run that died) may be broken by the next run."""
+"""One run at a time per output: a lock object `{output}/_LOCK` that every run takes.
+
+Taken with a create-only write (atomic on S3 and local disks). Its holder renews it every
+`ttl_s / 4` seconds; a lock not renewed for `ttl_s` (a run that died: killed, preempted, lost
+its node) is stale and the next run may take it over. The refusal says who holds the lock and when
+it was last renewed."""
 
 from __future__ import annotations
 
@@ -13,26 +16,40 @@ import time
 import uuid
 
 from batch_inpaint.errors import InpaintError, NotFoundError
+from batch_inpaint.vocab import ErrorKind
+
+RENEWALS_BEFORE_STALE = 4
 
 
 class LockedError(InpaintError):
-    kind = "locked"
+    kind = ErrorKind.LOCKED.value
 
 
 class OutputLock:
     def __init__(self, storage, output: str, ttl_s: float):
         self.storage = storage
         self.uri = output.rstrip("/") + "/_LOCK"
-        self.ttl_s = ttl_s
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stale_s = ttl_s  # without renewal for this long, the lock is stale
+        self.renew_s = ttl_s / RENEWALS_BEFORE_STALE
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.token = f"{self.host}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.held = False
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._acquired_at = 0.0
 
     def _body(self) -> bytes:
         now = time.time()
         return json.dumps(
-            {"owner": self.token, "acquired_at": now, "expires_at": now + self.ttl_s}
+            {
+                "owner": self.token,
+                "host": self.host,
+                "pid": self.pid,
+                "acquired_at": self._acquired_at or now,
+                "renewed_at": now,
+                "renew_every_s": self.renew_s,
+                "stale_after_s": self.stale_s,
+            }  # fmt: skip
         ).encode()
 
     def acquire(self) -> None:
@@ -46,31 +63,35 @@ class OutputLock:
         else:
             raise LockedError(f"{self.uri} keeps changing hands: other runs are starting; retry")
         current = _parse(raw)
-        if current is not None and current.get("expires_at", 0) > time.time():
-            left = current["expires_at"] - time.time()
-            raise LockedError(
-                f"{self.uri} is held by {current.get('owner')} for {left:.0f} s more: another run "
-                "into this output is in progress (a stale lock expires after lock_ttl_s)"
-            )
+        if current is not None:
+            age = time.time() - _renewed_at(current)
+            stale_after = float(current.get("stale_after_s") or self.stale_s)
+            if age < stale_after:
+                raise LockedError(
+                    f"{self.uri}: another run into this output is in progress: held by host "
+                    f"{current.get('host', '?')} process {current.get('pid', '?')}, last renewed "
+                    f"{age:.0f} s ago. Wait for it to finish; if it died, its lock is taken over "
+                    f"{stale_after - age:.0f} s from now (after {stale_after:.0f} s without renewal)"
+                )
         # Stale (or unreadable): only one run may break this lock. Delete-then-create would let
         # a run that saw it stale delete the fresh lock another run just took; instead the right
         # to take over is a create-only marker named after the stale lock's bytes.
         tag = hashlib.sha256(raw or b"").hexdigest()[:16]
         marker = f"{self.uri}.takeover-{tag}"
         if not self.storage.write_bytes(marker, self.token.encode(), overwrite=False):
-            raise LockedError(f"{self.uri}: another run took the expired lock first")
+            raise LockedError(f"{self.uri}: another run took the stale lock first")
         self.storage.write_bytes(self.uri, self._body())
         self._hold()  # the marker stays: a run that read the same stale lock late must still lose
 
     def _hold(self) -> None:
-        """Held: renew the expiry every ttl/3 so a run longer than the TTL keeps its lock."""
         self.held = True
+        self._acquired_at = time.time()
         self._stop.clear()
         self._beat = threading.Thread(target=self._renew_loop, name="output-lock", daemon=True)
         self._beat.start()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        while not self._stop.wait(self.renew_s):
             try:
                 if (self._read() or {}).get("owner") == self.token:
                     self.storage.write_bytes(self.uri, self._body())
@@ -96,6 +117,22 @@ class OutputLock:
         if self.held and (self._read() or {}).get("owner") == self.token:
             self.storage.delete(self.uri)
         self.held = False
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _renewed_at(body: dict) -> float:
+    """When the holder last renewed; a lock from an older version has only expires_at."""
+    value = body.get("renewed_at", body.get("acquired_at", 0.0))
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _parse(raw: bytes | None) -> dict | None:

@@ -14,8 +14,9 @@ import pyarrow as pa
 from PIL import Image
 
 from batch_inpaint.image import codec
-from batch_inpaint.job import results
+from batch_inpaint.job.results import output_rel
 from batch_inpaint.storage.uri import join
+from batch_inpaint.vocab import DONE, Status
 
 THUMB = 256
 MAX_ERRORS_SHOWN = 1000
@@ -34,7 +35,17 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     for p in summary.get("problems", []):
         lines.append(f"  problem: {p}")
     out = summary.get("output", "")
-    lines.append(f"  outputs:  {out}/images/   metadata: {out}/metadata/")
+    lines.append(f"  outputs:  {join(out, 'images/')}   metadata: {join(out, 'metadata/')}")
+    if summary.get("unknown_objects_kept"):
+        lines.append(
+            f"  note: {summary['unknown_objects_kept']} object(s) under images/ were not written "
+            "by this job; they were left alone"
+        )
+    if summary.get("rows_of_other_manifests_kept"):
+        lines.append(
+            f"  note: results of {summary['rows_of_other_manifests_kept']} row(s) not in this "
+            "manifest were kept (--prune drops them)"
+        )
     if report_uri:
         lines.append(f"  report:   {report_uri}")
     return "\n".join(lines)
@@ -52,16 +63,16 @@ def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.nd
     """A result row's input, its mask as the job built it (RGB, white = inpainted) and its output,
     decoded the way the job decodes them (EXIF orientation, alpha masks)."""
     from batch_inpaint.image.masks import finish_mask
-    from batch_inpaint.job.stages import JobContext, build_mask
+    from batch_inpaint.job.prepare import build_mask
     from batch_inpaint.storage.uri import manifest_base, resolve
 
-    ctx = JobContext(config=cfg, storage=storage, manifest_base=manifest_base(cfg.manifest))
-    rgb, alpha = codec.decode_image_with_alpha(
-        storage.read_bytes(resolve(row["image"], ctx.manifest_base))
-    )
+    base = manifest_base(cfg.manifest)
+    mask_options = cfg.inpaint_options().mask
+    rgb, alpha = codec.decode_image_with_alpha(storage.read_bytes(resolve(row["image"], base)))
     h, w = rgb.shape[:2]
-    hard, _ = finish_mask(build_mask(row, (w, h), alpha, ctx), ctx.options.mask)
-    out = codec.decode_image(storage.read_bytes(row["output"]))
+    raw = build_mask(row, (w, h), alpha, storage, base, mask_options)
+    hard, _ = finish_mask(raw, mask_options)
+    out = codec.decode_image(storage.read_bytes(join(cfg.output, output_rel(row["output"]))))
     return rgb, np.repeat(hard[..., None], 3, axis=2), out
 
 
@@ -72,8 +83,8 @@ def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
 
 def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
     rows = table.to_pylist() if table.num_rows else []
-    ok = [r for r in rows if r.get("status") in results.DONE and r.get("output")]
-    errors = [r for r in rows if r.get("status") == "error"]
+    ok = [r for r in rows if r.get("status") in DONE and r.get("output")]
+    errors = [r for r in rows if r.get("status") == Status.ERROR.value]
     cards = []
     for r in ok[:sample]:
         try:

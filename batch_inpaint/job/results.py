@@ -5,7 +5,8 @@ Layout under the output URI::
 
     images/<key>.<ext>        one object per ok/skipped row (key from storage.output_key)
     metadata/*.parquet        result rows; after finalize exactly one per manifest row
-    job.json  run.json  report.html  _SUCCESS
+    job.json                  the config and versions (job_json)
+    run.json  report.html  _SUCCESS   written by finalize
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch_inpaint.errors import InpaintError, ManifestError
-from batch_inpaint.storage.uri import join, same_location
-
-DONE = ("ok", "skipped")
+from batch_inpaint.errors import InpaintError, ManifestError, NotFoundError
+from batch_inpaint.storage.uri import join, redact_uri, same_location
+from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
 
 
 class MetadataWriter:
@@ -65,31 +65,57 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def read_results(
-    storage, output: str, strict: bool = False
-) -> tuple[pa.Table | None, list[str], list[str]]:
-    """All result rows under output/metadata (latest row per id), the part URIs read, and the
-    parts that could not be read (a part half-written by a killed run: its rows get redone;
-    strict=True raises ManifestError instead). Hidden ('.x') and '_x' files and folders are
-    unfinished writes, not data."""
+def read_results(storage, output: str) -> tuple[pa.Table | None, list[str]]:
+    """All result rows under output/metadata (latest row per id) and the part URIs read.
+
+    Only "not found" means nothing was done yet. A listing or read that fails otherwise (access
+    denied, storage down) raises with the prefix and the cause, so no run recomputes what it
+    merely could not see. A part that can't be decoded is damaged: it is moved aside to
+    metadata/_damaged/ (never deleted) and the run stops with a ResultsDamagedError naming both.
+    Hidden ('.x') and '_x' files and folders are unfinished writes or set aside, not data."""
     prefix = join(output, "metadata")
     try:
         found = storage.list(prefix)
-    except Exception:  # noqa: BLE001 - no metadata folder yet: nothing done
-        return None, [], []
+    except NotFoundError:
+        return None, []
+    except InpaintError as exc:
+        raise type(exc)(
+            f"can't tell what earlier runs into {redact_uri(output)} finished: listing "
+            f"{redact_uri(prefix)} failed: {exc}",
+            kind=exc.kind,
+        ) from None
     uris = [u for u in found if u.endswith(".parquet") and _is_data(u.rsplit("/metadata/", 1)[-1])]
-    tables, bad = [], []
+    tables, damaged = [], []
     for uri in sorted(uris):
+        data = storage.read_bytes(uri)  # a failing read raises: the run stops before model work
         try:
-            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(uri))))
-        except Exception as exc:  # noqa: BLE001
-            if strict:
-                raise ManifestError(f"results file {uri} can't be read: {exc}") from None
-            bad.append(uri)
+            tables.append(pq.read_table(io.BytesIO(data)))
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            damaged.append((uri, set_aside(storage, output, uri, data), exc))
+    if damaged:
+        lines = "; ".join(f"{redact_uri(u)} ({e}) moved to {redact_uri(m)}" for u, m, e in damaged)
+        raise ResultsDamagedError(
+            f"{len(damaged)} results file(s) under {redact_uri(prefix)} can't be read: {lines}. "
+            "Nothing was deleted. Rerun to redo the rows they held (resume can't tell which), or "
+            "put a repaired file back"
+        )
     if not tables:
-        return None, uris, bad
+        return None, uris
     table = pa.concat_tables(tables, promote_options="permissive")
-    return latest_per_id(table), uris, bad
+    return latest_per_id(table), uris
+
+
+class ResultsDamagedError(ManifestError):
+    """A results file that can't be decoded; it was moved aside, not deleted."""
+
+
+def set_aside(storage, output: str, uri: str, data: bytes) -> str:
+    """Copy a damaged results file to metadata/_damaged/ (a name readers skip), then remove it."""
+    name = uri.rsplit("/", 1)[-1]
+    target = join(output, "metadata", "_damaged", f"{new_run_id()}-{name}")
+    storage.write_bytes(target, data, root=output)
+    storage.delete(uri, root=output)
+    return target
 
 
 def _is_data(rel: str) -> bool:
@@ -119,48 +145,53 @@ def latest_per_id(table: pa.Table) -> pa.Table:
 
 
 def _ts(value) -> float:
-    """Seconds of a finished_at value; results written before it was a timestamp may hold text."""
-    if value is None:
-        return 0.0
-    if isinstance(value, str):
-        import datetime as dt
-
-        try:
-            return dt.datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            return 0.0
-    return value.timestamp()
+    return 0.0 if value is None else value.timestamp()
 
 
-def done_ids(
-    storage, output: str, retry_errors: bool, strict: bool = False, check_outputs: bool = False
-) -> set[str]:
-    """Ids an earlier run finished: ok and skipped rows, and error rows unless retry_errors.
-    check_outputs=True (the job's resume) also lists images/ and redoes an ok or skipped row
-    whose object is gone, so a deleted output is made again instead of failing the invariants."""
-    table, _, _ = read_results(storage, output, strict=strict)
+def output_rel(value: str | None) -> str | None:
+    """A result row's `output` as a path relative to the output root ('images/<key>.<ext>').
+    Rows written before outputs were relative hold a full URI: its 'images/...' tail is kept,
+    so an output folder that was copied or moved still resumes."""
+    if not value or value.startswith("images/"):
+        return value
+    tail = value.rsplit("/images/", 1)
+    return "images/" + tail[1] if len(tail) == 2 else value
+
+
+def done_ids(storage, output: str, retry_errors: bool, table: pa.Table | None) -> set[str]:
+    """Ids an earlier run finished, from its results `table`: ok and skipped rows whose object
+    is still under images/ (a deleted output is made again), and error rows of bad input unless
+    retry_errors. Rows that failed for a transient reason (storage, memory) are always redone."""
     if table is None:
         return set()
-    keep = DONE if retry_errors else (*DONE, "error")
     ids = table.column("id").to_pylist()
     status = table.column("status").to_pylist()
-    outputs = (
-        table.column("output").to_pylist() if "output" in table.column_names else [None] * len(ids)
-    )
-    present = list_images(storage, output) if check_outputs else None
-    return {
-        r
-        for r, s, o in zip(ids, status, outputs, strict=True)
-        if s in keep and (present is None or s not in DONE or same_location(o or "") in present)
-    }
+    kinds = _column(table, "error_kind")
+    outputs = _column(table, "output")
+    present = list_images(storage, output)
+    done = set()
+    for rid, s, kind, out in zip(ids, status, kinds, outputs, strict=True):
+        if s in DONE:
+            if output_rel(out) in present:
+                done.add(rid)
+        elif s == Status.ERROR.value and not retry_errors and kind not in TRANSIENT_KINDS:
+            done.add(rid)
+    return done
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
 
 
 def list_images(storage, output: str) -> set[str]:
-    """Normalised URIs of every object under output/images (empty if there is none yet)."""
+    """Every object under output/images, as paths relative to the output ('images/...')."""
+    prefix = join(output, "images")
     try:
-        return {same_location(u) for u in storage.list(join(output, "images"))}
-    except InpaintError:
+        found = storage.list(prefix)
+    except NotFoundError:
         return set()
+    root = same_location(output).rstrip("/") + "/"
+    return {same_location(u)[len(root) :] for u in found}
 
 
 def compact(storage, output: str, table: pa.Table, old_parts: list[str], run_id: str) -> str:
@@ -218,7 +249,7 @@ def summarize(table: pa.Table, started: float, ended: float, this_run_rows: int)
         for k, s in zip(
             table.column("error_kind").to_pylist(), table.column("status").to_pylist(), strict=True
         )
-        if s == "error"
+        if s == Status.ERROR.value
     )
     secs = {
         c: float(pc.sum(table.column(c)).as_py() or 0.0)
@@ -227,7 +258,9 @@ def summarize(table: pa.Table, started: float, ended: float, this_run_rows: int)
     wall = max(ended - started, 1e-9)
     return {
         "rows": table.num_rows,
-        "counts": {s: status.get(s, 0) for s in ("ok", "error", "skipped")},
+        "counts": {
+            s.value: status.get(s.value, 0) for s in (Status.OK, Status.ERROR, Status.SKIPPED)
+        },
         "errors_by_kind": dict(sorted(kinds.items())),
         "rows_this_run": this_run_rows,
         "wall_s": round(wall, 3),
@@ -242,3 +275,27 @@ def new_run_id() -> str:
 
 def dumps(obj) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def job_json(cfg, run_id: str) -> dict:
+    """job.json: the config (no secret ever enters it) and the versions that made the outputs."""
+    import platform
+
+    from batch_inpaint import __version__
+
+    versions = {"batch_inpaint": __version__, "python": platform.python_version()}
+    for mod in ("torch", "diffusers", "ray", "transformers", "pyarrow"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional package is recorded as None
+            versions[mod] = None
+    config = cfg.to_dict()
+    for name in ("manifest", "output", "model", "endpoint_url", "address"):
+        if config.get(name):  # user:password@ and presigned signatures stay out of outputs
+            config[name] = redact_uri(config[name])
+    return {
+        "run_id": run_id,
+        "config": config,
+        "versions": versions,
+        "storage": cfg.storage_options().to_public_dict(),
+    }

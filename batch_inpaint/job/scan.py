@@ -10,17 +10,23 @@ import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError, InpaintError
+from batch_inpaint.job.finish import redact_columns
+from batch_inpaint.job.guard import input_locations
 from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
 from batch_inpaint.storage.store import Storage
-from batch_inpaint.storage.uri import manifest_base
+from batch_inpaint.storage.uri import manifest_base, redact_uri
+from batch_inpaint.vocab import ErrorKind, Status
 
 
 class ManifestScan:
     """What the driver learns from the id column: row ids, the ids that can't be processed
     (duplicated, null or empty), their error rows, and one result id per manifest row."""
 
-    def __init__(self, ids: list[str | None], bad_rows: pa.Table, base: str):
+    def __init__(
+        self, ids: list[str | None], bad_rows: pa.Table, base: str, inputs: list[str] = ()
+    ):
         self.ids, self.bad_rows, self.base = ids, bad_rows, base
+        self.inputs = list(inputs)  # what the manifest reads: itself, its image and mask folders
         counts: dict[str, int] = {}
         for i in ids:
             if i:
@@ -51,20 +57,49 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
     import pyarrow.dataset as pads
 
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
+    where = f"manifest {redact_uri(cfg.manifest)}"
     try:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
-        conform_manifest(dataset.schema.empty_table(), where=f"manifest {cfg.manifest}")
-        ids = pc.cast(dataset.to_table(columns=["id"]).column("id"), pa.string()).to_pylist()
+        check_parts(dataset, where)
+        conform_manifest(dataset.schema.empty_table(), where=where)
+        names = [c for c in ("id", "image", "mask") if c in dataset.schema.names]
+        table = dataset.to_table(columns=names)
     except InpaintError:
         raise
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: not found") from None
     except (OSError, pa.ArrowInvalid) as exc:
-        raise ConfigError(f"cannot read manifest {cfg.manifest}: {exc}") from None
+        raise ConfigError(f"cannot read {where}: {exc}") from None
+    ids = pc.cast(table.column("id"), pa.string()).to_pylist()
     positions: dict[str | None, list[int]] = {}
     for n, i in enumerate(ids):
         positions.setdefault(i or None, []).append(n)
     bad = {i for i, rows in positions.items() if i is None or len(rows) > 1}
     bad_rows = _unusable_rows(dataset, bad, positions, ids) if bad else pa.table({})
-    return ManifestScan(ids, bad_rows, manifest_base(cfg.manifest))
+    base = manifest_base(cfg.manifest)
+    uris = [table.column(c) for c in ("image", "mask") if c in table.column_names]
+    uris = pa.chunked_array([c for col in uris for c in pc.cast(col, pa.string()).chunks],
+                            pa.string())  # fmt: skip
+    return ManifestScan(ids, bad_rows, base, input_locations(cfg.manifest, base, uris))
+
+
+def check_parts(dataset, where: str) -> None:
+    """Every part of a manifest folder conforms on its own, and a column has one type in every
+    part (else Ray Data fails mid-run); an all-null column's type is no conflict."""
+    seen: dict[str, tuple[pa.DataType, str]] = {}
+    for fragment in dataset.get_fragments():
+        schema = fragment.physical_schema
+        conform_manifest(schema.empty_table(), where=f"{where}, part {fragment.path}")
+        for field in schema:
+            if pa.types.is_null(field.type):
+                continue
+            first = seen.setdefault(field.name, (field.type, fragment.path))
+            if not first[0].equals(field.type):
+                raise ConfigError(
+                    f"{where}: column {field.name!r} is {first[0]} in part {first[1]} but "
+                    f"{field.type} in part {fragment.path}; write every part with one type per "
+                    "column (e.g. rewrite it with batch-inpaint manifest build or Manifest.write)"
+                )
 
 
 def _unusable_rows(dataset, bad: set, positions: dict, ids: list) -> pa.Table:
@@ -76,7 +111,7 @@ def _unusable_rows(dataset, bad: set, positions: dict, ids: list) -> pa.Table:
     if None in bad:
         no_id = pc.field("id").is_null() | (pc.field("id") == "")
         where = no_id if where is None else (where | no_id)
-    table = dataset.to_table(filter=where)
+    table = redact_columns(dataset.to_table(filter=where))
     # The filter keeps file order, so the k-th row of an id here is its k-th position overall.
     taken: dict[str | None, int] = {}
     all_result_ids = result_ids(ids)
@@ -100,12 +135,19 @@ def _unusable_rows(dataset, bad: set, positions: dict, ids: list) -> pa.Table:
                 f"these rows was processed"
             )
     n = table.num_rows
-    kinds = ["missing_id" if r.startswith("#row-") else "duplicate_id" for r in out_ids]
+    kinds = [
+        (ErrorKind.MISSING_ID if r.startswith("#row-") else ErrorKind.DUPLICATE_ID).value
+        for r in out_ids
+    ]
     table = table.set_column(
         table.schema.get_field_index("id"), "id", pa.array(out_ids, pa.string())
     )
     now = dt.datetime.now(dt.timezone.utc)
-    for name, values in {"status": ["error"] * n, "error_kind": kinds, "error": msgs}.items():
+    for name, values in {
+        "status": [Status.ERROR.value] * n,
+        "error_kind": kinds,
+        "error": msgs,
+    }.items():
         table = table.append_column(name, pa.array(values, pa.string()))
     return table.append_column(
         "finished_at", pa.array([now] * n, RESULT_SCHEMA.field("finished_at").type)

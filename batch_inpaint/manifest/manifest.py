@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -90,7 +91,14 @@ class Manifest:
 
     @classmethod
     def from_dirs(cls, images: str, masks: str | None = None, **kwargs: Any) -> Manifest:
-        """Same as from_prefix, for local directories (or any allowed URI)."""
+        """Deprecated alias of from_prefix (which takes local directories too); kept for code
+        written against earlier versions."""
+        warnings.warn(
+            "Manifest.from_dirs is deprecated: call Manifest.from_prefix, which takes local "
+            "directories too",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return cls.from_prefix(images, masks, **kwargs)
 
     @staticmethod
@@ -261,11 +269,13 @@ class Manifest:
     def without_done(self, results_uri: str, retry_errors: bool = False) -> Manifest:
         """The rows that an earlier run into `results_uri` did not finish, judged by the
         {results_uri}/metadata/*.parquet result rows the job writes (the same rule as the job's
-        resume): ok and skipped rows are done; error rows are done unless retry_errors=True. No
-        results yet: every row. A results file that can't be read raises ManifestError."""
-        from batch_inpaint.job.results import done_ids
+        resume): ok and skipped rows whose image is there are done; error rows are done unless
+        retry_errors=True or they failed for a transient reason. No results yet: every row. A
+        results file that can't be read raises (and is moved aside, never deleted)."""
+        from batch_inpaint.job.results import done_ids, read_results
 
-        return self.exclude(done_ids(self.storage, results_uri, retry_errors, strict=True))
+        table, _ = read_results(self.storage, results_uri)
+        return self.exclude(done_ids(self.storage, results_uri, retry_errors, table))
 
 
 def _parquet_files(fs: Any, path: str, recursive: bool = True) -> list[str]:

@@ -1,0 +1,136 @@
+"""Stage 3 (CPU tasks): paste the results back, encode, write the image, build the result row.
+
+Reads MODELLED, returns the manifest's own columns plus the result columns of RESULT_SCHEMA (the
+`_bi_` columns dropped); a row that fails here becomes an error row like any other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import InpaintError
+from batch_inpaint.image import codec, geometry
+from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.workitem import (
+    EXIF,
+    FINISHED,
+    MODELLED,
+    PARAMS,
+    PIXELS,
+    REGIONS,
+    RESULTS,
+    SOFT,
+    STATUS,
+    P,
+    pixels_from,
+    region_from,
+    row_error,
+)
+from batch_inpaint.storage.uri import join, output_key, redact_uri
+from batch_inpaint.vocab import ErrorKind, Status
+
+_OUTPUT_OF = {Status.PENDING.value: Status.OK.value, Status.SKIPPED.value: Status.SKIPPED.value}
+
+
+def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
+    MODELLED.check(table)
+    cfg = ctx.config
+    cols = {name: table.column(name).to_pylist() for name in MODELLED.schema.names}
+    ids = table.column("id").to_pylist()
+    out: dict[str, list] = {f.name: [] for f in FINISHED.schema}
+    for i, rid in enumerate(ids):
+        t0 = time.perf_counter()
+        item = {k: v[i] for k, v in cols.items()}
+        status, kind, err = item[STATUS], item[f"{P}error_kind"], item[f"{P}error"]
+        rel = sha = None
+        if status in _OUTPUT_OF:
+            try:
+                data = _finish_row(item, cfg)
+                rel = output_rel(cfg, rid)
+                # root: no write may follow a symlink out of the output
+                ctx.storage.write_bytes(join(cfg.output, rel), data, root=cfg.output)
+                sha = hashlib.sha256(data).hexdigest()
+                status = _OUTPUT_OF[status]
+            except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
+                status, (kind, err), rel, sha = Status.ERROR.value, row_error(rid, exc), None, None
+        params = item[PARAMS]
+        row = {
+            "status": status,
+            "error_kind": kind,
+            "error": err,
+            "output": rel,  # relative to the output root: a copied or moved output resumes
+            "sha256": sha,
+            "width": item[f"{P}width"],
+            "height": item[f"{P}height"],
+            "seed": item[f"{P}seed"],
+            "params": None if params is None else json.dumps(params, sort_keys=True),
+            "prepare_s": item[f"{P}t_prepare"],
+            "model_s": item[f"{P}t_model"],
+            "write_s": time.perf_counter() - t0,
+            "finished_at": dt.datetime.now(dt.timezone.utc),
+            **ctx.spec.describe(),
+        }
+        for name in out:
+            out[name].append(row.get(name))
+    keep = [c for c in table.column_names if not c.startswith(P) and c not in out]
+    result = redact_columns(
+        table.select(keep)
+    )  # a manifest column named like a result one gives way
+    for f in FINISHED.schema:
+        result = result.append_column(f.name, pa.array(out[f.name], f.type))
+    return FINISHED.check(result)
+
+
+def output_rel(cfg: JobConfig, row_id: str) -> str:
+    """Where a row's image goes, relative to the output root."""
+    return "images/" + output_key(str(row_id), "." + cfg.extension)
+
+
+def output_uri(cfg: JobConfig, row_id: str) -> str:
+    return join(cfg.output, output_rel(cfg, row_id))
+
+
+def redact_columns(table: pa.Table) -> pa.Table:
+    """The manifest's URI columns as results store them: without passwords and signatures."""
+    for name in ("image", "mask"):
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            values = [None if v is None else redact_uri(v) for v in table.column(name).to_pylist()]
+            table = table.set_column(
+                table.schema.get_field_index(name), name, pa.array(values, pa.string())
+            )
+    return table
+
+
+def _finish_row(c: dict, cfg: JobConfig) -> bytes:
+    w, h = c[f"{P}width"], c[f"{P}height"]
+    original = pixels_from(c[PIXELS], h, w, 3)
+    if c[STATUS] == Status.SKIPPED.value:
+        image = original
+    else:
+        soft = pixels_from(c[SOFT], h, w).astype(np.float32) / 255.0
+        pieces = []
+        for value, res in zip(c[REGIONS], c[RESULTS], strict=True):
+            region = region_from(value)
+            pieces.append((region, pixels_from(res, region.work_size[1], region.work_size[0], 3)))
+        image = geometry.paste(original, soft, pieces)
+    data = codec.encode_image(
+        image,
+        cfg.output_format,
+        quality=cfg.jpeg_quality,
+        png_compress_level=cfg.png_compress_level,
+        exif=c.get(EXIF) if cfg.keep_exif else None,
+    )
+    # Checked here, once, so finalize need not read every output back: what is written decodes.
+    check = codec.open_image(data, max_pixels=max(cfg.max_pixels, w * h))
+    if check.size != (w, h):
+        raise InpaintError(
+            f"encoded output is {check.size}, expected {(w, h)}", kind=ErrorKind.ENCODE.value
+        )
+    return data

@@ -1,0 +1,83 @@
+"""The driver's work before any cluster work, in order: read the manifest's schema and ids, check
+the output location and who owns it, take the output's lock, then open the run: claim the
+output, withdraw the last run's `_SUCCESS`, and decide from the results which rows are done.
+Anything wrong stops here, before a GPU is asked for."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.job import guard, results
+from batch_inpaint.job.finalize import RunState
+from batch_inpaint.job.lock import OutputLock
+from batch_inpaint.job.scan import scan_manifest
+from batch_inpaint.models.spec import ModelSpec, model_spec
+from batch_inpaint.storage.store import Storage
+from batch_inpaint.storage.uri import join
+
+
+@dataclass
+class Plan:
+    """A run that may start: its state, the rows to leave out, and the model it will use."""
+
+    run: RunState
+    spec: ModelSpec
+    writer: results.MetadataWriter
+    exclude: frozenset[str] = field(default_factory=frozenset)
+    todo: int = 0
+
+
+def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState, str]:
+    """Checks that need no lock: the config, the manifest, the output's location and owner."""
+    cfg = config.require_io().validate()
+    storage.check(cfg.manifest)
+    storage.check(cfg.output)
+    scan = scan_manifest(storage, cfg)  # every part's schema, the ids, what the manifest reads
+    guard.check_output_location(cfg.output, scan.inputs)
+    state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
+    return RunState(cfg, storage, scan, results.new_run_id(), time.time(), echo=echo), state
+
+
+def lock_for(run: RunState) -> OutputLock:
+    return OutputLock(run.storage, run.config.output, ttl_s=run.config.lock_ttl_s)
+
+
+def open_run(run: RunState, state: str) -> Plan:
+    """Under the lock: claim the output, withdraw `_SUCCESS` (this run may change what it
+    vouched for), read what earlier runs finished, write job.json and the driver's error rows."""
+    cfg, storage, scan = run.config, run.storage, run.scan
+    if state != "ours":
+        guard.claim(storage, cfg.output, run.run_id, state)
+    success = join(cfg.output, "_SUCCESS")
+    if storage.exists(success):
+        storage.delete(success, root=cfg.output)
+    table, _ = results.read_results(storage, cfg.output)  # stops here if it can't tell
+    done = results.done_ids(storage, cfg.output, cfg.retry_errors, table) if cfg.resume else set()
+    exclude = frozenset(done) | frozenset(scan.duplicates)
+    todo = sum(1 for i in scan.ids if i and i not in exclude)
+    run.echo(
+        f"batch-inpaint: {len(scan.ids)} manifest rows, {len(done & set(scan.ids))} already done, "
+        f"{scan.bad_rows.num_rows} with a duplicate or missing id, {todo} to process -> {cfg.output}"
+    )
+    spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
+    storage.write_bytes(join(cfg.output, "job.json"), results.dumps(results.job_json(cfg, run.run_id)),
+                        root=cfg.output)  # fmt: skip
+    writer = results.MetadataWriter(
+        storage, cfg.output, run.run_id, cfg.flush_rows, cfg.flush_interval_s
+    )
+    writer.add(_with_model_columns(scan.bad_rows, spec.describe()))
+    return Plan(run, spec, writer, exclude, todo)
+
+
+def _with_model_columns(bad_rows: pa.Table, model: dict) -> pa.Table:
+    """The driver's error rows (duplicate or missing ids) name the model like every other row."""
+    if bad_rows.num_rows:
+        for name, value in model.items():
+            bad_rows = bad_rows.append_column(
+                name, pa.array([value] * bad_rows.num_rows, pa.string())
+            )
+    return bad_rows

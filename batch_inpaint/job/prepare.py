@@ -1,0 +1,124 @@
+"""Stage 1 (CPU tasks): fetch the row's bytes, decode, build the mask, plan the regions, cut them.
+
+A row that fails becomes an error work item and travels on, so it still reaches the metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from batch_inpaint.errors import InpaintError, MaskError
+from batch_inpaint.image import codec, masks
+from batch_inpaint.image.inpaint import prepare
+from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.workitem import PREPARED, WorkItem, prepared_columns, replace_columns
+from batch_inpaint.params import MaskOptions, derive_seed, row_generation
+from batch_inpaint.storage.uri import redact_uri, resolve
+from batch_inpaint.vocab import ErrorKind, Status
+
+
+def prepare_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
+    """The manifest's table with the PREPARED columns added, one work item per row."""
+    items = []
+    for row in table.to_pylist():
+        t0 = time.perf_counter()
+        try:
+            item = prepare_row(row, ctx)
+        except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
+            item = WorkItem.failed(row.get("id"), exc)
+        item.t_prepare = time.perf_counter() - t0
+        items.append(item)
+    return PREPARED.check(replace_columns(table, prepared_columns(items)))
+
+
+def row_seed(row: Mapping, base: int | None) -> int:
+    """The row's own seed, else one derived from the job's base seed (if any) and the row id."""
+    if row.get("seed") is not None:
+        return int(row["seed"])
+    rid = str(row["id"])
+    return derive_seed(rid if base is None else f"{base}/{rid}")
+
+
+def prepare_row(row: Mapping, ctx: JobContext) -> WorkItem:
+    rid = row.get("id")
+    if rid is None or str(rid) == "":
+        raise InpaintError("row has no id", kind=ErrorKind.MISSING_ID.value)
+    if not row.get("image"):
+        raise InpaintError("row has no image URI", kind=ErrorKind.MISSING_IMAGE.value)
+    opts = ctx.options
+    params = row_generation(row, opts.generation)  # a bad per-row value fails this row only
+    image_uri = resolve(str(row["image"]), ctx.manifest_base)
+    data = ctx.storage.read_bytes(image_uri)
+    try:
+        rgb, alpha = codec.decode_image_with_alpha(data, max_pixels=ctx.config.max_pixels)
+    except InpaintError as exc:
+        raise type(exc)(f"image {redact_uri(image_uri)}: {exc}", kind=exc.kind) from None
+    h, w = rgb.shape[:2]
+    raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+    prep = prepare(rgb, raw, opts, ctx.spec.native_size, ctx.spec.size_multiple)
+    item = WorkItem(
+        status=Status.PENDING if prep.regions else Status.SKIPPED,
+        width=w,
+        height=h,
+        pixels=rgb.tobytes(),
+        seed=row_seed(row, opts.generation.seed),
+        params=params,
+        regions=prep.regions,
+        exif=_exif_bytes(data) if ctx.config.keep_exif else None,
+    )
+    if prep.regions:
+        item.soft = _soft_bytes(prep.soft)
+        item.crops = [np.ascontiguousarray(c).tobytes() for c in prep.crops]
+        item.crop_masks = [np.ascontiguousarray(m).tobytes() for m in prep.crop_masks]
+    return item
+
+
+def build_mask(
+    row: Mapping, size: tuple[int, int], alpha, storage, manifest_base: str, options: MaskOptions
+) -> np.ndarray:
+    """The union of every mask source the row gives; a row with none is an error."""
+    parts = []
+    if row.get("mask"):
+        mask_uri = resolve(str(row["mask"]), manifest_base)
+        data = storage.read_bytes(mask_uri)
+        try:
+            parts.append(masks.mask_from_image(data, size=size, options=options))
+        except InpaintError as exc:
+            raise type(exc)(f"mask {redact_uri(mask_uri)}: {exc}", kind=exc.kind) from None
+    if row.get("mask_boxes"):
+        parts.append(masks.mask_from_boxes(row["mask_boxes"], size))
+    if row.get("mask_polygons"):
+        parts.append(masks.mask_from_polygons(row["mask_polygons"], size))
+    if row.get("mask_from_alpha"):
+        if alpha is None:
+            raise MaskError(
+                "mask_from_alpha is set but the image has no alpha channel",
+                kind=ErrorKind.NO_ALPHA.value,
+            )
+        parts.append(masks.mask_from_alpha(alpha, options))
+    if not parts:
+        raise MaskError(
+            "row has no mask: give mask, mask_boxes, mask_polygons or mask_from_alpha",
+            kind=ErrorKind.NO_MASK.value,
+        )
+    out = parts[0]
+    for p in parts[1:]:
+        out = out | p
+    return out
+
+
+def _soft_bytes(soft: np.ndarray) -> bytes:
+    # Quantised to uint8; 0 stays exactly 0, so untouched pixels stay bit-for-bit.
+    return np.round(np.clip(soft, 0.0, 1.0) * 255).astype(np.uint8).tobytes()
+
+
+def _exif_bytes(data: bytes) -> bytes | None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.info.get("exif")

@@ -1,0 +1,116 @@
+"""The output contract's location and ownership checks (job/guard.py), on real local folders and
+a real S3 endpoint (moto), before any cluster work."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.job import guard
+from batch_inpaint.storage.store import Storage
+from tests.fixtures_s3 import put_objects
+
+
+def _uris(*values):
+    return pa.chunked_array([pa.array(list(values), pa.string())])
+
+
+def test_input_locations_are_the_manifest_and_the_folders_its_uris_read():
+    locs = guard.input_locations(
+        "data/manifest.parquet",
+        "data",
+        _uris(
+            "images/a.png", "images/b.png", "/abs/masks/a.png", "s3://b/k/c.png", "bare.png", None
+        ),
+    )
+    assert locs == ["data/manifest.parquet", "/abs/masks", "data", "data/images", "s3://b/k"]
+
+
+@pytest.mark.parametrize(
+    "output, how",
+    [
+        ("data", "contains"),  # the reported accident: --output data over data/images
+        ("data/images", "is"),
+        ("data/images/out", "lies inside"),
+        ("data/manifest.parquet", "is"),
+        ("./data/images/", "is"),
+    ],
+)
+def test_output_over_inputs_is_refused_naming_both(tmp_path, monkeypatch, output, how):
+    monkeypatch.chdir(tmp_path)
+    inputs = guard.input_locations("data/manifest.parquet", "data", _uris("images/a.png"))
+    with pytest.raises(ConfigError) as err:
+        guard.check_output_location(output, inputs)
+    assert how in str(err.value) and "which the manifest reads" in str(err.value)
+
+
+@pytest.mark.parametrize("output", ["data/cleaned", "data/imagesX", "out", "s3://b/out"])
+def test_outputs_apart_from_inputs_pass(tmp_path, monkeypatch, output):
+    monkeypatch.chdir(tmp_path)
+    inputs = guard.input_locations("data/manifest.parquet", "data", _uris("images/a.png"))
+    guard.check_output_location(output, inputs)
+
+
+def test_s3_prefixes_compare_by_whole_segments():
+    inputs = ["s3://bucket/m.parquet", "s3://bucket/raw/images"]
+    guard.check_output_location("s3://bucket/raw/images-cleaned", inputs)
+    guard.check_output_location("s3://other/raw", inputs)
+    with pytest.raises(ConfigError, match="contains"):
+        guard.check_output_location("s3://bucket/raw/", inputs)
+    with pytest.raises(ConfigError, match="lies inside"):
+        guard.check_output_location("s3://bucket/raw/images/out", inputs)
+
+
+def test_owner_new_ours_and_foreign_on_local_disk(tmp_path):
+    storage = Storage()
+    out = tmp_path / "out"
+    assert guard.check_owner(storage, str(out), allow_non_empty=False) == "new"
+    out.mkdir()
+    assert guard.check_owner(storage, str(out), allow_non_empty=False) == "new"
+    guard.claim(storage, str(out), "run-1", "new")
+    assert guard.check_owner(storage, str(out), allow_non_empty=False) == "ours"
+    assert json.loads((out / guard.MARKER).read_text())["run_id"] == "run-1"
+
+    foreign = tmp_path / "foreign"
+    (foreign / "images").mkdir(parents=True)
+    (foreign / "images" / "keep.png").write_bytes(b"user's")
+    with pytest.raises(ConfigError, match="not empty .*images.*no run of batch-inpaint"):
+        guard.check_owner(storage, str(foreign), allow_non_empty=False)
+    # Even with the flag: 'images' is a name the job writes, and it is not ours.
+    with pytest.raises(ConfigError, match="already holds \\['images'\\]"):
+        guard.check_owner(storage, str(foreign), allow_non_empty=True)
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("user's")
+    with pytest.raises(ConfigError, match="--allow-non-empty-output"):
+        guard.check_owner(storage, str(shared), allow_non_empty=False)
+    assert guard.check_owner(storage, str(shared), allow_non_empty=True) == "adopted"
+
+
+def test_an_output_of_an_older_version_is_recognised_by_its_job_json(tmp_path):
+    out = tmp_path / "old"
+    (out / "metadata").mkdir(parents=True)
+    (out / "job.json").write_text(json.dumps({"run_id": "r", "config": {}, "versions": {}}))
+    assert guard.check_owner(Storage(), str(out), allow_non_empty=False) == "ours"
+    (out / "job.json").write_text("{}")  # not ours after all
+    with pytest.raises(ConfigError):
+        guard.check_owner(Storage(), str(out), allow_non_empty=False)
+
+
+def test_owner_checks_on_s3(s3_server, s3_bucket, s3_storage_options):
+    storage = Storage(s3_storage_options)
+    out = f"s3://{s3_bucket}/out"
+    assert guard.check_owner(storage, out, allow_non_empty=False) == "new"
+    put_objects(s3_server, s3_bucket, {"out/other/thing.bin": b"x"})
+    with pytest.raises(ConfigError, match="not empty \\(other\\)"):
+        guard.check_owner(storage, out, allow_non_empty=False)
+    assert guard.check_owner(storage, out, allow_non_empty=True) == "adopted"
+    guard.claim(storage, out, "run-1", "adopted")
+    assert guard.check_owner(storage, out, allow_non_empty=False) == "ours"
+    # a sibling prefix that merely starts with the same letters is not inside the output
+    put_objects(s3_server, s3_bucket, {"out2/x.bin": b"x"})
+    assert guard.check_owner(storage, f"s3://{s3_bucket}/out2", allow_non_empty=True) == "adopted"
