@@ -39,7 +39,9 @@ PEAK_TFLOPS_FP16 = {
     "T4": 65.0,
 }
 GOAL_W1_IMAGES_PER_S = 4.0  # 512², 50 steps, per GPU
-BEST_PUBLISHED_IMAGES_PER_S = {"A100": 1.5, "H100": 2.0}  # FACTS.md; H100 upper figure
+# Best published 50-step 512² rates: ~1.5 images/s on an A100 (compiled, batch 16) and
+# 1.75-2 on an H100 (batch 1; the upper figure here).
+BEST_PUBLISHED_IMAGES_PER_S = {"A100": 1.5, "H100": 2.0}
 
 
 class NeedsGPU(SystemExit):

@@ -1,8 +1,8 @@
 """The full SD2-inpainting architecture with random weights, for GPU timings without a download.
 
-Sizes are those of stabilityai/stable-diffusion-2-inpainting (FACTS.md): the time and memory of a
-forward pass depend on shapes, not on weight values, so a random checkpoint saved in diffusers
-format and loaded through our DiffusersInpainter times like the real one. `--model DIR` uses real
+Sizes are those of stabilityai/stable-diffusion-2-inpainting's published configs: the time and
+memory of a forward pass depend on shapes, not on weight values, so a random checkpoint saved in
+diffusers format and loaded through our DiffusersInpainter times like the real one. `--model DIR` uses real
 weights instead; `--tiny` the tiny test checkpoint. Parameter and FLOP counts run on the 'meta'
 device, so the architecture is checked on any CPU in seconds (workload `arch`).
 """
@@ -32,7 +32,7 @@ TEXT = dict(
     projection_dim=512, vocab_size=49408, max_position_embeddings=77, hidden_act="gelu",
     bos_token_id=0, eos_token_id=2, pad_token_id=1,
 )  # fmt: skip
-EXPECTED_MPARAMS = {"unet": 865.9, "vae": 83.7, "text_encoder": 340.4}  # FACTS.md, the real model
+EXPECTED_MPARAMS = {"unet": 865.9, "vae": 83.7, "text_encoder": 340.4}  # the real model's counts
 RANDOM_DIR_NAME = "sd2-inpainting-random-v1"
 _LOADED: dict[tuple, Any] = {}
 _DONE = ".bench-complete"
@@ -227,7 +227,7 @@ def arch(args) -> Any:
                        "vae_encode": round(f["vae_encode"], 3)})  # fmt: skip
     r.goals = {"params_match": all(x.get("ok", True) for x in r.rows)}
     r.notes.append("FLOPs from torch.utils.flop_counter on the meta device (matmuls, convolutions "
-                   "and attention; elementwise work not counted). FACTS.md: ~0.80 TFLOP per UNet "
+                   "and attention; elementwise work not counted). Reference: ~0.80 TFLOP per UNet "
                    "forward and ~84 TFLOP per image at 512², ~1,340 at 1920x1080.")  # fmt: skip
     if not r.goals["params_match"]:
         raise SystemExit(rec.table(r.rows) + "\narchitecture does not match the real model's sizes")

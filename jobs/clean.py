@@ -8,8 +8,9 @@ Two sources of work:
                             objects are picked up, unpaired ones are listed in the log
 
 A lock object with an expiry ({output}/_LOCK) makes overlapping runs safe: a second run exits with
-status 3 ("locked") instead of processing the same rows; a lock left by a dead run expires after
---lock-ttl-s. Every other flag of `batch-inpaint run` applies (see --help).
+status 3 (ExitCode.LOCKED) instead of processing the same rows; a lock left by a dead run expires
+after --lock-ttl-s. Every other flag of `batch-inpaint run` applies (see --help). Exit statuses are
+those of `batch-inpaint run`: README.md, "Exit status", says what each value means.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from batch_inpaint.cli import error_exit_status, job_exit_status  # noqa: E402
 from batch_inpaint.config import add_arguments, config_from_args  # noqa: E402
 from batch_inpaint.errors import InpaintError  # noqa: E402
-
-EXIT_LOCKED = 3
+from batch_inpaint.vocab import ExitCode  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except InpaintError as exc:
         print(f"jobs/clean.py: {exc.kind}: {exc}", file=sys.stderr)
-        return EXIT_LOCKED if exc.kind == "locked" else 2
+        return error_exit_status(exc)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.manifest = join(cfg.output, "manifests", f"{new_run_id()}.parquet")
         built.write(cfg.manifest)
     summary = run_job(cfg)
-    return 0 if summary.get("success") else 1
+    return job_exit_status(summary)
 
 
 if __name__ == "__main__":

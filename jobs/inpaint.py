@@ -4,8 +4,8 @@
         --manifest s3://bucket/manifest.parquet --output s3://bucket/cleaned/ [--config job.yaml]
 
 Inside a submitted job RAY_ADDRESS points at the cluster, so the job joins it instead of starting one.
-Exit status: 0 when _SUCCESS was written, 1 when rows are missing or outputs failed checks, 2 on a bad
-configuration (before any cluster work).
+Exit status: that of `batch-inpaint run` (batch_inpaint.vocab.ExitCode); README.md, "Exit status",
+says what each value means.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from batch_inpaint.cli import error_exit_status, job_exit_status  # noqa: E402
 from batch_inpaint.config import add_arguments, config_from_args  # noqa: E402
 from batch_inpaint.errors import InpaintError  # noqa: E402
+from batch_inpaint.vocab import ExitCode  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_job(cfg)
     except InpaintError as exc:
-        print(f"jobs/inpaint.py: error: {exc}", file=sys.stderr)
-        return 2
-    return 0 if summary.get("success") else 1
+        print(f"jobs/inpaint.py: {exc.kind}: {exc}", file=sys.stderr)
+        return error_exit_status(exc)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    return job_exit_status(summary)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from PIL import Image
 
 from batch_inpaint import Manifest
 from batch_inpaint.cli import main
+from batch_inpaint.vocab import ExitCode
 from tests.fixtures_s3 import put_objects
 
 
@@ -33,21 +34,24 @@ def dirs(tmp_path):
 def test_build_validate_show_local(dirs, capsys):
     out = str(dirs / "m.parquet")
     args = ["manifest", "build", "--images", str(dirs / "img"), "--masks", str(dirs / "msk")]
-    assert main([*args, "--mask-pattern", "{stem}_mask.png", "-o", out]) == 0
+    assert main([*args, "--mask-pattern", "{stem}_mask.png", "-o", out]) == ExitCode.OK
     captured = capsys.readouterr()
     assert "wrote 2 rows" in captured.out
     assert "c.png" in captured.err and "z_mask.png" in captured.err  # unpaired, named
-    assert main([*args, "--mask-pattern", "{stem}_mask.png", "-o", out, "--strict"]) == 1
+    assert (
+        main([*args, "--mask-pattern", "{stem}_mask.png", "-o", out, "--strict"])
+        == ExitCode.INCOMPLETE
+    )
     assert len(Manifest.read(out)) == 2
 
-    assert main(["manifest", "validate", out]) == 1
+    assert main(["manifest", "validate", out]) == ExitCode.INCOMPLETE
     text = capsys.readouterr().out
     assert "ROW ID" in text and "size_mismatch" in text
     assert "b " in text and "mask is 4x4 but the image is 8x6" in text
-    assert main(["manifest", "validate", out, "--no-objects"]) == 0
+    assert main(["manifest", "validate", out, "--no-objects"]) == ExitCode.OK
     assert "OK" in capsys.readouterr().out
 
-    assert main(["manifest", "show", out, "-n", "1"]) == 0
+    assert main(["manifest", "show", out, "-n", "1"]) == ExitCode.OK
     text = capsys.readouterr().out
     assert "2 rows" in text and "schema version 1" in text and "a.png" in text
     assert "... 1 more rows" in text
@@ -58,16 +62,19 @@ def test_validate_writes_a_report_and_samples(dirs, capsys):
     main(["manifest", "build", "--images", str(dirs / "img"), "--masks", str(dirs / "msk"),
           "--mask-pattern", "{stem}_mask.png", "-o", out])  # fmt: skip
     capsys.readouterr()
-    assert main(["manifest", "validate", out, "--report", str(dirs / "problems.csv")]) == 1
+    assert (
+        main(["manifest", "validate", out, "--report", str(dirs / "problems.csv")])
+        == ExitCode.INCOMPLETE
+    )
     assert "size_mismatch" in (dirs / "problems.csv").read_text()
     main(["manifest", "validate", out, "--sample", "1"])
     assert "objects checked for 1 of 2 rows" in capsys.readouterr().out
 
 
-def test_errors_exit_2_with_a_message(tmp_path, capsys):
-    assert main(["manifest", "show", str(tmp_path / "none.parquet")]) == 2
+def test_errors_exit_config_with_a_message(tmp_path, capsys):
+    assert main(["manifest", "show", str(tmp_path / "none.parquet")]) == ExitCode.CONFIG
     assert "none.parquet" in capsys.readouterr().err
-    assert main(["manifest", "validate", "http://169.254.169.254/m.parquet"]) == 2
+    assert main(["manifest", "validate", "http://169.254.169.254/m.parquet"]) == ExitCode.CONFIG
     assert "http" in capsys.readouterr().err
 
 
@@ -80,12 +87,20 @@ def test_build_on_s3_with_flags_and_env(s3_bucket, s3_server, capsys, monkeypatc
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")  # the flag supplies it
     flags = ["--endpoint-url", s3_server, "--region", "us-east-1"]
     cmd = ["manifest", "build", "--images", f"{b}/in/images/", "--masks", f"{b}/in/masks/"]
-    assert main([*cmd, "-o", f"{b}/in/manifest.parquet", *flags]) == 0
-    assert main(["manifest", "validate", f"{b}/in/manifest.parquet", *flags]) == 0
+    assert main([*cmd, "-o", f"{b}/in/manifest.parquet", *flags]) == ExitCode.OK
+    assert main(["manifest", "validate", f"{b}/in/manifest.parquet", *flags]) == ExitCode.OK
     assert "OK: 2 rows" in capsys.readouterr().out
     assert main(["manifest", "validate", f"{b}/in/manifest.parquet", *flags,
-                 "--allowed-buckets", "another-bucket"]) == 2  # fmt: skip
+                 "--allowed-buckets", "another-bucket"]) == ExitCode.CONFIG  # fmt: skip
     assert "allowed_buckets" in capsys.readouterr().err
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)  # and from the env alone
-    assert main(["manifest", "show", f"{b}/in/manifest.parquet"]) == 0
+    assert main(["manifest", "show", f"{b}/in/manifest.parquet"]) == ExitCode.OK
     assert "x 1" in capsys.readouterr().out
+
+
+def test_a_command_module_that_fails_to_import_is_not_hidden(monkeypatch):
+    import batch_inpaint.cli as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "not_a_module"))
+    with pytest.raises(ModuleNotFoundError, match="not_a_module"):
+        cli.build_parser()

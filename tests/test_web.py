@@ -1,4 +1,5 @@
-"""The web page's handlers without a browser: uploads, masks, parameters, runs, manifests."""
+"""The web page's handlers without a browser: uploads, masks, parameters, runs, manifests and
+each event of the page as a plain function (the page's memory: test_web_memory.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from PIL import Image
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError, DecodeError, MaskError
 from batch_inpaint.image.masks import mask_from_image
-from batch_inpaint.manifest.manifest import Manifest
 from batch_inpaint.manifest.schema import MANIFEST_SCHEMA
 from batch_inpaint.models import load_inpainter
 from batch_inpaint.params import GeometryOptions
+from batch_inpaint.vocab import ExitCode
 from batch_inpaint.web import handlers as h
+from batch_inpaint.web import inputs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -30,8 +32,8 @@ def png_bytes(a: np.ndarray) -> bytes:
 
 
 @pytest.fixture
-def settings(tmp_path) -> h.ServeSettings:
-    return h.ServeSettings(max_upload_mb=1, max_pixels=1_000_000, manifest_root=tmp_path / "m")
+def settings(tmp_path) -> inputs.ServeSettings:
+    return inputs.ServeSettings(max_upload_mb=1, max_pixels=1_000_000, manifest_root=tmp_path / "m")
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +42,14 @@ def opencv():
 
 
 @pytest.fixture
-def picture() -> h.Picture:
+def picture() -> inputs.Picture:
     rng = np.random.default_rng(0)
-    return h.Picture(rgb=rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), name="noise")
+    return inputs.Picture(rgb=rng.integers(0, 256, (64, 96, 3), dtype=np.uint8), name="noise")
+
+
+def options(*fields):
+    """The page's settings column, in its order (handlers.Fields), as options and a seed."""
+    return h.make_options(h.Fields(*fields))
 
 
 def box_mask(shape=(64, 96), box=(20, 40, 16, 32)) -> np.ndarray:
@@ -57,7 +64,7 @@ def test_upload_decodes_an_image(tmp_path, settings):
     a = np.full((30, 40, 3), 7, np.uint8)
     p = tmp_path / "My photo (1).png"
     p.write_bytes(png_bytes(a))
-    pic = h.load_upload(p, settings, name=p.name)
+    pic = inputs.load_upload(p, settings, name=p.name)
     assert pic.rgb.shape == (30, 40, 3) and (pic.rgb == 7).all()
     assert pic.name == "My-photo-1" and pic.source_uri is None
 
@@ -74,7 +81,7 @@ def test_bad_upload_says_why_and_what_is_accepted(tmp_path, settings, content, e
     p = tmp_path / "bad.png"
     p.write_bytes(content)
     with pytest.raises(DecodeError) as err:
-        h.load_upload(p, settings, name="bad.png")
+        inputs.load_upload(p, settings, name="bad.png")
     msg = str(err.value)
     assert "bad.png" in msg and expected in msg
     assert "PNG, JPEG, WebP, TIFF or BMP, up to 1 MB and 1 megapixels" in msg
@@ -84,7 +91,7 @@ def test_upload_over_the_size_limit_is_refused_before_reading(tmp_path, settings
     p = tmp_path / "big.bin"
     p.write_bytes(b"\0" * (settings.max_upload_bytes + 1))
     with pytest.raises(DecodeError, match=r"big.bin is 1.0 MB; this page accepts .* up to 1 MB"):
-        h.load_upload(p, settings)
+        inputs.load_upload(p, settings)
 
 
 def test_decompression_bomb_is_refused(tmp_path, settings):
@@ -93,14 +100,14 @@ def test_decompression_bomb_is_refused(tmp_path, settings):
     Image.new("L", (2000, 2000)).save(p, "PNG")
     assert p.stat().st_size < 50_000
     with pytest.raises(DecodeError, match="decompression bomb guard"):
-        h.load_upload(p, settings)
+        inputs.load_upload(p, settings)
 
 
 def test_gradio_sees_an_error_with_the_message():
     gr = pytest.importorskip("gradio")
-    from batch_inpaint.web.app import _errors_to_page
+    from batch_inpaint.web.events import errors_to_page
 
-    @_errors_to_page
+    @errors_to_page
     def fails():
         raise DecodeError("x.png can't be used: not an image")
 
@@ -111,32 +118,38 @@ def test_gradio_sees_an_error_with_the_message():
 
 # -- samples ----------------------------------------------------------------------------------
 def test_samples_are_picked_by_name_never_by_path(settings):
-    samples = h.find_samples(EXAMPLES / "images")
+    samples = inputs.find_samples(EXAMPLES / "images")
     assert "coffee" in samples and samples["coffee"].mask is not None
-    pic = h.load_sample("coffee", samples, settings)
+    pic = inputs.load_sample("coffee", samples, settings)
     assert pic.rgb.shape == (400, 600, 3) and pic.source_uri == str(samples["coffee"].image)
     for name in ("../images/coffee", str(EXAMPLES / "images" / "coffee.png"), "nope"):
         with pytest.raises(ConfigError, match="no sample called"):
-            h.load_sample(name, samples, settings)
+            inputs.load_sample(name, samples, settings)
 
 
 def test_no_samples_folder_means_no_samples(tmp_path):
-    assert h.find_samples(tmp_path / "missing") == {}
+    assert inputs.find_samples(tmp_path / "missing") == {}
 
 
 # -- masks ------------------------------------------------------------------------------------
-def test_painted_layers_become_the_mask():
+@pytest.mark.parametrize("as_file", [True, False], ids=["png-files", "arrays"])
+def test_painted_layers_become_the_mask(tmp_path, as_file):
     layer = np.zeros((64, 96, 4), np.uint8)
     layer[10:20, 10:30] = (255, 0, 255, 153)  # the brush: magenta at 0.6
     layer[40:50, 50:60] = (255, 0, 255, 20)  # a faint antialiased fringe: not painted
-    mask = h.mask_from_layers([layer, np.zeros((64, 96, 3), np.uint8)], (96, 64))
+    layers = [layer, np.zeros((64, 96, 3), np.uint8)]
+    if as_file:  # how the editor hands them over
+        for i, a in enumerate(layers):
+            (tmp_path / f"layer{i}.png").write_bytes(png_bytes(a))
+        layers = [str(tmp_path / "layer0.png"), tmp_path / "layer1.png"]
+    mask = inputs.mask_from_layers(layers, (96, 64))
     assert mask.dtype == bool and mask.sum() == 200 and mask[10:20, 10:30].all()
 
 
 def test_layers_painted_on_a_smaller_preview_are_scaled_to_the_image():
     layer = np.zeros((32, 48, 4), np.uint8)
     layer[5:10, 5:15, 3] = 255
-    mask = h.mask_from_layers([layer], (96, 64))
+    mask = inputs.mask_from_layers([layer], (96, 64))
     assert mask.shape == (64, 96) and mask[10:20, 10:30].all() and mask.sum() == 200
 
 
@@ -145,11 +158,11 @@ def test_uploaded_mask_is_resized_to_the_picture(tmp_path, settings, picture):
     m[8:16, 8:24] = 255
     p = tmp_path / "mask.png"
     p.write_bytes(png_bytes(m))
-    mask = h.load_mask_upload(p, picture, settings)
+    mask = inputs.load_mask_upload(p, picture, settings)
     assert mask.shape == (64, 96) and mask[16:32, 16:48].all() and mask.sum() == 16 * 32
     p.write_bytes(b"nope")
     with pytest.raises(DecodeError, match="the mask can't be used: not an image"):
-        h.load_mask_upload(p, picture, settings)
+        inputs.load_mask_upload(p, picture, settings)
 
 
 @pytest.mark.parametrize(
@@ -161,24 +174,24 @@ def test_uploaded_mask_is_resized_to_the_picture(tmp_path, settings, picture):
     ],
 )
 def test_editor_preview_fits_the_side_and_upload_limits(size, max_bytes, expected):
-    w, hgt = h.preview_size(*size, max_side=2048, max_bytes=max_bytes)
+    w, hgt = inputs.preview_size(*size, max_side=2048, max_bytes=max_bytes)
     assert (w, hgt) == expected and w * hgt * 4.1 <= max_bytes
-    small = h.preview(np.zeros((size[1], size[0], 3), np.uint8), 2048, max_bytes)
+    small = inputs.preview(np.zeros((size[1], size[0], 3), np.uint8), 2048, max_bytes)
     assert small.shape == (hgt, w, 3)
 
 
 def test_mask_png_round_trips_through_the_mask_reader():
     mask = box_mask()
-    assert (mask_from_image(h.mask_png(mask), (96, 64)) == mask).all()
+    assert (mask_from_image(inputs.mask_png(mask), (96, 64)) == mask).all()
 
 
 # -- parameters -------------------------------------------------------------------------------
 def test_fixed_seed_is_used_and_random_seed_is_drawn():
-    opts, seed = h.make_options("a sofa", "", 20, 7.5, 1234, False, "crop", 4, 2)
+    opts, seed = options("a sofa", "", 20, 7.5, 1234, False, "crop", 4, 2)
     assert seed == 1234 and opts.generation.seed == 1234
     assert opts.generation.negative_prompt is None and opts.geometry.mode == "crop"
     assert (opts.mask.dilate, opts.mask.feather) == (4, 2)
-    seeds = {h.make_options("x", None, 20, 7.5, 1234, True, "full", 0, 0)[1] for _ in range(5)}
+    seeds = {options("x", None, 20, 7.5, 1234, True, "full", 0, 0)[1] for _ in range(5)}
     assert len(seeds) > 1 and all(0 <= s < h.SEED_LIMIT for s in seeds)
 
 
@@ -194,23 +207,24 @@ def test_fixed_seed_is_used_and_random_seed_is_drawn():
 )
 def test_bad_settings_name_the_field(args, field):
     with pytest.raises(ConfigError, match=field):
-        h.make_options(*args)
+        options(*args)
 
 
 def test_shown_params_paste_into_a_job_config_and_a_manifest_row():
-    opts, seed = h.make_options("a wall", "people", 25, 6.0, 77, False, "crop", 3, 5)
+    opts, seed = options("a wall", "people", 25, 6.0, 77, False, "crop", 3, 5)
     params = h.reproduction_params(opts, seed, {"backend": "diffusers", "model": "m/x"})
     import yaml
 
     job = yaml.safe_load(h.job_yaml(params))
     cfg = JobConfig.from_dict(job)  # every key is a JobConfig field with a valid value
-    assert (cfg.prompt, cfg.negative_prompt, cfg.steps, cfg.guidance_scale) == (
+    g, m, geo = (o := cfg.inpaint_options()).generation, o.mask, o.geometry
+    assert (g.prompt, g.negative_prompt, g.num_inference_steps, g.guidance_scale) == (
         "a wall",
         "people",
         25,
         6.0,
     )
-    assert (cfg.mode, cfg.dilate, cfg.feather, cfg.model) == ("crop", 3, 5, "m/x")
+    assert (geo.mode, m.dilate, m.feather, cfg.model) == ("crop", 3, 5, "m/x")
     row = json.loads(h.row_json(params))
     assert row["seed"] == 77 and set(row) <= set(MANIFEST_SCHEMA.names)
     tiny = h.reproduction_params(opts, seed, {"backend": "tiny", "model": "batch-inpaint/tiny"})
@@ -220,7 +234,7 @@ def test_shown_params_paste_into_a_job_config_and_a_manifest_row():
 # -- running ----------------------------------------------------------------------------------
 def test_run_changes_only_the_masked_pixels(picture, opencv):
     mask = box_mask()
-    opts, seed = h.make_options("background", None, 5, 7.5, 5, False, "full", 0, 0)
+    opts, seed = options("background", None, 5, 7.5, 5, False, "full", 0, 0)
     res = h.run_inpaint(picture, mask, opencv, opts, seed)
     assert res.status == "ok" and res.seed == 5 and res.image.shape == picture.rgb.shape
     assert (res.image[~mask] == picture.rgb[~mask]).all()
@@ -233,7 +247,7 @@ def test_run_changes_only_the_masked_pixels(picture, opencv):
 
 
 def test_run_with_nothing_painted_says_so(picture, opencv):
-    opts, seed = h.make_options("background", None, 5, 7.5, 5, False, "full", 0, 0)
+    opts, seed = options("background", None, 5, 7.5, 5, False, "full", 0, 0)
     with pytest.raises(MaskError, match="paint over what should go"):
         h.run_inpaint(picture, np.zeros((64, 96), bool), opencv, opts, seed)
 
@@ -241,68 +255,12 @@ def test_run_with_nothing_painted_says_so(picture, opencv):
 @pytest.mark.slow
 def test_same_seed_same_result_with_the_tiny_model(picture, tiny_inpainter):
     mask = box_mask()
-    opts, seed = h.make_options("background", None, 2, 7.5, 42, False, "full", 0, 0)
+    opts, seed = options("background", None, 2, 7.5, 42, False, "full", 0, 0)
     opts = dataclasses.replace(opts, geometry=GeometryOptions(mode="crop", crop_size=64))  # fast
     a = h.run_inpaint(picture, mask, tiny_inpainter, opts, seed)
     b = h.run_inpaint(picture, mask, tiny_inpainter, opts, seed)
     assert a.png == b.png and a.params == b.params
     assert (a.image[~mask] == picture.rgb[~mask]).all()
-
-
-# -- manifests --------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "name", ["../up", "a/b", "..", ".hidden", "", " ", "x" * 65, "a\\b", "/abs", "a\x00b"]
-)
-def test_manifest_names_cannot_leave_the_root(tmp_path, name):
-    with pytest.raises(ConfigError, match="is not allowed"):
-        h.manifest_dir(tmp_path, name)
-
-
-def test_manifest_names_are_tidied(tmp_path):
-    assert h.manifest_dir(tmp_path, " my masks ") == (tmp_path / "my-masks").resolve()
-    assert h.manifest_dir(tmp_path, "run.2.parquet") == (tmp_path / "run.2").resolve()
-
-
-def test_add_to_manifest_writes_rows_that_read_back(tmp_path, picture):
-    root = tmp_path / "manifests"
-    opts, seed = h.make_options("grass", None, 30, 7.5, 9, False, "full", 0, 0)
-    params = h.reproduction_params(opts, seed, {"backend": "opencv"})
-    path, row = h.add_to_manifest(root, "hand made", picture, box_mask(), params)
-    assert path == (root / "hand-made" / "manifest.parquet").resolve()
-    # a second mask on the same image, then the first again (replaced, not duplicated)
-    h.add_to_manifest(root, "hand made", picture, box_mask(box=(0, 10, 0, 10)), params)
-    h.add_to_manifest(root, "hand made", picture, box_mask(), params)
-
-    m = Manifest.read(str(path))
-    rows = list(m)
-    assert len(rows) == 2 and rows[1]["id"] == row["id"]
-    r = rows[1]
-    assert r["image"] == rows[0]["image"]  # one copy of the uploaded image
-    assert (r["prompt"], r["seed"], r["num_inference_steps"]) == ("grass", 9, 30)
-    folder = path.parent
-    image = np.asarray(Image.open(folder / r["image"]))
-    assert (image == picture.rgb).all()  # the upload, saved lossless
-    assert (mask_from_image((folder / r["mask"]).read_bytes(), (96, 64)) == box_mask()).all()
-    report = m.validate(check_objects=True, decode=True)
-    assert report.ok, str(report)
-
-
-def test_add_to_manifest_keeps_a_samples_own_uri(tmp_path, settings):
-    samples = h.find_samples(EXAMPLES / "images")
-    pic = h.load_sample("chelsea", samples, settings)
-    opts, seed = h.make_options("fur", None, 30, 7.5, 1, False, "crop", 2, 2)
-    params = h.reproduction_params(opts, seed, {"backend": "opencv"})
-    mask = np.zeros(pic.rgb.shape[:2], bool)
-    mask[100:140, 150:200] = True
-    path, row = h.add_to_manifest(tmp_path, "cats", pic, mask, params)
-    assert row["image"] == str(samples["chelsea"].image)
-    assert not (path.parent / "images").exists()
-    assert Manifest.read(str(path)).validate(check_objects=True).ok
-
-
-def test_add_to_manifest_refuses_an_empty_mask(tmp_path, picture):
-    with pytest.raises(MaskError, match="empty"):
-        h.add_to_manifest(tmp_path, "x", picture, np.zeros((64, 96), bool), {})
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -311,7 +269,12 @@ def test_serve_command_defaults_are_safe():
 
     args = build_parser().parse_args(["serve"])
     assert args.host == "127.0.0.1" and args.manifest_root == "manifests"
-    assert args.max_upload_mb == h.DEFAULT_MAX_UPLOAD_MB and args.max_pixels == h.DEFAULT_MAX_PIXELS
+    defaults = (
+        inputs.DEFAULT_MAX_UPLOAD_MB,
+        inputs.DEFAULT_MAX_PIXELS,
+        inputs.DEFAULT_IDLE_MINUTES,
+    )
+    assert (args.max_upload_mb, args.max_pixels, args.idle_minutes) == defaults
     args = build_parser().parse_args(["serve", "--backend", "opencv", "--port", "8000"])
     assert (args.backend, args.port) == ("opencv", 8000)
 
@@ -319,4 +282,28 @@ def test_serve_command_defaults_are_safe():
 def test_serve_refuses_a_bad_port():
     from batch_inpaint.cli import main
 
-    assert main(["serve", "--backend", "opencv", "--port", "70000"]) == 2
+    assert main(["serve", "--backend", "opencv", "--port", "70000"]) == ExitCode.CONFIG
+
+
+# -- the page's events as plain functions ------------------------------------------------------
+def test_upload_paint_run_and_add_without_gradio(tmp_path, settings, opencv):
+    image = tmp_path / "photo.png"
+    image.write_bytes(png_bytes(np.full((64, 96, 3), 90, np.uint8)))
+    state, editor = h.upload_image(str(image), settings)
+    assert state.picture.name == "photo" and editor["background"].shape == (64, 96, 3)
+    mask_file = tmp_path / "mask.png"
+    mask_file.write_bytes(png_bytes((box_mask() * 255).astype(np.uint8)))
+    state, editor = h.upload_mask(str(mask_file), state, settings)
+    assert (editor["background"] != 90).any()  # the uploaded mask, tinted on the preview
+    layer = np.zeros((64, 96, 4), np.uint8)
+    layer[0:8, 0:8, 3] = 255
+    (tmp_path / "layer.png").write_bytes(png_bytes(layer))
+    value = {"background": str(image), "layers": [str(tmp_path / "layer.png")]}
+    mask = h.painted_mask(state, value, settings)
+    assert mask.sum() == box_mask().sum() + 64  # painted and uploaded, together
+
+    fields = h.Fields(steps=5, seed=3, random_seed=False)
+    result, state = h.run(state, value, fields, opencv, settings)
+    assert result.seed == 3 and state.last_seed == 3 and (result.image[~mask] == 90).all()
+    message, row = h.add(state, value, fields, "made here", opencv.describe(), settings)
+    assert message.startswith("Added row") and json.loads(row)["seed"] == 3

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from batch_inpaint.manifest.manifest import Manifest
-from batch_inpaint.web import handlers as h
+from batch_inpaint.web import inputs
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +72,7 @@ def server(request, tmp_path_factory):
         inpainter = load_inpainter("tiny", str(request.getfixturevalue("tiny_model_dir")))
     else:
         inpainter = load_inpainter("opencv")
-    settings = h.ServeSettings(
+    settings = inputs.ServeSettings(
         max_upload_mb=MAX_UPLOAD_MB,
         max_pixels=4_000_000,
         manifest_root=tmp_path_factory.mktemp(f"manifests-{backend}"),
@@ -241,7 +241,7 @@ def test_sample_picker_and_add_to_manifest(page, server, tmp_path):
     page.locator("#editor").scroll_into_view_if_needed()
     page.get_by_text("Samples (click one)").wait_for()
     # the thumbnails come in the samples' name order; pick chelsea (the cat)
-    names = list(h.find_samples())
+    names = list(inputs.find_samples())
     page.locator(".gallery-item, button.gallery-item, [data-testid='dataset'] button").nth(
         names.index("chelsea")
     ).click()

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from batch_inpaint.vocab import ExitCode
+
 
 def add_storage_flags(p: argparse.ArgumentParser) -> None:
     """Storage flags; unset ones come from AWS_ENDPOINT_URL(_S3), AWS_REGION, AWS_PROFILE."""
@@ -53,7 +55,7 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--prompt", help="prompt column for every row")
     b.add_argument("-o", "--output", required=True, help="manifest URI (.parquet, or dir/)")
     b.add_argument("--rows-per-file", type=int, help="write a directory of parts")
-    b.add_argument("--strict", action="store_true", help="fail (exit 1) if any file is unpaired")
+    b.add_argument("--strict", action="store_true", help="exit 1 if any file is unpaired")
     add_storage_flags(b)
     b.set_defaults(func=_build)
 
@@ -91,8 +93,8 @@ def _build(args: argparse.Namespace) -> int:
     print(f"wrote {len(m)} rows to {args.output}")
     if len(m.unpaired):
         print(f"unpaired: {m.unpaired}", file=sys.stderr)
-        return 1 if args.strict else 0
-    return 0
+        return ExitCode.INCOMPLETE if args.strict else ExitCode.OK
+    return ExitCode.OK
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -109,7 +111,7 @@ def _validate(args: argparse.Namespace) -> int:
     print(report.format(limit=args.limit))
     if args.report:
         _write_report(report.to_table(), args.report, storage)
-    return 0 if report.ok else 1
+    return ExitCode.OK if report.ok else ExitCode.INCOMPLETE
 
 
 def _write_report(table: Any, uri: str, storage: Any) -> None:
@@ -137,7 +139,7 @@ def _show(args: argparse.Namespace) -> int:
         print(f"  {field.name}: {field.type}")
     rows = m.head(args.n).table.to_pylist()
     if not rows:
-        return 0
+        return ExitCode.OK
     names = m.table.column_names
     cells = [[_cell(r[c]) for c in names] for r in rows]
     widths = [max(len(n), *(len(row[i]) for row in cells)) for i, n in enumerate(names)]
@@ -146,7 +148,7 @@ def _show(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     if len(m) > len(rows):
         print(f"... {len(m) - len(rows)} more rows")
-    return 0
+    return ExitCode.OK
 
 
 def _cell(v: Any, width: int = 48) -> str:

@@ -9,19 +9,25 @@ import sys
 from pathlib import Path
 
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.vocab import ExitCode
 
-BACKENDS = ("diffusers", "opencv", "tiny")
+BACKENDS = ("diffusers", "opencv", "tiny", "lama")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub) -> None:
-    from batch_inpaint.web.handlers import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_MB
+    from batch_inpaint.web.inputs import (
+        DEFAULT_IDLE_MINUTES,
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MAX_UPLOAD_MB,
+    )
 
     p = sub.add_parser("serve", help="start a local web page to try the model",
                        description=__doc__)  # fmt: skip
     p.add_argument("--backend", default="diffusers", choices=BACKENDS,
                    help="diffusers: SD2-inpainting (needs its weights); opencv: classical, CPU, "
-                        "no weights; tiny: random checkpoint, for tests (default: %(default)s)")  # fmt: skip
+                        "no weights; tiny: random checkpoint, for tests; lama: LaMa weights "
+                        "(--model FILE), no prompt (default: %(default)s)")  # fmt: skip
     p.add_argument("--model", default=None,
                    help="diffusers checkpoint: Hub id, local folder or s3:// prefix "
                         "(default: the backend's)")  # fmt: skip
@@ -34,6 +40,9 @@ def add_parser(sub) -> None:
                    help="largest upload accepted, in MB (default: %(default)s)")  # fmt: skip
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="largest image accepted, in pixels (default: %(default)s)")  # fmt: skip
+    p.add_argument("--idle-minutes", type=float, default=DEFAULT_IDLE_MINUTES,
+                   help="a browser session unused this long lets go of its image; the person "
+                        "uploads it again (default: %(default)s)")  # fmt: skip
     p.add_argument("--manifest-root", default="manifests",
                    help="folder where 'Add to manifest' writes (default: ./%(default)s)")  # fmt: skip
     p.add_argument("--samples", default=None,
@@ -43,13 +52,14 @@ def add_parser(sub) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from batch_inpaint.models import load_inpainter
-    from batch_inpaint.web.handlers import ServeSettings
+    from batch_inpaint.web.inputs import ServeSettings
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [1, 65535], got {args.port}")
     settings = ServeSettings(
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
+        idle_minutes=args.idle_minutes,
         manifest_root=Path(args.manifest_root),
         samples_dir=Path(args.samples) if args.samples else None,
     )
@@ -71,4 +81,4 @@ def _serve(args: argparse.Namespace) -> int:
         print("serve: the tiny checkpoint has random weights: results are noise "
               "(use --backend opencv or diffusers for real fills)", file=sys.stderr)  # fmt: skip
     launch(inpainter, settings, host=args.host, port=args.port)
-    return 0
+    return ExitCode.OK

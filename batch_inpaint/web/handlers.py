@@ -1,90 +1,74 @@
 """What the web page does, as plain functions: no gradio here, so each is testable on its own.
 
-Every function takes decoded values (arrays, strings, numbers) and returns values or raises an
-InpaintError whose message can be shown to the person at the page as it is.
+Each page event has a function that takes values (the session's PageState, the editor's files,
+the settings the person chose) and returns values, or raises an InpaintError whose message can be
+shown to the person at the page as it is. `layout` wires them to the components.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
-import re
 import secrets
 import threading
-from dataclasses import dataclass
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, ManifestError, MaskError
-from batch_inpaint.image import codec, masks
-from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions, MaskOptions
+from batch_inpaint.config import job_settings
+from batch_inpaint.errors import ConfigError, MaskError
+from batch_inpaint.image import codec
+from batch_inpaint.params import (
+    GenerationParams,
+    GeometryOptions,
+    InpaintOptions,
+    MaskOptions,
+    row_overrides,
+)
+from batch_inpaint.web.inputs import (
+    EDITOR_MAX_SIDE,
+    Picture,
+    Sample,
+    ServeSettings,
+    load_mask_upload,
+    load_sample,
+    load_upload,
+    mask_from_layers,
+    preview,
+    tint,
+)
+from batch_inpaint.web.manifests import add_to_manifest
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
-ACCEPTED_TYPES = "PNG, JPEG, WebP, TIFF or BMP"
-DEFAULT_MAX_UPLOAD_MB = 20.0
-# A phone or DSLR photo (6000x4000) fits; more than that is slow to paint on in a browser.
-DEFAULT_MAX_PIXELS = 25_000_000
-# Painted pixels: alpha above this fraction of opaque (the brush paints at 0.6).
-STROKE_THRESHOLD = 0.25
 SEED_LIMIT = 2**31  # seeds the page draws itself; GenerationParams takes up to 2**63
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-REPO_EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @dataclass(frozen=True)
-class ServeSettings:
-    """What `batch-inpaint serve` was started with that the page itself uses."""
+class PageState:
+    """What the server keeps for one browser session (see Sessions)."""
 
-    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    manifest_root: Path = Path("manifests")
-    samples_dir: Path | None = None  # None: the repository's examples/images when present
-
-    def __post_init__(self) -> None:
-        if not self.max_upload_mb > 0:
-            raise ConfigError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        if not int(self.max_pixels) >= 64 * 64:
-            raise ConfigError(f"max_pixels must be at least 4096, got {self.max_pixels}")
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    def limits_text(self) -> str:
-        return (
-            f"{ACCEPTED_TYPES}, up to {self.max_upload_mb:g} MB and "
-            f"{self.max_pixels / 1e6:g} megapixels"
-        )
+    picture: Picture | None = None
+    uploaded_mask: np.ndarray | None = None
+    last_seed: int | None = None
 
 
 @dataclass(frozen=True)
-class Picture:
-    """The image being worked on, decoded once on the server (the page only shows a copy)."""
+class Fields:
+    """The page's settings column as the components give them; the defaults are the page's."""
 
-    rgb: np.ndarray
-    name: str  # a file-name stem, safe in paths
-    source_uri: str | None = None  # a bundled sample's absolute path; None for uploads
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.rgb.shape[1]), int(self.rgb.shape[0])
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256(f"{self.rgb.shape}".encode())
-        h.update(np.ascontiguousarray(self.rgb).tobytes())
-        return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str
-    image: Path
-    mask: Path | None = None
+    prompt: str = "background"
+    negative_prompt: str | None = None
+    steps: float = 50
+    guidance: float = 7.5
+    seed: float | None = 0
+    random_seed: bool = True
+    mode: str = "full"
+    dilate: float = 0
+    feather: float = 0
 
 
 @dataclass(frozen=True)
@@ -96,175 +80,104 @@ class RunResult:
     params: dict[str, Any]  # what reproduces this result (see reproduction_params)
 
 
-# -- images -----------------------------------------------------------------------------------
-def safe_stem(name: str | None, default: str = "image") -> str:
-    """A file-name stem made of letters, digits, '.', '_' and '-' (from an upload's name)."""
-    stem = Path(str(name or "")).stem
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-._")[:48]
-    return stem or default
+class Sessions:
+    """Each browser session's PageState, by session id. A session unused for `idle_s` seconds
+    lets go of its picture and mask, and at most `max_sessions` are held (the least recently
+    used goes first), so what the page holds is bounded whoever connects."""
+
+    def __init__(
+        self, idle_s: float, max_sessions: int, clock: Callable[[], float] = time.monotonic
+    ):
+        self.idle_s = float(idle_s)
+        self.max_sessions = int(max_sessions)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._held: OrderedDict[str, tuple[float, PageState]] = OrderedDict()  # oldest use first
+
+    def get(self, key: str) -> PageState:
+        """The session's state (an empty one if it holds none), counted as a use."""
+        with self._lock:
+            self._release_idle()
+            entry = self._held.get(key)
+            if entry is None:
+                return PageState()
+            self._held[key] = (self._clock(), entry[1])
+            self._held.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, state: PageState) -> None:
+        with self._lock:
+            self._release_idle()
+            self._held.pop(key, None)
+            if state.picture is not None:  # nothing else is worth holding
+                self._held[key] = (self._clock(), state)
+            while len(self._held) > self.max_sessions:
+                self._held.popitem(last=False)
+
+    def drop(self, key: str) -> None:
+        """Forget the session now (its tab was closed)."""
+        with self._lock:
+            self._held.pop(key, None)
+
+    def release_idle(self) -> int:
+        """Let go of every session unused for idle_s; returns how many."""
+        with self._lock:
+            return self._release_idle()
+
+    def _release_idle(self) -> int:
+        cutoff = self._clock() - self.idle_s
+        released = 0
+        while self._held and next(iter(self._held.values()))[0] <= cutoff:
+            self._held.popitem(last=False)
+            released += 1
+        return released
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
-def load_upload(
-    path: str | os.PathLike, settings: ServeSettings, name: str | None = None
-) -> Picture:
-    """Decode an upload (the file gradio saved) with the hardened decoder; DecodeError says why not.
+def release_in_background(sessions: Sessions, every_s: float) -> threading.Thread:
+    """A daemon thread that lets idle sessions go while nobody uses the page (every use does it
+    too); it ends once `sessions` is gone."""
+    ref = weakref.ref(sessions)
 
-    The size is checked before reading, the pixel count on the header before decoding.
-    """
-    path = Path(path)
-    shown = name or path.name
-    size = path.stat().st_size
-    if size > settings.max_upload_bytes:
-        raise DecodeError(
-            f"{shown} is {size / 2**20:.1f} MB; this page accepts {settings.limits_text()}"
-        )
-    try:
-        rgb = codec.decode_image(path.read_bytes(), max_pixels=settings.max_pixels)
-    except DecodeError as exc:
-        raise DecodeError(
-            f"{shown} can't be used: {exc}. This page accepts {settings.limits_text()}"
-        ) from None
-    return Picture(rgb=rgb, name=safe_stem(shown))
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            held = ref()
+            if held is None:
+                return
+            held.release_idle()
+            del held
 
-
-def find_samples(folder: str | os.PathLike | None = None) -> dict[str, Sample]:
-    """The bundled sample images by name (file stem), with their traced mask where one exists."""
-    images = Path(folder) if folder is not None else REPO_EXAMPLES / "images"
-    if not images.is_dir():
-        return {}
-    mask_dir = images.parent / "masks"
-    out: dict[str, Sample] = {}
-    for p in sorted(images.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and _NAME.fullmatch(p.stem):
-            m = mask_dir / f"{p.stem}.png"
-            out[p.stem] = Sample(p.stem, p.resolve(), m.resolve() if m.is_file() else None)
-    return out
-
-
-def load_sample(name: str, samples: dict[str, Sample], settings: ServeSettings) -> Picture:
-    """A bundled sample by name: the page sends a name, never a path."""
-    sample = samples.get(str(name))
-    if sample is None:
-        raise ConfigError(f"no sample called {name!r}; samples: {', '.join(samples) or 'none'}")
-    rgb = codec.decode_image(sample.image.read_bytes(), max_pixels=max(settings.max_pixels, 1))
-    return Picture(rgb=rgb, name=sample.name, source_uri=str(sample.image))
-
-
-def thumbnail(rgb: np.ndarray, side: int = 160) -> np.ndarray:
-    from PIL import Image
-
-    im = Image.fromarray(rgb)
-    im.thumbnail((side, side))
-    return np.asarray(im)
-
-
-def preview_size(width: int, height: int, max_side: int, max_bytes: int) -> tuple[int, int]:
-    """The size to show an image at in the editor: at most `max_side` per side, and small enough
-    that the browser's RGBA PNG of it (up to ~4 bytes a pixel: noise does not compress) fits in
-    an upload of `max_bytes`. The editor sends the canvas back as such PNGs, and an upload over
-    gradio's max_file_size is refused with no message on the page."""
-    budget = 0.9 * max_bytes / 4.1
-    scale = min(1.0, max_side / max(width, height), (budget / (width * height)) ** 0.5)
-    if scale >= 1.0:
-        return width, height
-    return max(1, int(width * scale)), max(1, int(height * scale))
-
-
-def preview(rgb: np.ndarray, max_side: int, max_bytes: int) -> np.ndarray:
-    """`rgb` scaled down to preview_size (itself when it already fits)."""
-    from PIL import Image
-
-    height, width = rgb.shape[:2]
-    size = preview_size(width, height, max_side, max_bytes)
-    if size == (width, height):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
-
-
-# -- masks ------------------------------------------------------------------------------------
-def mask_from_layers(layers: list[np.ndarray] | None, size: tuple[int, int]) -> np.ndarray:
-    """The painted pixels of the editor's layers (any colour, alpha above STROKE_THRESHOLD).
-
-    The layers come at the canvas size, which is the image's; another size is resized (nearest).
-    """
-    w, h = size
-    painted = np.zeros((h, w), bool)
-    for layer in layers or []:
-        a = np.asarray(layer)
-        if a.ndim != 3 or a.shape[2] != 4:
-            continue  # a layer without alpha is not a painted layer
-        options = MaskOptions(threshold=STROKE_THRESHOLD, resize=True)
-        painted |= masks.mask_from_image(np.ascontiguousarray(a[:, :, 3]), size, options)
-    return painted
-
-
-def load_mask_upload(
-    path: str | os.PathLike, picture: Picture, settings: ServeSettings
-) -> np.ndarray:
-    """An uploaded mask image (white = inpaint), resized to the picture if its size differs."""
-    path = Path(path)
-    if path.stat().st_size > settings.max_upload_bytes:
-        raise DecodeError(f"the mask file is over {settings.max_upload_mb:g} MB")
-    try:
-        return masks.mask_from_image(
-            path.read_bytes(),
-            picture.size,
-            MaskOptions(resize=True),
-            max_pixels=settings.max_pixels,
-        )
-    except DecodeError as exc:
-        raise DecodeError(f"the mask can't be used: {exc}") from None
-
-
-def tint(rgb: np.ndarray, mask: np.ndarray | None, colour=(255, 0, 255), alpha=0.5) -> np.ndarray:
-    """The picture with `mask` shown in colour (how an uploaded mask appears in the editor)."""
-    if mask is None or not mask.any():
-        return rgb
-    out = rgb.copy()
-    c = np.asarray(colour, np.float32)
-    out[mask] = np.rint(rgb[mask] * (1 - alpha) + c * alpha).astype(np.uint8)
-    return out
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """A 0/255 greyscale PNG of a bool mask: what manifest rows and `mask_from_image` expect."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buf, "PNG", compress_level=6)
-    return buf.getvalue()
+    thread = threading.Thread(target=loop, name="batch-inpaint-web-sessions", daemon=True)
+    thread.start()
+    return thread
 
 
 # -- parameters -------------------------------------------------------------------------------
-def make_options(
-    prompt: str,
-    negative_prompt: str | None,
-    steps: float,
-    guidance_scale: float,
-    seed: float | None,
-    random_seed: bool,
-    mode: str,
-    dilate: float,
-    feather: float,
-) -> tuple[InpaintOptions, int]:
+def make_options(fields: Fields) -> tuple[InpaintOptions, int]:
     """The page's fields as InpaintOptions and the seed to use; ConfigError names a bad field."""
-    if random_seed or seed is None or seed == "":
+    f = fields
+    if f.random_seed or f.seed is None or f.seed == "":
         used = secrets.randbelow(SEED_LIMIT)
     else:
-        used = _int(seed, "seed")
+        used = _int(f.seed, "seed")
         if used < 0:
             raise ConfigError(f"seed must be >= 0, got {used} (or tick 'random seed')")
     generation = GenerationParams(
-        prompt=str(prompt or "").strip(),
-        negative_prompt=(str(negative_prompt).strip() or None) if negative_prompt else None,
-        num_inference_steps=_int(steps, "steps"),
-        guidance_scale=float(guidance_scale),
+        prompt=str(f.prompt or "").strip(),
+        negative_prompt=(str(f.negative_prompt).strip() or None) if f.negative_prompt else None,
+        num_inference_steps=_int(f.steps, "steps"),
+        guidance_scale=float(f.guidance),
         seed=used,
     )
     options = InpaintOptions(
         generation=generation,
-        mask=MaskOptions(dilate=_int(dilate, "mask dilation"), feather=_int(feather, "feather")),
-        geometry=GeometryOptions(mode=mode),
+        mask=MaskOptions(
+            dilate=_int(f.dilate, "mask dilation"), feather=_int(f.feather, "feather")
+        ),
+        geometry=GeometryOptions(mode=f.mode),
     )
     return options, used
 
@@ -280,34 +193,20 @@ def _int(v: Any, what: str) -> int:
 
 
 def reproduction_params(options: InpaintOptions, seed: int, model: dict[str, Any]) -> dict:
-    """What reproduces a result in a job: a manifest row and the job config's fields.
+    """What reproduces a result in a job: the job config's keys and a manifest row's override
+    columns, both derived from the options' fields by config.job_settings / params.row_overrides.
 
     The seed belongs in the row: a job's own `seed` is a base from which each row's seed is derived.
-    `job_config` uses JobConfig's YAML keys, `manifest_row` the manifest schema's override columns.
     """
-    g, m, geo = options.generation, options.mask, options.geometry
     backend = model.get("backend") or "diffusers"
-    job = {
-        "backend": backend,
-        # the tiny checkpoint is rebuilt from code; its id is not something to load
-        "model": model.get("model") if backend == "diffusers" else None,
-        "revision": model.get("revision") if backend == "diffusers" else None,
-        "mode": geo.mode,
-        "dilate": m.dilate,
-        "feather": m.feather,
-        "prompt": g.prompt,
-        "negative_prompt": g.negative_prompt,
-        "steps": g.num_inference_steps,
-        "guidance_scale": g.guidance_scale,
-    }
-    row = {
-        "prompt": g.prompt,
-        "negative_prompt": g.negative_prompt,
-        "seed": seed,
-        "num_inference_steps": g.num_inference_steps,
-        "guidance_scale": g.guidance_scale,
-    }
-    return {"job_config": {k: v for k, v in job.items() if v is not None}, "manifest_row": row}
+    loadable = backend == "diffusers"  # the tiny checkpoint is rebuilt from code, not loaded by id
+    job = job_settings(
+        options,
+        backend=backend,
+        model=model.get("model") if loadable else None,
+        revision=model.get("revision") if loadable else None,
+    )
+    return {"job_config": job, "manifest_row": row_overrides(options, seed)}
 
 
 def job_yaml(params: dict) -> str:
@@ -345,90 +244,79 @@ def run_inpaint(
     return RunResult(image, codec.encode_image(image, "png"), seed, result.status, params)
 
 
-# -- manifests --------------------------------------------------------------------------------
-_manifest_lock = threading.Lock()  # one writer per manifest file in this process
+# -- the page's events ------------------------------------------------------------------------
+def editor_value(picture: Picture, mask: np.ndarray | None, settings: ServeSettings) -> dict:
+    """What the editor shows: a preview of the picture, an uploaded mask tinted on it."""
+    shown = preview(tint(picture.rgb, mask), EDITOR_MAX_SIDE, settings.max_upload_bytes)
+    return {"background": shown, "layers": [], "composite": shown}
 
 
-def manifest_dir(root: str | os.PathLike, name: str) -> Path:
-    """The folder of manifest `name` under `root`; ConfigError for a name that isn't a plain name.
+def upload_image(path: str, settings: ServeSettings) -> tuple[PageState, dict]:
+    """A new session state and editor value for an uploaded image; DecodeError says why not."""
+    picture = load_upload(path, settings, name=Path(path).name)
+    return PageState(picture=picture), editor_value(picture, None, settings)
 
-    Names are letters, digits, '.', '_' and '-' (spaces become '-'), at most 64, not starting with
-    a dot: no separators, no '..', so a name can't reach outside the root.
-    """
-    cleaned = re.sub(r"\s+", "-", str(name or "").strip())
-    cleaned = cleaned.removesuffix(".parquet")
-    if not _NAME.fullmatch(cleaned) or ".." in cleaned:
+
+def pick_sample(
+    name: str, samples: dict[str, Sample], settings: ServeSettings
+) -> tuple[PageState, dict]:
+    picture = load_sample(name, samples, settings)
+    return PageState(picture=picture), editor_value(picture, None, settings)
+
+
+def upload_mask(
+    path: str | None, state: PageState, settings: ServeSettings
+) -> tuple[PageState, dict]:
+    """The state and editor value with a mask file added (or removed, for None)."""
+    if state.picture is None:
+        raise ConfigError("load an image first, then its mask")
+    mask = load_mask_upload(path, state.picture, settings) if path else None
+    return replace(state, uploaded_mask=mask), editor_value(state.picture, mask, settings)
+
+
+def painted_mask(state: PageState, editor: dict | None, settings: ServeSettings) -> np.ndarray:
+    """The mask to inpaint: what was painted on the editor's layers (files, checked before they
+    are decoded) and any uploaded mask, at the picture's size."""
+    shown = bool(editor) and editor.get("background") is not None
+    if state.picture is None and shown:
         raise ConfigError(
-            f"manifest name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"the server let go of this image after {settings.idle_minutes:g} minutes without "
+            "use (or to make room for other sessions): upload it again or pick a sample"
         )
-    root_path = Path(root).resolve()
-    folder = (root_path / cleaned).resolve()
-    if folder.parent != root_path:  # defence in depth; the pattern already rules this out
-        raise ConfigError(f"manifest name {name!r} leaves the manifest folder")
-    return folder
+    if state.picture is None or not shown:
+        raise ConfigError("upload an image or pick a sample first")
+    mask = mask_from_layers(editor.get("layers"), state.picture.size, settings)
+    if state.uploaded_mask is not None:
+        mask |= state.uploaded_mask
+    return mask
 
 
-def add_to_manifest(
-    root: str | os.PathLike,
-    name: str,
-    picture: Picture,
-    mask: np.ndarray,
-    params: dict[str, Any],
-) -> tuple[Path, dict[str, Any]]:
-    """Append a row (image, drawn mask, parameters) to manifest `name`; returns (path, row).
-
-    Layout: <root>/<name>/manifest.parquet, masks/<id>.png and, for uploads, images/<digest>.png
-    (an upload has no URI of its own). URIs in the row are relative to the manifest's folder, so the
-    folder can be copied to object storage as it is; a bundled sample keeps its own absolute path.
-    A row with the same id (same image, mask and parameters) replaces the old one.
-    """
-    from batch_inpaint.manifest.manifest import Manifest
-
-    if not mask.any():
-        raise MaskError("the mask is empty: paint over what should go before adding it")
-    folder = manifest_dir(root, name)
-    path = folder / "manifest.parquet"
-    row_params = dict(params.get("manifest_row", params))
-    digest = picture.digest
-    mask_bytes = mask_png(mask)
-    key = hashlib.sha256(
-        digest.encode() + mask_bytes + json.dumps(row_params, sort_keys=True).encode()
-    )
-    row_id = f"{picture.name}-{key.hexdigest()[:12]}"
-    with _manifest_lock:
-        folder.mkdir(parents=True, exist_ok=True)
-        if picture.source_uri is not None:
-            image_uri = picture.source_uri
-        else:
-            image_uri = f"images/{digest[:16]}.png"
-            image_path = folder / image_uri
-            if not image_path.exists():
-                _write_atomic(image_path, codec.encode_image(picture.rgb, "png"))
-        mask_uri = f"masks/{row_id}.png"
-        _write_atomic(folder / mask_uri, mask_bytes)
-        row = {"id": row_id, "image": image_uri, "mask": mask_uri, **row_params}
-        rows = []
-        if path.exists():
-            try:
-                rows = [r for r in Manifest.read(str(path)) if r.get("id") != row_id]
-            except InpaintError as exc:
-                raise ManifestError(f"can't add to {path}: {exc}") from None
-        Manifest.from_records([*rows, row]).write(str(path))
-    return path, row
+def run(
+    state: PageState, editor: dict | None, fields: Fields, inpainter: Any, settings: ServeSettings
+) -> tuple[RunResult, PageState]:
+    """Inpaint what was painted; the new state remembers the seed used."""
+    mask = painted_mask(state, editor, settings)
+    options, used = make_options(fields)
+    result = run_inpaint(state.picture, mask, inpainter, options, used)
+    return result, replace(state, last_seed=used)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-@dataclass
-class PageState:
-    """Per-browser-session state kept on the server (gr.State)."""
-
-    picture: Picture | None = None
-    uploaded_mask: np.ndarray | None = None
-    last_seed: int | None = None
+def add(
+    state: PageState,
+    editor: dict | None,
+    fields: Fields,
+    manifest_name: str,
+    model: dict[str, Any],
+    settings: ServeSettings,
+) -> tuple[str, str]:
+    """Add the picture, what was painted and the settings to a manifest; returns the message
+    to show and the row as JSON."""
+    mask = painted_mask(state, editor, settings)
+    # With "random seed" ticked, the row keeps the seed of the last run (the result seen).
+    seed = state.last_seed if fields.random_seed else fields.seed
+    options, used = make_options(replace(fields, seed=seed, random_seed=seed is None))
+    params = reproduction_params(options, used, model)
+    root = settings.manifest_root
+    path, row = add_to_manifest(root, manifest_name, state.picture, mask, params)
+    shown = path.relative_to(Path(root).resolve().parent)
+    return f"Added row `{row['id']}` to `{shown}`.", row_json(params, row)
