@@ -1,17 +1,33 @@
 """The `batch-inpaint` command. Each group of subcommands lives in its own module of this package
-and registers itself through `add_parser(subparsers)`; `main` only dispatches."""
+and registers itself through `add_parser(subparsers)`; `main` only dispatches.
+
+Exit statuses are `vocab.ExitCode`, shared with jobs/inpaint.py and jobs/clean.py; README.md's
+"Exit status" table says what each means."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from batch_inpaint.errors import InpaintError
+from batch_inpaint.vocab import ErrorKind, ExitCode
 
-# module name -> registers one or more subcommands; imported lazily so `--help` stays fast
-# and a missing optional dependency only breaks its own command.
+# module name -> registers one or more subcommands; imported lazily so `--help` stays fast.
 COMMAND_MODULES = ("inpaint", "manifest", "run", "serve", "demo")
+
+
+def job_exit_status(summary: Mapping[str, Any]) -> ExitCode:
+    """A finished job's status: OK when it wrote _SUCCESS, INCOMPLETE otherwise."""
+    return ExitCode.OK if summary.get("success") else ExitCode.INCOMPLETE
+
+
+def error_exit_status(exc: InpaintError) -> ExitCode:
+    """The status for an error raised before or instead of the work: LOCKED when another run
+    holds the output's lock, CONFIG for everything else (a bad setting, manifest or location)."""
+    return ExitCode.LOCKED if exc.kind == ErrorKind.LOCKED.value else ExitCode.CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith(f"{__name__}.{name}"):
-                continue  # this group of commands is not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 
@@ -35,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args) or ExitCode.OK)
     except InpaintError as exc:
         print(f"batch-inpaint {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return error_exit_status(exc)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":
