@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from batch_inpaint.job import guard
     from batch_inpaint.job.ray_job import run_job
     from batch_inpaint.job.results import new_run_id
     from batch_inpaint.manifest.manifest import Manifest
@@ -67,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
         if len(built.unpaired):
             print(f"jobs/clean.py: unpaired files (not processed):\n{built.unpaired}")
         # A manifest per run: a run in progress keeps reading its own while the next is built.
-        cfg.manifest = join(cfg.output, "manifests", f"{new_run_id()}.parquet")
+        # It lives in the output, so the output must be the job's first (see job/guard.py).
+        run_id = new_run_id()
+        state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
+        if state != "ours":
+            guard.claim(storage, cfg.output, run_id, state)
+        cfg.manifest = join(cfg.output, "manifests", f"{run_id}.parquet")
         built.write(cfg.manifest)
     summary = run_job(cfg)
     return job_exit_status(summary)

@@ -181,11 +181,16 @@ def test_read_refuses_wrong_types_naming_the_column(tmp_path):
 
 
 def _results(storage, out, name, rows):
+    """Result rows as the job writes them, with the image of each ok/skipped row in place (a
+    row whose image is gone is not done)."""
     buf = io.BytesIO()
     table = pa.table({"id": [r[0] for r in rows], "status": [r[1] for r in rows],
-                      "output": [f"{out}/images/{r[0]}.png" for r in rows]})  # fmt: skip
+                      "output": [f"images/{r[0]}.png" for r in rows]})  # fmt: skip
     pq.write_table(table, buf)
     storage.write_bytes(f"{out}/metadata/{name}", buf.getvalue())
+    for rid, status in rows:
+        if status in ("ok", "skipped") and not name.startswith("_"):
+            storage.write_bytes(f"{out}/images/{rid}.png", b"png")
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -205,8 +210,9 @@ def test_without_done(where, tmp_path, request):
     assert m.without_done(out).ids == ["r00004", "r00005"]
     assert m.without_done(out, retry_errors=True).ids == ["r00001", "r00004", "r00005"]
     storage.write_bytes(f"{out}/metadata/broken.parquet", b"PAR1 not really")
-    with pytest.raises(ManifestError, match="broken.parquet"):
+    with pytest.raises(ManifestError, match="broken.parquet .* moved to"):
         m.without_done(out)
+    assert storage.list(f"{out}/metadata/_damaged")  # set aside, never deleted
 
 
 def test_docs_example_runs(s3_bucket, s3_server, capsys):

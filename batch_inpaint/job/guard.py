@@ -52,8 +52,11 @@ def check_output_location(output: str, inputs: list[str]) -> None:
     """ConfigError naming both locations when the output equals, contains or lies inside one of
     the inputs; writing there could overwrite or delete what the job reads."""
     out = _key(output)
+    own_manifests = _key(join(output, "manifests"))  # jobs/clean.py writes its manifests there
     for loc in inputs:
         key = _key(loc)
+        if loc == inputs[0] and key.startswith(own_manifests):
+            continue
         if out == key:
             how = "is"
         elif key.startswith(out):
@@ -84,6 +87,9 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
         return "new"
     root = output.rstrip("/") + "/"
     names = sorted({_top_name(u, root, output) for u in found})
+    names = [n for n in names if not n.startswith("_LOCK")]  # another run's lock: it decides
+    if not names:
+        return "new"
     if _legacy_output(storage, output, names):
         return "ours"
     if not allow_non_empty:

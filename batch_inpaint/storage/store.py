@@ -220,8 +220,10 @@ class Storage:
         return self._retry("writing", uri, create)
 
     def exists(self, uri: str) -> bool:
+        """True if there is an object; a location we may not look into raises (access denied)."""
         fs, path = self.filesystem(uri)
-        return bool(self._retry("checking", uri, lambda: fs.exists(path)))
+        check = (lambda: _stat_exists(path)) if is_local(uri) else (lambda: fs.exists(path))
+        return bool(self._retry("checking", uri, check))
 
     def size(self, uri: str) -> int:
         fs, path = self.filesystem(uri)
@@ -263,10 +265,11 @@ class Storage:
         """Every object under a prefix (recursive, paginated), as sorted URIs of the same kind
         as the prefix; suffixes filters by file extension, case-insensitive."""
         fs, path = self.filesystem(prefix)
-        if is_local(prefix) and not os.path.isdir(path):
+        if is_local(prefix) and not self._retry("listing", prefix, lambda: _is_dir(path)):
             raise NotFoundError(f"{redact_uri(prefix)}: no such directory")
         root = path.rstrip("/")
-        found = self._retry("listing", prefix, lambda: fs.find(root, withdirs=False))
+        find = _walk_local if is_local(prefix) else lambda r: fs.find(r, withdirs=False)
+        found = self._retry("listing", prefix, lambda: find(root))
         out = []
         for p in found:
             if suffixes and not p.lower().endswith(tuple(s.lower() for s in suffixes)):
@@ -275,6 +278,35 @@ class Storage:
                 continue  # 'images2/x' is not under 'images'
             out.append(p if is_local(prefix) else prefix.rstrip("/") + p[len(root) :])
         return sorted(out)
+
+
+def _is_dir(path: str) -> bool:
+    """os.path.isdir, except that a folder we may not look into raises PermissionError instead
+    of passing for 'not there' (which would make resume redo finished work)."""
+    import stat
+
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _stat_exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def _walk_local(root: str) -> list[str]:
+    """Every file under a local folder; an unreadable folder raises (PermissionError) instead of
+    being skipped as fsspec's find does, so a listing never reports less than is there."""
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    return [os.path.join(d, f) for d, _, files in os.walk(root, onerror=fail) for f in files]
 
 
 def pyarrow_filesystem(uri: str, options: StorageOptions | None = None) -> tuple[Any, str]:

@@ -31,8 +31,9 @@ class FailingOn(OpenCVInpainter):
 
 
 def context(root: Path, **settings) -> JobContext:
-    cfg = JobConfig(manifest=str(root / "manifest.parquet"), output=str(root / "out"),
-                    backend="opencv", **settings)  # fmt: skip
+    settings = {"manifest": str(root / "manifest.parquet"), "output": str(root / "out"),
+                "backend": "opencv", **settings}  # fmt: skip
+    cfg = JobConfig(**settings)
     storage = Storage(cfg.storage_options())
     return JobContext(cfg, storage, manifest_base=str(root), spec=model_spec("opencv"))
 
