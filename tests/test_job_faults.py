@@ -82,15 +82,19 @@ def test_killed_run_resumes_with_every_row_once(ray_local, tiny_model_dir, tmp_p
     assert not (out / "_SUCCESS").exists(), "the run finished before it could be killed"
     done_before = {r["id"] for p in parts() for r in pq.read_table(p).to_pylist()}
     assert 0 < len(done_before) < len(ids)
-    # A stray object (e.g. from an earlier run in another format): the rerun must remove it.
-    (out / "images" / "stray.jpg").write_bytes(b"not listed in any metadata")
+    # An image of one of its ids in another format is the job's own leftover: the rerun removes
+    # it. An object no id maps to was not written by the job: it stays, counted.
+    (out / "images" / f"{ids[0]}.webp").write_bytes(b"an earlier run's other format")
+    (out / "images" / "stray.jpg").write_bytes(b"not the job's")
 
     cfg = JobConfig(manifest=str(manifest), output=str(out), backend="tiny",
                     model=str(tiny_model_dir), device="cpu", steps=4)  # fmt: skip
     summary = run_job(cfg, echo=lambda *_: None)
     assert summary["success"], summary["problems"]
     assert summary["rows_this_run"] == len(ids) - len(done_before)
-    assert summary["orphans_removed"] >= 1
+    assert summary["orphans_removed"] == 1 and summary["unknown_objects_kept"] == 1
+    assert (out / "images" / "stray.jpg").read_bytes() == b"not the job's"
+    (out / "images" / "stray.jpg").unlink()
     _assert_complete(out, ids)
 
 

@@ -3,7 +3,7 @@
 Taken with a create-only write (atomic on S3 and local disks). Its holder renews it every
 `ttl_s / 4` seconds; a lock not renewed for `ttl_s` (a run that died: killed, preempted, lost
 its node) is stale and the next run may take it over. The refusal says who holds the lock and when
-it was last renewed."""
+it was last renewed. A holder on the same host whose process has exited is stale at once."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class OutputLock:
         else:
             raise LockedError(f"{self.uri} keeps changing hands: other runs are starting; retry")
         current = _parse(raw)
-        if current is not None:
+        if current is not None and not self._holder_died(current):
             age = time.time() - _renewed_at(current)
             stale_after = float(current.get("stale_after_s") or self.stale_s)
             if age < stale_after:
@@ -82,6 +82,19 @@ class OutputLock:
             raise LockedError(f"{self.uri}: another run took the stale lock first")
         self.storage.write_bytes(self.uri, self._body())
         self._hold()  # the marker stays: a run that read the same stale lock late must still lose
+
+    def _holder_died(self, body: dict) -> bool:
+        """A holder on this host whose process is gone (killed, crashed) released nothing, but
+        need not be waited for: its lock is stale at once."""
+        if body.get("host") != self.host or not isinstance(body.get("pid"), int):
+            return False
+        try:
+            os.kill(body["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
 
     def _hold(self) -> None:
         self.held = True

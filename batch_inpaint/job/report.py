@@ -35,7 +35,7 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     for p in summary.get("problems", []):
         lines.append(f"  problem: {p}")
     out = summary.get("output", "")
-    lines.append(f"  outputs:  {join(out, 'images/')}   metadata: {join(out, 'metadata/')}")
+    lines.append(f"  outputs:  {join(out, 'images')}/   metadata: {join(out, 'metadata')}/")
     if summary.get("unknown_objects_kept"):
         lines.append(
             f"  note: {summary['unknown_objects_kept']} object(s) under images/ were not written "

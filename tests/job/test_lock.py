@@ -4,6 +4,7 @@ stopped renewing is stale after ttl_s; the refusal names the holder and its last
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -129,3 +130,22 @@ def test_held_lock_is_renewed_so_it_never_goes_stale(tmp_path):
     finally:
         lock.release()
     assert not storage.exists(lock.uri)
+
+
+def test_a_lock_whose_holder_on_this_host_has_exited_is_taken_at_once(tmp_path):
+    """A driver killed with SIGKILL and rerun on the same machine need not wait for ttl_s."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    storage = Storage()
+    lock = OutputLock(storage, str(tmp_path), ttl_s=600)
+    body = {"owner": "x", "host": lock.host, "pid": gone.pid, "renewed_at": time.time()}
+    (tmp_path / "_LOCK").write_text(json.dumps(body))
+    lock.acquire()
+    assert lock.held
+    lock.release()
+    # the same lock held by a live process on this host is respected
+    (tmp_path / "_LOCK").write_text(json.dumps({**body, "pid": os.getpid()}))
+    with pytest.raises(LockedError):
+        OutputLock(storage, str(tmp_path), ttl_s=600).acquire()
