@@ -1,5 +1,6 @@
-# Every target sets itself up: a virtual environment in .venv, torch (CPU build) first where none is
-# present, then this package with its dev extra. Works with no GPU and no network beyond PyPI/Debian.
+# Every target sets itself up: a virtual environment in .venv, torch and a matching torchvision
+# first where they are not both present, then this package with its dev extra. Works with no GPU
+# and no network beyond PyPI/Debian.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,6 +8,13 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo-output
 DEMO_ARGS ?=
 SERVE_ARGS ?= --backend opencv
+# The lama backend's spandrel needs torchvision, and PyPI's torchvision only imports beside the
+# torch it was built for: a matching pair (on x86_64 a CUDA build, which runs on the CPU too).
+ifeq ($(shell uname -m),aarch64)
+TORCH_PAIR ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+endif
 
 .PHONY: setup demo serve test lint format bench browser clean
 
@@ -15,7 +23,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
@@ -23,6 +31,9 @@ $(STAMP): pyproject.toml constraints.txt
 browser:
 	@bash scripts/ensure-chromium.sh
 
+# The job on the bundled samples with the best backend that runs here (SD2 with a GPU and its
+# weights, else LaMa with big-lama weights, else OpenCV); it says which, and why.
+# DEMO_ARGS="--model DIR" picks local weights; --backend tiny is random weights (noise).
 demo: setup
 	$(VENV)/bin/batch-inpaint demo --output $(DEMO_OUT) $(DEMO_ARGS)
 
@@ -43,6 +54,11 @@ format: setup
 
 bench: setup
 	$(PY) -m bench smoke
+
+# Wheels the GPU machine lacks (diffusers, spandrel) for scripts/gpu-check.sh: docs/benchmarks.md.
+.PHONY: gpu-wheels
+gpu-wheels:
+	bash scripts/prepare-gpu-wheels.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

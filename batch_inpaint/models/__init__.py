@@ -10,11 +10,20 @@ from typing import Any
 
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.models.base import Inpainter
+from batch_inpaint.models.spec import ModelSpec, check_spec, model_spec
+from batch_inpaint.models.tiny import TINY_MODEL_ID
 
-BACKENDS = ("diffusers", "opencv", "tiny")
-TINY_MODEL_ID = "batch-inpaint/tiny-sd-inpainting-v1"
+BACKENDS = ("diffusers", "opencv", "tiny", "lama")
 
-__all__ = ["BACKENDS", "Inpainter", "load_inpainter"]
+__all__ = [
+    "BACKENDS",
+    "TINY_MODEL_ID",
+    "Inpainter",
+    "ModelSpec",
+    "check_spec",
+    "load_inpainter",
+    "model_spec",
+]
 
 
 def load_inpainter(
@@ -39,6 +48,8 @@ def load_inpainter(
     - 'tiny': a small random checkpoint, built once under `cache_dir` (else the temp dir) and loaded
       through the same diffusers code; for tests and offline demos.
     - 'opencv': classical inpainting on the CPU; no weights, no GPU.
+    - 'lama': LaMa weights (a .safetensors file, a folder or s3:// URI holding one, or a Hub id)
+      through spandrel; one forward pass, no prompt (docs/models.md).
     """
     backend = (backend or "diffusers").strip().lower()
     if backend not in BACKENDS:
@@ -47,6 +58,11 @@ def load_inpainter(
         from batch_inpaint.models.opencv_backend import OpenCVInpainter
 
         return _construct(OpenCVInpainter, backend, **backend_options)
+    if backend == "lama":  # no attention, VAE or compile options: a single conv net
+        from batch_inpaint.models.lama_backend import LamaInpainter
+
+        return _construct(LamaInpainter, backend, model, revision=revision, device=device,
+                          dtype=dtype, storage=storage, cache_dir=cache_dir, **backend_options)  # fmt: skip
 
     from batch_inpaint.models.diffusers_backend import (
         DiffusersInpainter,

@@ -1,0 +1,175 @@
+"""The `lama` backend: a LaMa-class fill (big-lama) through spandrel, one forward pass per batch.
+
+No prompt, no steps, no seed: the fill depends on the pixels and the mask only, so every
+diffusion parameter is ignored (the spec's `ignores` says so) and the k results of a row are
+copies. Weights: see lama_weights (safetensors by default, nothing that runs code).
+
+Sizes: LaMa is fully convolutional with a global (FFT) receptive field, trained on 256x256 crops
+and known to hold up to about 2k; no side is native, so native_size is None: full mode works at
+the image's own size (up to max_side, never upscaled), crop mode cuts 512x512 windows
+(geometry.DEFAULT_CROP_SIZE) where the image is that big, so batches keep one shape. Working
+sizes are multiples of 8 (three stride-2 downsamplings); sides under 16 are padded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from batch_inpaint.errors import ConfigError, ModelError
+from batch_inpaint.models.base import Inpainter, is_out_of_memory
+from batch_inpaint.models.spec import FILL_IGNORES, ModelSpec
+from batch_inpaint.params import GenerationParams
+
+NATIVE_SIZE: int | None = None
+SIZE_MULTIPLE = 8
+MIN_SIDE = 16  # the residual blocks' reflect padding needs a 2x2 bottleneck
+# 'auto' on CUDA. fp32 until the GPU workload (python -m bench l2) measures fp16/bf16 against it.
+CUDA_DEFAULT_DTYPE = "fp32"
+# On the CPU a batch runs in chunks of at most this many pixels: batching gains nothing there
+# and a 1024² image already needs about 1.5 GB of activations.
+CPU_PIXELS_PER_PASS = 2 * 1024 * 1024
+
+
+def lama_model_spec(model: str | os.PathLike | None, revision: str | None = None) -> ModelSpec:
+    """The lama model's spec, without reading its weights (native size and multiple are the
+    architecture's)."""
+    from batch_inpaint.models.lama_weights import check_weights_name
+    from batch_inpaint.storage.uri import redact_uri
+
+    if not model:
+        raise ConfigError(
+            "backend lama needs a model: a .safetensors file, a folder or s3:// URI holding one, "
+            "or a Hub id (see docs/models.md; `batch-inpaint make-tiny-model --kind lama DIR` "
+            "writes a random-weight one for tries)"
+        )
+    check_weights_name(os.fspath(model))
+    shown = redact_uri(os.fspath(model))
+    return ModelSpec("lama", shown, revision, NATIVE_SIZE, SIZE_MULTIPLE, FILL_IGNORES)
+
+
+def resolve_lama_dtype(dtype: Any, device: str):
+    """None/'auto': fp32 on the CPU, CUDA_DEFAULT_DTYPE on CUDA; fp16/bf16 only on CUDA, where
+    they run under autocast (weights stay fp32; torch keeps the FFTs in fp32)."""
+    from batch_inpaint.models.diffusers_backend import resolve_dtype
+
+    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+        dtype = CUDA_DEFAULT_DTYPE if device.startswith("cuda") else "fp32"
+    return resolve_dtype(dtype, device)
+
+
+class LamaInpainter(Inpainter):
+    """LaMa weights loaded through spandrel behind the Inpainter interface."""
+
+    backend = "lama"
+    native_size = NATIVE_SIZE
+    size_multiple = SIZE_MULTIPLE
+    ignores = FILL_IGNORES
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: Any = None,
+        storage: Any = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ):
+        from batch_inpaint.models.diffusers_backend import resolve_device
+        from batch_inpaint.models.lama_weights import load_lama, resolve_weights
+
+        lama_model_spec(model, revision)  # a missing model or a refused file type: before any I/O
+        self.model_id = os.fspath(model)
+        self.revision = revision
+        self.device = resolve_device(device)
+        self.dtype = resolve_lama_dtype(dtype, self.device)
+        self._lock = threading.Lock()
+        self.weights = resolve_weights(model, revision, storage, cache_dir, local_files_only)
+        try:
+            self.descriptor = load_lama(self.weights, self.device)
+        except Exception as exc:
+            if is_out_of_memory(exc) or isinstance(exc, (ConfigError, ModelError)):
+                raise
+            raise ModelError(
+                f"could not load lama weights {self.weights}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.model = self.descriptor.model
+
+    def inpaint(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        params: GenerationParams,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str | None],
+        seeds: Sequence[int],
+    ) -> list[np.ndarray]:
+        import torch
+
+        # 1. Check inputs
+        n = len(images)
+        if not n or not len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n:
+            raise ConfigError(
+                "images, masks, prompts, negative_prompts and seeds must be non-empty and equally "
+                f"long, got {len(images)}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, "
+                f"{len(seeds)}"
+            )
+        h, w = images[0].shape[:2]
+        for i, (im, m) in enumerate(zip(images, masks, strict=True)):
+            if im.shape != (h, w, 3) or im.dtype != np.uint8 or m.shape[:2] != (h, w):
+                raise ConfigError(
+                    f"image {i}: every image must be uint8 {h}x{w}x3 with an {h}x{w} mask, "
+                    f"got {im.dtype} {im.shape} and {m.shape}"
+                )
+        if h % self.size_multiple or w % self.size_multiple:
+            raise ConfigError(f"image size {w}x{h} must be a multiple of {self.size_multiple}")
+
+        # 2. Tensors: RGB in [0, 1], masks in {0, 1} (255 = fill)
+        img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        msk = np.stack([np.asarray(m).reshape(h, w) > 127 for m in masks])
+        msk = torch.from_numpy(msk).unsqueeze(1).float()
+        ph, pw = max(0, MIN_SIDE - h), max(0, MIN_SIDE - w)
+        if ph or pw:
+            img = torch.nn.functional.pad(img, (0, pw, 0, ph), mode="replicate")
+            msk = torch.nn.functional.pad(msk, (0, pw, 0, ph))
+
+        # 3. Forward passes (one on CUDA; pixel-bounded chunks on the CPU)
+        step = n if self.on_gpu else max(1, CPU_PIXELS_PER_PASS // (h * w))
+        parts = []
+        with self._lock:
+            try:
+                for s in range(0, n, step):
+                    parts.append(self._forward(img[s : s + step], msk[s : s + step]))
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise  # unwrapped, so inpaint_isolated sees an OOM and splits the batch
+                raise ModelError(f"LaMa forward failed: {type(exc).__name__}: {exc}") from exc
+        out = torch.cat(parts)[:, :, :h, :w]
+        if not torch.isfinite(out).all():
+            raise ModelError(
+                f"LaMa produced non-finite values in {self.dtype}; run it with dtype fp32"
+            )
+        arr = out.clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        k = int(params.num_images_per_prompt)
+        # One deterministic fill per image: its k results are copies.
+        return [arr[i].copy() for i in range(n) for _ in range(k)]
+
+    @property
+    def on_gpu(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def _forward(self, img, msk):
+        import torch
+
+        img, msk = img.to(self.device), msk.to(self.device)
+        with torch.inference_mode():
+            if self.dtype != torch.float32:
+                with torch.autocast("cuda", dtype=self.dtype):
+                    return self.model(img, msk).float().cpu()
+            return self.model(img, msk).cpu()
