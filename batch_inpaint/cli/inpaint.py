@@ -48,9 +48,12 @@ def add_parser(sub) -> None:
         "Use it with --backend diffusers --model DIR.",
     )
     t.add_argument("dir", metavar="DIR", help="new or empty directory")
-    t.add_argument("--kind", default="diffusers", choices=("diffusers", "lama"),
+    t.add_argument("--kind", default="diffusers",
+                   choices=("diffusers", "lama", "detector", "text-detector", "segmenter"),
                    help="diffusers: the ~7 MB SD checkpoint; lama: a random-weight LaMa of the "
-                   "real architecture (~100 MB), for --backend lama (default: diffusers)")  # fmt: skip
+                   "real architecture (~100 MB), for --backend lama; detector, text-detector, "
+                   "segmenter: tiny Grounding DINO, PP-OCR det and SAM for `batch-inpaint detect` "
+                   "(default: diffusers)")  # fmt: skip
     t.set_defaults(func=_make_tiny)
 
 
@@ -133,6 +136,14 @@ def _make_tiny(args: argparse.Namespace) -> int:
     from batch_inpaint.models.tiny import make_tiny_model
 
     t0 = time.perf_counter()
+    if getattr(args, "kind", "diffusers") in ("detector", "text-detector", "segmenter"):
+        from batch_inpaint.detect.tiny import make_tiny
+
+        path = make_tiny(args.kind, args.dir)
+        flag = {"detector": "--detector", "text-detector": "--text-detector"}.get(args.kind)
+        print(f"wrote a tiny random {args.kind} to {path} ({time.perf_counter() - t0:.1f}s)")
+        print(f"use it with: batch-inpaint detect ... {flag or '--segmenter'} {path}")
+        return 0
     if getattr(args, "kind", "diffusers") == "lama":
         from batch_inpaint.models.lama_tiny import make_tiny_lama
 

@@ -1,0 +1,136 @@
+"""`batch-inpaint detect --manifest M --output O --detect "watermark,text"`: find what to remove
+in each row's image, in process (no Ray), and write the masks under O/masks/ and O/manifest.parquet,
+a manifest `batch-inpaint run` accepts as it is. Review the masks, then run. docs/masks.md."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "detect",
+        help="find watermarks, text, logos... and write their masks and a manifest for `run`",
+        description="Detect what the queries name in every row's image and write each mask to "
+        "OUTPUT/masks/<id>.png and OUTPUT/manifest.parquet: the input rows with `mask` set to the "
+        "mask (united with the row's own mask, if it has one), `mask_boxes` with the boxes, a "
+        "`detections` column (label, score, box) and `detect_note` where nothing was found. "
+        "Review the masks, then `batch-inpaint run --manifest OUTPUT/manifest.parquet ...`.",
+    )
+    a = p.add_argument
+    a("--manifest", required=True, help="the manifest to detect on (file or folder, any URI)")
+    a("--output", required=True, help="folder or prefix for masks/ and manifest.parquet")
+    a("--detect", metavar="QUERIES",
+      help="comma-separated things to find, e.g. 'watermark,text,logo' (a row's `detect` column "
+      "replaces it for that row)")  # fmt: skip
+    m = p.add_argument_group("models (a Hub id, a local folder or an s3:// prefix; 'none': off)")
+    m.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
+                   "(default: IDEA-Research/grounding-dino-tiny)")  # fmt: skip
+    m.add_argument("--detector-revision", help="Hub commit to pin the detector to")
+    m.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
+                   "checkpoint (default: PaddlePaddle/PP-OCRv6_medium_det_safetensors)")  # fmt: skip
+    m.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
+    m.add_argument("--text-queries", default="text,caption,subtitles",
+                   help="queries that go to the text detector (default: %(default)s)")  # fmt: skip
+    m.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
+                   "(e.g. facebook/sam-vit-base; default: none, the boxes are the mask)")  # fmt: skip
+    m.add_argument("--segmenter-revision", help="Hub commit to pin the segmenter to")
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    m.add_argument("--dtype", default="auto",
+                   help="auto (fp16 on CUDA, fp32 on the CPU) | fp16 | bf16 | fp32")  # fmt: skip
+    m.add_argument("--cache-dir", help="where downloaded weights are kept")
+    d = p.add_argument_group("detections and masks")
+    d.add_argument("--threshold", type=float,
+                   help="keep the detector's boxes scoring at least this, 0..1 (default: 0.3; "
+                   "with --detector none, the text detector's)")  # fmt: skip
+    d.add_argument(
+        "--text-threshold",
+        type=float,
+        help="keep text boxes whose mean text probability is at least this (default: 0.6)",
+    )
+    d.add_argument(
+        "--max-detections",
+        type=int,
+        default=100,
+        help="at most N detections per image and detector (default: %(default)s)",
+    )
+    d.add_argument("--box-dilate", type=int, default=0, metavar="N",
+                   help="grow each detection's mask by N px before writing it (run's own "
+                   "--dilate applies again at run time; default: 0)")  # fmt: skip
+    d.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+
+    from batch_inpaint.cli.flags import add_flag
+    from batch_inpaint.cli.manifest import add_storage_flags
+    from batch_inpaint.params import MaskOptions
+
+    g = p.add_argument_group("reading the rows' own masks (as `run` reads them)")
+    for f in MaskOptions.__dataclass_fields__.values():
+        if f.name in ("threshold", "invert", "resize"):
+            add_flag(g, f)
+    add_storage_flags(p)
+    p.set_defaults(func=_detect)
+
+
+def _detect(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    from batch_inpaint.cli.flags import options_from_args
+    from batch_inpaint.cli.manifest import storage_from_args
+    from batch_inpaint.detect.base import check_threshold, parse_queries
+    from batch_inpaint.detect.provider import MaskProvider
+    from batch_inpaint.detect.rows import MANIFEST_NAME, QUERY_COLUMN, detect_manifest, row_queries
+    from batch_inpaint.errors import ConfigError
+    from batch_inpaint.manifest import Manifest
+    from batch_inpaint.params import MaskOptions
+    from batch_inpaint.storage.uri import join, same_location
+
+    # 1. Check every option before loading anything
+    queries = parse_queries(args.detect, "--detect")
+    for name in ("threshold", "text_threshold"):
+        if getattr(args, name) is not None:
+            check_threshold(getattr(args, name), "--" + name.replace("_", "-"))
+    if args.max_detections < 1 or args.batch_size < 1 or not 0 <= args.box_dilate <= 512:
+        raise ConfigError("--max-detections and --batch-size must be >= 1, --box-dilate 0..512")
+    mask_options = options_from_args(MaskOptions, _mask_flags(args))
+    storage = storage_from_args(args)
+    if same_location(join(args.output, MANIFEST_NAME)) == same_location(args.manifest):
+        raise ConfigError(f"--output {args.output} would overwrite --manifest; choose another")
+    manifest = Manifest.read(args.manifest, storage)
+    wanted = set(queries)
+    if QUERY_COLUMN in manifest.table.column_names:
+        for row in manifest.table.select(["id", QUERY_COLUMN]).to_pylist():
+            wanted.update(row_queries(row, queries))
+    if not wanted:
+        raise ConfigError(f"nothing to detect: give --detect 'watermark,text' or a "
+                          f"'{QUERY_COLUMN}' column in the manifest")  # fmt: skip
+
+    # 2. Models, then the rows
+    provider = MaskProvider.load(
+        detector=args.detector, detector_revision=args.detector_revision,
+        text_detector=args.text_detector, text_detector_revision=args.text_detector_revision,
+        text_queries=parse_queries(args.text_queries, "--text-queries"),
+        text_threshold=args.text_threshold, segmenter=args.segmenter,
+        segmenter_revision=args.segmenter_revision, queries=sorted(wanted),
+        device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
+        storage=storage, cache_dir=args.cache_dir, threshold=args.threshold,
+        max_detections=args.max_detections, dilate=args.box_dilate,
+    )  # fmt: skip
+    t1 = time.perf_counter()
+    summary = detect_manifest(manifest, args.output, provider, queries,
+                              mask_options=mask_options, batch_size=args.batch_size)  # fmt: skip
+    c = summary["counts"]
+    print(f"{c['rows']} rows: {c['found']} with a mask from detections, {c['nothing_found']} "
+          f"with nothing found, {c['error']} errors, {c['no_queries']} without queries")  # fmt: skip
+    print(f"masks: {summary['masks']}/\nmanifest: {summary['manifest']}")
+    print(f"review the masks, then: batch-inpaint run --manifest {summary['manifest']} "
+          "--output OUT")  # fmt: skip
+    print(f"timings: load models {t1 - t0:.2f}s, detect {time.perf_counter() - t1:.2f}s")
+    return 0
+
+
+def _mask_flags(args: argparse.Namespace) -> argparse.Namespace:
+    """The mask flags under the names options_from_args reads (unset ones stay unset)."""
+    ns = argparse.Namespace(**vars(args))
+    for key in ("dilate", "feather"):
+        setattr(ns, key, None)
+    return ns

@@ -1,0 +1,146 @@
+"""Open-vocabulary detection with Grounding DINO (transformers' GroundingDinoForObjectDetection and
+GroundingDinoProcessor; Apache-2.0 code and weights): text queries in, boxes with the query they
+answer out. docs/masks.md says why this model and not OWLv2.
+
+Each image is prepared on its own (no padding to a batch size), then images with the same input
+shape and the same queries run as one forward pass: a result never depends on the batch."""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import numpy as np
+
+from batch_inpaint.detect.base import Detection, Detector, finalize
+from batch_inpaint.errors import ConfigError, ModelError
+
+DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
+MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
+DEFAULT_THRESHOLD = 0.3  # between the model card's box (0.35) and text (0.25) thresholds
+
+
+class GroundingDinoDetector(Detector):
+    """Grounding DINO behind the Detector interface. `model`: a Hub id (default
+    IDEA-Research/grounding-dino-tiny), a local folder or an s3:// prefix of one."""
+
+    name = "grounding-dino"
+    default_threshold = DEFAULT_THRESHOLD
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: Any = None,
+        storage: Any = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ):
+        from transformers import AutoModelForZeroShotObjectDetection, GroundingDinoProcessor
+
+        from batch_inpaint.detect import loading
+
+        self.model_id, self.revision = os.fspath(model or DEFAULT_DETECTOR), revision
+        self.device, self.dtype = loading.resolve(device, dtype)
+        what = "detector"
+        source, kw = loading.model_source(self.model_id, revision, storage=storage,
+                                          cache_dir=cache_dir, local_files_only=local_files_only,
+                                          what=what)  # fmt: skip
+        loading.check_model_type(source, kw, MODEL_TYPES, model_id=self.model_id, what=what)
+        self.processor = loading.load_processor(GroundingDinoProcessor, source, kw,
+                                                model_id=self.model_id, what=what)  # fmt: skip
+        self.model = loading.load_pretrained(AutoModelForZeroShotObjectDetection, source, kw,
+                                             device=self.device, dtype=self.dtype,
+                                             model_id=self.model_id, revision=revision,
+                                             what=what)  # fmt: skip
+        self._setup()
+
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, *, model_id: str = "in memory",
+                   device: str = "cpu", dtype: Any = None) -> GroundingDinoDetector:  # fmt: skip
+        """A detector around a model built in memory (benchmarks of random full-size ones)."""
+        from batch_inpaint.detect import loading
+
+        self = cls.__new__(cls)
+        self.model_id, self.revision = model_id, None
+        self.device, self.dtype = loading.resolve(device, dtype)
+        self.processor, self.model = processor, model.to(self.device, self.dtype).eval()
+        self._setup()
+        return self
+
+    def _setup(self) -> None:
+        tok = self.processor.tokenizer
+        self._dot = tok.convert_tokens_to_ids(".")
+        self._special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
+        self._lock = threading.Lock()
+
+    def _prepare(self, image: np.ndarray, queries: list[str]) -> dict[str, Any]:
+        enc = self.processor(images=[image], text=[queries], return_tensors="pt")
+        spans = self._spans(enc["input_ids"][0].tolist())
+        if len(spans) < len(queries):
+            raise ConfigError(
+                f"{len(queries)} queries are more than the detector's text input holds "
+                f"({self.model.config.max_text_len} tokens): ask for fewer or shorter queries"
+            )
+        return {"enc": enc, "spans": spans}
+
+    def _spans(self, ids: list[int]) -> list[list[int]]:
+        """Token positions of each query in '<cls> q0 . q1 . <sep>'."""
+        spans, cur = [], []
+        for pos, t in enumerate(ids):
+            if t == self._dot:
+                if cur:
+                    spans.append(cur)
+                cur = []
+            elif t not in self._special:
+                cur.append(pos)
+        return spans
+
+    def _detect(self, images, queries, threshold, max_detections):
+        import torch
+
+        prepared = [self._prepare(im, q) for im, q in zip(images, queries, strict=True)]
+        groups: dict[tuple, list[int]] = {}
+        for i, p in enumerate(prepared):
+            enc = p["enc"]
+            key = (tuple(enc["pixel_values"].shape), tuple(enc["input_ids"][0].tolist()))
+            groups.setdefault(key, []).append(i)
+        out: list[list[Detection]] = [[] for _ in images]
+        for idx in groups.values():
+            batch = {
+                k: torch.cat([prepared[i]["enc"][k] for i in idx]).to(self.device)
+                for k in prepared[idx[0]]["enc"]
+            }
+            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+            sizes = [images[i].shape[:2] for i in idx]
+            try:
+                with self._lock, torch.inference_mode():
+                    outputs = self.model(**batch)
+                    boxes = self.processor.post_process_grounded_object_detection(
+                        outputs, batch["input_ids"], threshold=-1.0, text_threshold=1.0,
+                        target_sizes=sizes,
+                    )  # fmt: skip
+            except Exception as exc:
+                from batch_inpaint.models.base import is_out_of_memory
+
+                if is_out_of_memory(exc):
+                    raise
+                raise ModelError(f"detector failed: {type(exc).__name__}: {exc}") from exc
+            probs = outputs.logits.float().sigmoid().cpu().numpy()
+            for j, i in enumerate(idx):
+                spans = prepared[i]["spans"]
+                # per query: its best token's probability (Grounding DINO scores tokens)
+                per_query = np.stack([probs[j][:, s].max(axis=1) for s in spans], axis=1)
+                best = per_query.argmax(axis=1)
+                scores = per_query[np.arange(len(best)), best]
+                xyxy = boxes[j]["boxes"].float().cpu().numpy()
+                found = [
+                    Detection(queries[i][b], float(s), tuple(float(v) for v in box))
+                    for b, s, box in zip(best, scores, xyxy, strict=True)
+                ]
+                h, w = images[i].shape[:2]
+                out[i] = finalize(found, (w, h), threshold, max_detections)
+        return out

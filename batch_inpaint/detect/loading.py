@@ -1,0 +1,119 @@
+"""Where a detection model's files come from, by the inpainting models' rules: a Hub id (pinned
+with `revision`), a local folder, or an object-storage prefix (s3://...) copied once into the
+model cache (storage.model_cache.fetch_model_dir, under the URI policy). Safetensors only: a
+folder holding only pickled weights is refused before anything is read, and from_pretrained is
+always called with use_safetensors=True. No remote code runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from batch_inpaint.errors import ConfigError, ModelError
+
+PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+
+def model_source(
+    model: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    storage: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    what: str = "model",
+) -> tuple[str, dict[str, Any]]:
+    """(what to pass to from_pretrained, its keyword arguments) for a Hub id, folder or URI."""
+    source, local = os.fspath(model), local_files_only
+    if "://" in source:
+        from batch_inpaint.storage.model_cache import fetch_model_dir
+        from batch_inpaint.storage.store import Storage
+
+        store = storage if isinstance(storage, Storage) or storage is None else Storage(storage)
+        source, local = str(fetch_model_dir(source, store, cache_dir)), True
+    elif os.path.isdir(source):
+        local = True
+    elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        raise ConfigError(f"{what} {source!r}: no such directory (and not a Hub id org/name)")
+    if os.path.isdir(source):
+        check_safetensors(Path(source), what)
+    kwargs: dict[str, Any] = {"local_files_only": local}
+    if not local:
+        kwargs["revision"] = revision  # None: the Hub's main branch
+    if cache_dir and not local:
+        kwargs["cache_dir"] = str(cache_dir)
+    return source, kwargs
+
+
+def check_safetensors(folder: Path, what: str = "model") -> None:
+    """ConfigError when a model folder has pickled weights and no .safetensors file."""
+    names = [p.name for p in folder.rglob("*") if p.is_file()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickled = sorted(n for n in names if n.endswith(PICKLED))
+    if pickled:
+        raise ConfigError(
+            f"{what} {folder}: only safetensors weights are loaded, and this folder holds "
+            f"{', '.join(pickled[:3])}. Convert them to safetensors (model.save_pretrained(DIR) "
+            "with transformers writes model.safetensors) or use a checkpoint that ships them."
+        )
+    raise ConfigError(f"{what} {folder}: no model.safetensors here; is this the model's folder?")
+
+
+def load_pretrained(cls: Any, source: str, kwargs: dict[str, Any], *, device: str, dtype: Any,
+                    model_id: str, revision: str | None, what: str) -> Any:  # fmt: skip
+    """cls.from_pretrained with safetensors only, on `device` in `dtype`, in eval mode; a
+    ModelError that names the model and says what to pass when it can't be loaded."""
+    from batch_inpaint.models.base import is_out_of_memory
+
+    try:
+        model = cls.from_pretrained(source, use_safetensors=True, dtype=dtype, **kwargs)
+        return model.to(device).eval()
+    except Exception as exc:
+        if is_out_of_memory(exc) or isinstance(exc, ConfigError):
+            raise
+        rev = f" at revision {revision}" if revision else ""
+        raise ModelError(
+            f"could not load {what} {model_id!r}{rev}: {type(exc).__name__}: {exc}. Pass a local "
+            "folder with config.json and model.safetensors, an s3:// URI of one, or a reachable "
+            "Hub id (`batch-inpaint make-tiny-model --kind ...` writes random-weight ones)."
+        ) from exc
+
+
+def load_processor(cls: Any, source: str, kwargs: dict[str, Any], *, model_id: str,
+                   what: str) -> Any:  # fmt: skip
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ModelError(
+            f"could not load the processor of {what} {model_id!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def resolve(device: str | None, dtype: Any) -> tuple[str, Any]:
+    """(device, torch dtype) by the inpainting models' rules: auto = CUDA when there is one,
+    fp16 there and fp32 on the CPU (half precision on the CPU is refused)."""
+    from batch_inpaint.models.diffusers_backend import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev)
+
+
+def check_model_type(source: str, kwargs: dict[str, Any], allowed: tuple[str, ...], *,
+                     model_id: str, what: str) -> Any:  # fmt: skip
+    """The checkpoint's config, after checking its model_type is one this provider runs."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ModelError(
+            f"could not read the config of {what} {model_id!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if config.model_type not in allowed:
+        raise ConfigError(
+            f"{what} {model_id!r} is a {config.model_type!r} checkpoint; this provider runs "
+            f"{', '.join(allowed)} checkpoints (docs/masks.md)"
+        )
+    return config
