@@ -46,6 +46,7 @@ class ErrorKind(str, Enum):
     STORAGE = "storage"  # a storage error that is not transient (e.g. a malformed request)
     # the work
     MODEL = "model"  # the model failed on this image (alone, after splitting its batch)
+    TOO_LARGE = "too_large"  # its working size needs more than max_model_memory_gb
     ENCODE = "encode"
     CONFIG = "config"
     MANIFEST = "manifest"
@@ -73,4 +74,5 @@ class ExitCode(IntEnum):
     INCOMPLETE = 1  # rows are missing or outputs failed their checks: no _SUCCESS
     CONFIG = 2  # bad configuration, manifest or output location, before any cluster work
     LOCKED = 3  # another run holds the output's lock
+    ERROR_RATE = 4  # error rows of bad input exceeded max_error_rate: no _SUCCESS
     INTERRUPTED = 130  # Ctrl-C

@@ -4,8 +4,10 @@ Compact the metadata to one row per id; keep the rows of ids no longer in the ma
 `prune` (then their rows and images go); list images/ once: an ok row without its object is a
 problem, and an object no row points to is removed only when a run of this job made it (the key of
 a manifest id in one of the job's formats, e.g. after a change of output format); anything else is
-left alone and counted. Then the report, `_SUCCESS` only when every check passes and no row failed
-for a transient reason, and run.json last, so run.json never says success without `_SUCCESS`.
+left alone and counted. Then the report, `_SUCCESS` only when every check passes, no row failed
+for a transient reason and error rows of bad input are within `max_error_rate` (a breach is a run
+whose results a pipeline must not consume), and run.json last, so run.json never says success
+without `_SUCCESS`.
 """
 
 from __future__ import annotations
@@ -67,7 +69,14 @@ def finalize(run: RunState) -> dict:
             f"{transient} row(s) failed for a transient reason (storage or memory); they are "
             "redone by the next run: rerun to finish"
         )
-    success = check.ok and not transient
+    rate = error_rate(rows, len(run.scan.result_ids), cfg.max_error_rate)
+    if rate["exceeded"]:
+        check.problems.append(
+            f"{rate['bad_input']:.1%} of the manifest's rows are errors of bad input, more than "
+            f"max_error_rate {cfg.max_error_rate:g}: fix the rows (see errors_by_kind and the "
+            "report), then rerun with --retry-errors"
+        )
+    success = check.ok and not transient and not rate["exceeded"]
     summary = results.summarize(rows, run.started, time.time(), run.processed)
     summary.update(
         run_id=run.run_id,
@@ -78,6 +87,7 @@ def finalize(run: RunState) -> dict:
         unknown_objects_kept=unknown,
         rows_of_other_manifests_kept=others.num_rows,
         rows_pruned=pruned,
+        error_rate=rate,
     )
     report_uri = report.write_report(storage, cfg, rows, summary)
     success_uri = join(cfg.output, "_SUCCESS")
@@ -96,6 +106,23 @@ def _outputs(table: pa.Table) -> set[str]:
         return set()
     pairs = zip(table.column("output").to_pylist(), table.column("status").to_pylist(), strict=True)
     return {results.output_rel(o) for o, s in pairs if s in DONE and o}
+
+
+def error_rate(rows: pa.Table, manifest_rows: int, limit: float | None) -> dict:
+    """Error rows over the manifest's rows, bad input and transient apart; `exceeded` when bad
+    input is above `limit`. Judged once every row is through (not part-way), so the figure is
+    exact and does not depend on which rows happened to come first."""
+    transient = _transient_errors(rows)
+    errors = _errors(rows)
+    n = max(manifest_rows, 1)
+    bad = (errors - transient) / n
+    exceeded = limit is not None and bad > limit
+    return {"bad_input": round(bad, 6), "transient": round(transient / n, 6),
+            "max": limit, "exceeded": exceeded}  # fmt: skip
+
+
+def _errors(rows: pa.Table) -> int:
+    return pc.sum(pc.equal(rows.column("status"), Status.ERROR.value)).as_py() or 0
 
 
 def _transient_errors(rows: pa.Table) -> int:

@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from batch_inpaint.config import batch_size_for
+from batch_inpaint.errors import InpaintError
 from batch_inpaint.image.inpaint import region_seed
+from batch_inpaint.job.attempts import BATCH_TRIES, ROW_TRIES, Attempts, given_up
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.workitem import (
     CROP_MASKS,
@@ -37,7 +39,8 @@ from batch_inpaint.job.workitem import (
     row_error,
 )
 from batch_inpaint.models.base import Inpainter
-from batch_inpaint.vocab import Status
+from batch_inpaint.models.memory import pass_memory_gb
+from batch_inpaint.vocab import ErrorKind, Status
 
 InpainterFactory = Callable[[JobContext], Inpainter]  # picklable: Ray ships it to each actor
 
@@ -60,17 +63,19 @@ class ModelStage:
         check_spec(ctx.spec, inpainter.spec)
         self.inpainter = inpainter
         self.on_gpu = str(getattr(inpainter, "device", "cpu")).startswith("cuda")
+        out = ctx.config.output
+        self.attempts = Attempts(ctx.storage, out) if out and ctx.storage else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
         MODEL_INPUT.check(table)
         t0 = time.perf_counter()
         status = table.column(STATUS).to_pylist()
         pending = [i for i, s in enumerate(status) if s == Status.PENDING.value]
-        outcome = self._run(table, pending) if pending else ModelOutcome()
+        ids = table.column("id").to_pylist()
+        outcome = self._counted(table, pending, ids) if pending else ModelOutcome()
         share = (time.perf_counter() - t0) / max(1, len(pending))
         kinds = table.column(ERROR_KIND).to_pylist()
         errors = table.column(ERROR).to_pylist()
-        ids = table.column("id").to_pylist()
         for i, exc in outcome.failures.items():
             status[i] = Status.ERROR.value
             kinds[i], errors[i] = row_error(ids[i], exc)
@@ -86,6 +91,29 @@ class ModelStage:
         }
         columns = {name: pa.array(v, types.field(name).type) for name, v in values.items()}
         return MODELLED.check(replace_columns(table.drop_columns([CROPS, CROP_MASKS]), columns))
+
+    def _counted(self, table: pa.Table, pending: list[int], ids: list) -> ModelOutcome:
+        """_run with its starts recorded (job/attempts.py): a batch whose worker died
+        BATCH_TRIES times runs row by row, and a row that killed it ROW_TRIES times alone
+        becomes an out_of_memory error row without running the model again."""
+        if self.attempts is None:
+            return self._run(table, pending)
+        batch = [str(ids[i]) for i in pending]
+        if self.attempts.start("batch", batch) <= BATCH_TRIES:
+            outcome = self._run(table, pending)
+        else:
+            outcome = ModelOutcome()
+            for i in pending:
+                row = [str(ids[i])]
+                if self.attempts.start("row", row) > ROW_TRIES:
+                    outcome.failures[i] = given_up(row[0])  # its record stays: given up
+                    continue
+                one = self._run(table, [i])
+                outcome.failures.update(one.failures)
+                outcome.results.update(one.results)
+                self.attempts.done("row", row)
+        self.attempts.done("batch", batch)
+        return outcome
 
     def _run(self, table: pa.Table, pending: list[int]) -> ModelOutcome:
         crops = table.column(CROPS).to_pylist()
@@ -121,6 +149,28 @@ class ModelStage:
                         done[i][j] = np.ascontiguousarray(res[0], dtype=np.uint8).tobytes()
         out.results = {i: r for i, r in done.items() if i not in out.failures}
         return out
+
+
+def check_memory(regions, ctx: JobContext) -> None:
+    """The prepare stage's guard: InpaintError (too_large) naming the working size when a model
+    pass at it is estimated (models/memory.py) to need more than max_model_memory_gb."""
+    limit = ctx.config.max_model_memory_gb
+    if limit is None:
+        return
+    cfg = ctx.config
+    on_gpu = cfg.device.startswith("cuda")
+    fp32 = cfg.dtype == "fp32" or (cfg.dtype == "auto" and not on_gpu)
+    for w, h in sorted({r.work_size for r in regions}):
+        batch = cfg.batch_size or batch_size_for(w, h, on_gpu)
+        need = pass_memory_gb(ctx.spec.backend, w, h, batch, 4 if fp32 else 2)
+        if need is not None and need > limit:
+            raise InpaintError(
+                f"working size {w}x{h} needs about {need:.1f} GB for a model pass (estimate for "
+                f"backend {ctx.spec.backend}, batch {batch}, {'fp32' if fp32 else 'fp16'}), more "
+                f"than max_model_memory_gb {limit:g}: lower max_side or crop_size, use crop mode, "
+                "or raise max_model_memory_gb",
+                kind=ErrorKind.TOO_LARGE.value,
+            )
 
 
 def load_model(ctx: JobContext) -> Inpainter:

@@ -16,6 +16,7 @@ from batch_inpaint.errors import InpaintError, MaskError
 from batch_inpaint.image import codec, masks
 from batch_inpaint.image.inpaint import prepare
 from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.model_stage import check_memory
 from batch_inpaint.job.workitem import PREPARED, WorkItem, prepared_columns, replace_columns
 from batch_inpaint.params import MaskOptions, derive_seed, row_generation
 from batch_inpaint.storage.uri import redact_uri, resolve
@@ -61,6 +62,7 @@ def prepare_row(row: Mapping, ctx: JobContext) -> WorkItem:
     h, w = rgb.shape[:2]
     raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
     prep = prepare(rgb, raw, opts, ctx.spec.native_size, ctx.spec.size_multiple)
+    check_memory(prep.regions, ctx)  # a size that can't fit fails here, not in a killed worker
     item = WorkItem(
         status=Status.PENDING if prep.regions else Status.SKIPPED,
         width=w,

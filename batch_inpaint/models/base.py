@@ -10,6 +10,7 @@ import numpy as np
 from batch_inpaint.errors import ModelError
 from batch_inpaint.models.spec import ModelSpec
 from batch_inpaint.params import GenerationParams
+from batch_inpaint.vocab import ErrorKind
 
 
 class Inpainter(ABC):
@@ -77,7 +78,7 @@ class Inpainter(ABC):
 
         A failing batch (CUDA out of memory, or an error on one image) is split in halves and
         retried down to single images; an image that fails alone gets a ModelError instead of its
-        results.
+        results (kind `out_of_memory`, transient, when it ran out of memory even alone).
         Seeds are per image, so splitting does not change any result.
         """
         n = len(images)
@@ -87,8 +88,11 @@ class Inpainter(ABC):
             return [flat[i * k : (i + 1) * k] for i in range(n)]
         except Exception as exc:  # noqa: BLE001 - any model failure is isolated to its image
             if n == 1:
-                what = "out of GPU memory" if is_out_of_memory(exc) else type(exc).__name__
-                return [ModelError(f"model failed on this image ({what}): {exc}")]
+                if is_out_of_memory(exc):  # the worker's memory, not the row: redone by default
+                    free_cuda_cache()
+                    return [ModelError(f"model ran out of memory on this image alone: {exc}",
+                                       kind=ErrorKind.OUT_OF_MEMORY.value)]  # fmt: skip
+                return [ModelError(f"model failed on this image ({type(exc).__name__}): {exc}")]
             free_cuda_cache()
             h = n // 2
             parts = (slice(0, h), slice(h, n))

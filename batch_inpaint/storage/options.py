@@ -24,8 +24,10 @@ class StorageOptions:
     anon: bool = False
     allow_http: bool = False  # allow http(s):// URIs for images and masks
     allowed_buckets: tuple[str, ...] | None = None  # None: any bucket
-    retries: int = 5  # attempts in all for a transient error, the first included
-    backoff_s: float = 0.2  # first wait; doubles each attempt, with jitter
+    # attempts in all for a transient error, the first included: 7 with a 0.5 s first wait ride
+    # out 13-25 s of throttling or resets (tests/test_job_storage_storm.py)
+    retries: int = 7
+    backoff_s: float = 0.5  # first wait; doubles each attempt, with jitter
     max_backoff_s: float = 10.0
     timeout_s: float = 60.0
     key: str | None = None
