@@ -1,8 +1,8 @@
 """batch-inpaint: distributed batch image inpainting with Stable Diffusion inpainting models.
 
-Public API: `Manifest` (build, check, read and write manifests), `JobConfig` and `run_job` (the Ray
-job), `inpaint_array` and `load_inpainter` (one image in process), `batch_inpaint.compat.pipeline`
-(the ModelScope-style pipeline). Importing this package imports neither torch nor ray.
+Public API: `Manifest` (build, check, read and write manifests), `JobConfig`, `run_job` (the Ray
+job) and `plan_job` (its dry run), `inpaint_array` and `load_inpainter` (one image in process),
+`batch_inpaint.compat.pipeline` (the ModelScope-style pipeline). Importing this package imports neither torch nor ray.
 """
 
 __version__ = "0.1.0"
@@ -16,6 +16,14 @@ def run_job(config: JobConfig, **kwargs):
     from batch_inpaint.job.ray_job import run_job as _run_job
 
     return _run_job(config, **kwargs)
+
+
+def plan_job(config: JobConfig, **kwargs) -> dict:
+    """What `run_job(config)` would do and cost (the dry run): starts no Ray, writes nothing; see
+    batch_inpaint.job.estimate.plan_job."""
+    from batch_inpaint.job.estimate import plan_job as _plan_job
+
+    return _plan_job(config, **kwargs)
 
 
 def inpaint_array(*args, **kwargs):
@@ -32,4 +40,6 @@ def load_inpainter(*args, **kwargs):
     return _load_inpainter(*args, **kwargs)
 
 
-__all__ = ["JobConfig", "Manifest", "inpaint_array", "load_inpainter", "run_job", "__version__"]
+__all__ = [
+    "JobConfig", "Manifest", "inpaint_array", "load_inpainter", "plan_job", "run_job", "__version__",
+]  # fmt: skip

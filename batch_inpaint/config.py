@@ -90,9 +90,15 @@ class JobConfig:
                                    help="CPUs per model actor")
     cpus_per_task: float = option(1.0, group="execution", lo=0, lo_open=True,
                                   help="CPUs per read/decode and paste/encode/write task")
+    max_model_memory_gb: float | None = option(None, group="execution", lo=0, lo_open=True,
+                                               help="refuse rows whose model pass needs more "
+                                               "memory (estimated per working size); unset: no "
+                                               "check")
     address: str | None = option(None, group="execution", help="Ray cluster to join; unset: "
                                  "RAY_ADDRESS (ray job submit sets it), else a private local "
                                  "instance; 'local' forces a private one")
+    verbose: bool = option(False, group="execution", help="show Ray's own log lines and "
+                           "progress bars on the terminal (they always go to Ray's log files)")
     output_format: str = option("png", group="outputs", choices=FORMATS,
                                 help="format of output images")
     jpeg_quality: int = option(95, group="outputs", lo=1, hi=100, help="JPEG/WebP quality")
@@ -119,6 +125,10 @@ class JobConfig:
     flush_interval_s: float = option(30.0, group="outputs", lo=0, help="…or every N seconds")
     progress_interval_s: float = option(10.0, group="outputs", lo=0,
                                         help="log a progress line every N seconds")
+    max_error_rate: float | None = option(None, group="outputs", lo=0, hi=1,
+                                          help="exit 4, no _SUCCESS, when error rows of bad input "
+                                          "exceed this fraction of the manifest's rows (transient "
+                                          "errors counted apart); unset: no limit")
     report_sample: int = option(24, group="outputs", lo=0,
                                 help="rows shown in report.html's contact sheet")
     # credentials come from the environment or profile and are never stored
@@ -137,7 +147,9 @@ class JobConfig:
         values = {k.replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(values) - set(KEYS) - set(PARTS))
         if unknown:
-            raise ConfigError(f"config: unknown field(s) {unknown}; known fields: {sorted(KEYS)}")
+            from batch_inpaint.cli.flags import unknown_fields
+
+            raise ConfigError(unknown_fields("config", unknown, KEYS))
         for f in fields(self):
             if f.name in PARTS:
                 part = values.get(f.name) or PARTS[f.name]()
@@ -229,7 +241,9 @@ class JobConfig:
         data = {k.replace("-", "_"): v for k, v in (data or {}).items()}
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
-            raise ConfigError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(KEYS)}")
+            from batch_inpaint.cli.flags import unknown_fields
+
+            raise ConfigError(unknown_fields(source, unknown, KEYS))
         return cls(**data)
 
     @classmethod
@@ -238,6 +252,10 @@ class JobConfig:
 
         try:
             text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(
+                f"cannot read config file {path}: not found (no such file); check the path"
+            ) from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         try:

@@ -25,6 +25,8 @@ from tests.fixtures_ray import REPO
 # field -> values that must be refused, each with an error naming the field
 BAD_VALUES = {
     "manifest": [3],
+    "max_error_rate": [1.5, -0.1, "0.2", float("nan")],
+    "max_model_memory_gb": [0, -1.0],
     "output": [None],
     "backend": ["torch", ""],
     "model": [5],
@@ -58,6 +60,9 @@ BAD_VALUES = {
     "cpus_per_actor": [0, -1],
     "cpus_per_task": [0],
     "address": [6379],
+    "verbose": ["yes", 1],
+    "prune": ["yes", 1],
+    "allow_non_empty_output": ["no", 0],
     "output_format": ["gif", "PNG"],
     "jpeg_quality": [0, 101],
     "png_compress_level": [-1, 10],

@@ -16,12 +16,17 @@ from batch_inpaint.errors import InpaintError
 from batch_inpaint.vocab import ErrorKind, ExitCode
 
 # module name -> registers one or more subcommands; imported lazily so `--help` stays fast.
-COMMAND_MODULES = ("inpaint", "manifest", "run", "serve", "demo")
+COMMAND_MODULES = ("inpaint", "manifest", "run", "serve", "demo", "detect", "report")
 
 
 def job_exit_status(summary: Mapping[str, Any]) -> ExitCode:
-    """A finished job's status: OK when it wrote _SUCCESS, INCOMPLETE otherwise."""
-    return ExitCode.OK if summary.get("success") else ExitCode.INCOMPLETE
+    """A finished job's status: OK when it wrote _SUCCESS; ERROR_RATE when error rows of bad
+    input exceeded max_error_rate (a rerun can't fix that); INCOMPLETE otherwise."""
+    if summary.get("success"):
+        return ExitCode.OK
+    if (summary.get("error_rate") or {}).get("exceeded"):
+        return ExitCode.ERROR_RATE
+    return ExitCode.INCOMPLETE
 
 
 def error_exit_status(exc: InpaintError) -> ExitCode:
@@ -31,7 +36,9 @@ def error_exit_status(exc: InpaintError) -> ExitCode:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from batch_inpaint.cli.flags import SuggestingParser  # "did you mean" for unknown flags
+
+    parser = SuggestingParser(
         prog="batch-inpaint",
         description="Inpaint images at scale with Stable Diffusion inpainting models.",
     )

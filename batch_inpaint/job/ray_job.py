@@ -11,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
+import warnings
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job import plan
+from batch_inpaint.job import attempts, plan
 from batch_inpaint.job.finalize import finalize
+from batch_inpaint.job.report_progress import Progress, native_stderr_to
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import Status
@@ -36,7 +37,8 @@ def run_job(config: JobConfig, *, echo=print, inpainter_factory=None) -> dict:
     with plan.lock_for(run):
         job = plan.open_run(run, state)
         if job.todo:
-            _process(job, inpainter_factory)
+            with attempts.watch(storage, config.output, run.echo):  # says when actors die
+                _process(job, inpainter_factory)
         job.writer.flush()
         return finalize(run)
 
@@ -47,28 +49,37 @@ def _process(job: plan.Plan, inpainter_factory) -> None:
 
     run = job.run
     cfg, echo = run.config, run.echo
-    _init_ray(cfg, echo)
-    gpus = _gpus_per_actor(cfg, ray.cluster_resources().get("GPU", 0), echo)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
-    cfg_run = dataclasses.replace(cfg, device=device)
-    ctx = JobContext(config=cfg_run, storage=run.storage, manifest_base=run.scan.base,
-                     spec=job.spec)  # fmt: skip
-    errors = 0
-    t_last = t_first = time.time()
-    ds = build_dataset(cfg_run, ctx, run.storage, job.exclude, gpus, inpainter_factory)
-    # No prefetch: with it, Ray Data hands over a finished block only once the next one is
-    # ready, so its rows reach a metadata part a whole block later (lost if killed meanwhile).
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0):
-        job.writer.add(batch)
-        run.processed += batch.num_rows
-        errors += pc.sum(pc.equal(batch.column("status"), Status.ERROR.value)).as_py() or 0
-        if time.time() - t_last >= cfg.progress_interval_s:
-            t_last = time.time()
-            rate = run.processed / max(t_last - t_first, 1e-9)
-            echo(f"progress: {run.processed}/{job.todo} rows, {rate:.2f} rows/s, {errors} errors")
+    cluster = _init_ray(cfg, echo)
+    logs = cluster.session_dir and os.path.join(cluster.session_dir, "logs")
+    if logs and not cfg.verbose:
+        where = "" if cluster.source in ("local", "existing") else " (the workers' on their nodes)"
+        echo(f"batch-inpaint: Ray's own logs are in {logs}{where}; --verbose shows them here")
+    # Ray's core worker writes some harmless lines that read like errors to the driver's
+    # stderr (and to its log file): off the terminal unless verbose.
+    stderr_log = None if cfg.verbose or not logs else os.path.join(logs, "batch-inpaint-driver.err")
+    with native_stderr_to(stderr_log):
+        gpus = _gpus_per_actor(cfg, ray.cluster_resources().get("GPU", 0), echo)
+        device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
+        cfg_run = dataclasses.replace(cfg, device=device)
+        ctx = JobContext(config=cfg_run, storage=run.storage, manifest_base=run.scan.base,
+                         spec=job.spec)  # fmt: skip
+        ds = build_dataset(cfg_run, ctx, run.storage, job.exclude, gpus, inpainter_factory)
+        progress = Progress(job.todo, cfg.progress_interval_s, echo)
+        try:
+            # No prefetch: with it, Ray Data hands over a finished block only once the next one
+            # is ready, so its rows reach a metadata part a whole block later (lost if killed).
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None,
+                                         prefetch_batches=0):  # fmt: skip
+                job.writer.add(batch)
+                run.processed += batch.num_rows
+                errors = pc.sum(pc.equal(batch.column("status"), Status.ERROR.value)).as_py()
+                progress.update(batch.num_rows, errors or 0)
+        finally:
+            progress.close()
 
 
 BLOCK_BATCHES = 2  # model batches per block: the unit of streaming, retry and progress
+ACTOR_INIT_DEATHS = 5  # consecutive model actors that may die while loading
 
 
 def build_dataset(
@@ -76,6 +87,9 @@ def build_dataset(
 ):
     import ray
 
+    # An actor that dies while loading the model (node lost, OOM) is replaced a few times
+    # (Ray's default: the first such death fails the job).
+    ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
     ds = ray.data.read_parquet(path, filesystem=fs)
     # Always: rows without an id never reach the stages (the driver wrote their error rows).
@@ -84,7 +98,8 @@ def build_dataset(
     # block: one actor would get every row and the driver would see none until the end (no
     # parallel actors, no metadata parts, a killed run loses everything). Blocks of a couple of
     # model batches stream through the pool instead.
-    ds = ds.repartition(target_num_rows_per_block=BLOCK_BATCHES * max(cfg.batch_size, 8))
+    block_rows = BLOCK_BATCHES * max(cfg.batch_size, 8)
+    ds = ds.repartition(target_num_rows_per_block=block_rows)
     ds = ds.map_batches(
         prepare_batch,
         batch_format="pyarrow",
@@ -92,15 +107,21 @@ def build_dataset(
         fn_kwargs={"ctx": ctx},
         num_cpus=cfg.cpus_per_task,
     )
-    ds = ds.map_batches(
-        ModelStage,
-        batch_format="pyarrow",
-        batch_size=max(cfg.batch_size, 8),
-        fn_constructor_kwargs={"ctx": ctx, "inpainter_factory": inpainter_factory},
-        compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
-        num_gpus=gpus or None,
-        num_cpus=cfg.cpus_per_actor,
-    )
+    with warnings.catch_warnings():  # Ray 2.60 has no named parameter for these two yet
+        warnings.filterwarnings("ignore", message=".*ray_remote_args. is deprecated")
+        ds = ds.map_batches(
+            ModelStage,
+            batch_format="pyarrow",
+            batch_size=max(cfg.batch_size, 8),
+            fn_constructor_kwargs={"ctx": ctx, "inpainter_factory": inpainter_factory},
+            compute=ray.data.ActorPoolStrategy(min_size=cfg.min_actors, max_size=cfg.max_actors),
+            num_gpus=gpus or None,
+            num_cpus=cfg.cpus_per_actor,
+            # Actors always come back (node loss); a block's task is retried a bounded number
+            # of times (Ray's default: for ever); job/attempts.py turns deaths into error rows.
+            max_restarts=-1,
+            max_task_retries=attempts.task_retries(block_rows),
+        )
     return ds.map_batches(
         finish_batch,
         batch_format="pyarrow",
@@ -141,14 +162,24 @@ def _gpus_per_actor(cfg: JobConfig, cluster_gpus: float, echo=print) -> float:
     return 0.0
 
 
-def _init_ray(cfg: JobConfig, echo) -> None:
+def _init_ray(cfg: JobConfig, echo):
     """Join --address or RAY_ADDRESS, else start a private local instance (never a cluster that
-    merely runs on this machine); see job/cluster.py."""
+    merely runs on this machine); see job/cluster.py. Returns the Cluster.
+
+    Unless verbose, Ray keeps its own lines off the terminal: workers' output is not forwarded
+    (log_to_driver), the driver's "ray" logger shows errors only, Ray Data's console handler too
+    (its file handler still writes ray-data.log) and its progress bars are off."""
     import ray
 
     from batch_inpaint.job.cluster import connect
 
-    connect(cfg.address, echo=echo, log_to_driver=True, logging_level=logging.WARNING)
-    ray.data.DataContext.get_current().enable_progress_bars = (
+    level = logging.WARNING if cfg.verbose else logging.ERROR
+    cluster = connect(cfg.address, echo=echo, log_to_driver=cfg.verbose, logging_level=level)
+    data = ray.data.DataContext.get_current()
+    data.enable_progress_bars = cfg.verbose and (
         os.environ.get("BATCH_INPAINT_PROGRESS_BARS", "1") == "1"
     )
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":
+            handler.setLevel(logging.INFO if cfg.verbose else logging.ERROR)
+    return cluster

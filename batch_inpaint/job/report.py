@@ -1,25 +1,20 @@
-"""What the user reads at the end: a summary on the terminal and `{output}/report.html`, one
-self-contained page (thumbnails inlined) with the run's numbers, a contact sheet of a sample of rows
-(input | mask | output) and every error row with its message."""
+"""What the user reads at the end of a run: the summary on the terminal, `{output}/report.html`
+(job/report_html.py) and, on request, side-by-side pictures (input | mask | output) of the report's
+sample. `regenerate` rebuilds both for any finished output (`batch-inpaint report`)."""
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
+import time
+from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-from PIL import Image
 
-from batch_inpaint.image import codec
-from batch_inpaint.job.results import output_rel
-from batch_inpaint.storage.uri import join
-from batch_inpaint.vocab import DONE, Status
-
-THUMB = 256
-MAX_ERRORS_SHOWN = 1000
+from batch_inpaint.job.report_html import render as render
+from batch_inpaint.job.report_pictures import row_pictures as row_pictures
+from batch_inpaint.job.report_pictures import sample_indices
+from batch_inpaint.storage.uri import is_local, join, local_path
+from batch_inpaint.vocab import DONE
 
 
 def summary_text(summary: dict, report_uri: str | None) -> str:
@@ -51,87 +46,126 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     return "\n".join(lines)
 
 
-def _thumb(rgb: np.ndarray) -> str:
-    im = Image.fromarray(rgb)
-    im.thumbnail((THUMB, THUMB))
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A result row's input, its mask as the job built it (RGB, white = inpainted) and its output,
-    decoded the way the job decodes them (EXIF orientation, alpha masks)."""
-    from batch_inpaint.image.masks import finish_mask
-    from batch_inpaint.job.prepare import build_mask
-    from batch_inpaint.storage.uri import manifest_base, resolve
-
-    base = manifest_base(cfg.manifest)
-    mask_options = cfg.inpaint_options().mask
-    rgb, alpha = codec.decode_image_with_alpha(storage.read_bytes(resolve(row["image"], base)))
-    h, w = rgb.shape[:2]
-    raw = build_mask(row, (w, h), alpha, storage, base, mask_options)
-    hard, _ = finish_mask(raw, mask_options)
-    out = codec.decode_image(storage.read_bytes(join(cfg.output, output_rel(row["output"]))))
-    return rgb, np.repeat(hard[..., None], 3, axis=2), out
-
-
-def _row_images(row: dict, storage, cfg) -> tuple[str, str, str]:
-    a, m, o = row_pictures(row, storage, cfg)
-    return _thumb(a), _thumb(m), _thumb(o)
-
-
-def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
-    rows = table.to_pylist() if table.num_rows else []
-    ok = [r for r in rows if r.get("status") in DONE and r.get("output")]
-    errors = [r for r in rows if r.get("status") == Status.ERROR.value]
-    cards = []
-    for r in ok[:sample]:
-        try:
-            a, m, o = _row_images(r, storage, cfg)
-            cells = (
-                f'<img src="{a}" alt="input"><img src="{m}" alt="mask"><img src="{o}" alt="output">'
-            )
-        except Exception as exc:  # noqa: BLE001 - a thumbnail that can't be made is not fatal
-            cells = f"<p>thumbnail unavailable: {html.escape(str(exc))}</p>"
-        cards.append(
-            f'<div class="card" data-id="{html.escape(str(r["id"]))}"><h3>{html.escape(str(r["id"]))} '
-            f'<small>{html.escape(r["status"])}</small></h3><div class="trio">{cells}</div></div>'
-        )
-    err_rows = "".join(
-        f"<tr><td>{html.escape(str(r['id']))}</td><td>{html.escape(str(r.get('error_kind')))}</td>"
-        f"<td>{html.escape(str(r.get('error')))}</td></tr>"
-        for r in errors[:MAX_ERRORS_SHOWN]
-    )
-    more = (
-        f"<p>... and {len(errors) - MAX_ERRORS_SHOWN} more (see metadata/)</p>"
-        if len(errors) > MAX_ERRORS_SHOWN
-        else ""
-    )
-    c = summary.get("counts", {})
-    kinds = "".join(
-        f"<li>{html.escape(k)}: {n}</li>" for k, n in summary.get("errors_by_kind", {}).items()
-    )
-    problems = "".join(f"<li>{html.escape(p)}</li>" for p in summary.get("problems", []))
-    state = "SUCCESS" if summary.get("success") else "INCOMPLETE"
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>batch-inpaint report {html.escape(summary.get("run_id", ""))}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}} .nums span{{display:inline-block;margin-right:2em;font-size:1.3em}}
-.card{{margin:1em 0}} .trio img{{max-width:256px;margin-right:6px;border:1px solid #ccc}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}} .SUCCESS{{color:#080}} .INCOMPLETE{{color:#b00}}</style></head>
-<body><h1>batch-inpaint report <span class="{state}" id="state">{state}</span></h1>
-<p>output: <code>{html.escape(summary.get("output", ""))}</code> · run {html.escape(summary.get("run_id", ""))}</p>
-<div class="nums"><span id="n-ok">ok: {c.get("ok", 0)}</span><span id="n-error">error: {c.get("error", 0)}</span>
-<span id="n-skipped">skipped: {c.get("skipped", 0)}</span><span>rows/s: {summary.get("rows_per_s", 0)}</span></div>
-<h2>Errors by kind</h2><ul id="kinds">{kinds or "<li>none</li>"}</ul>
-{f"<h2>Problems</h2><ul>{problems}</ul>" if problems else ""}
-<h2>Timings</h2><pre>{html.escape(json.dumps(summary.get("stage_seconds_total", {}), indent=1))}</pre>
-<h2>Sample (input | mask | output)</h2><div id="sample">{"".join(cards) or "<p>no finished rows</p>"}</div>
-<h2>Error rows</h2><table id="errors"><tr><th>id</th><th>kind</th><th>message</th></tr>{err_rows}</table>{more}
-</body></html>"""
-
-
 def write_report(storage, cfg, table: pa.Table, summary: dict) -> str:
     uri = join(cfg.output, "report.html")
     page = render(summary, table, cfg, storage, cfg.report_sample)
-    storage.write_bytes(uri, page.encode("utf-8"))
+    storage.write_bytes(uri, page.encode("utf-8"), root=cfg.output)
     return uri
+
+
+def side_by_side(output: str | Path, dest: str | Path | None = None, *, storage=None,
+                 cfg=None, table: pa.Table | None = None, run_id: str | None = None) -> list[Path]:  # fmt: skip
+    """One PNG per finished row of the report's sample (input | mask | output) in `dest`
+    (default: `side_by_side/` in a local output). The config comes from the output's job.json."""
+    import numpy as np
+    from PIL import Image
+
+    from batch_inpaint.job import results
+
+    output = str(output)
+    if cfg is None or storage is None:
+        cfg, storage, run_id = load_job(output, storage)
+    if table is None:
+        table, _ = results.read_results(storage, output)
+    if dest is None:
+        if not is_local(output):
+            raise ValueError("side_by_side: give a local folder for an object-storage output")
+        dest = Path(local_path(output)) / "side_by_side"
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    made = []
+    if table is None:
+        return made
+    idx = sample_indices(table, cfg.report_sample, run_id or "report")
+    for row in table.take(pa.array(idx, pa.int64())).to_pylist():
+        if row["status"] not in DONE or not row.get("output"):
+            continue
+        sheet = np.concatenate(row_pictures(row, storage, cfg), axis=1)
+        path = dest / f"{Path(row['output']).stem}.png"
+        Image.fromarray(sheet).save(path, compress_level=3)
+        made.append(path)
+    return made
+
+
+def load_job(output: str, storage=None):
+    """The config (from job.json, with `output` as given: job.json's is redacted), a Storage for
+    it, and the last run id. ConfigError when the location holds no batch-inpaint output."""
+    from batch_inpaint.config import KEYS, JobConfig
+    from batch_inpaint.errors import ConfigError, NotFoundError
+    from batch_inpaint.storage.store import Storage
+
+    probe = storage or Storage()
+    try:
+        body = json.loads(probe.read_bytes(join(output, "job.json")))
+    except NotFoundError:
+        raise ConfigError(
+            f"{output}: no job.json, so no run of batch-inpaint wrote here; give the --output "
+            "of a run"
+        ) from None
+    except ValueError as exc:
+        raise ConfigError(f"{join(output, 'job.json')} is not valid JSON: {exc}") from None
+    known = {k: v for k, v in (body.get("config") or {}).items() if k in KEYS}
+    cfg = JobConfig.from_dict({**known, "output": output}, source=join(output, "job.json"))
+    return cfg, storage or Storage(cfg.storage_options()), body.get("run_id")
+
+
+def lock_holder(storage, output: str, ttl_s: float = 120.0) -> dict | None:
+    """The body of `{output}/_LOCK` when a live run holds it (read only; never taken), else None."""
+    from batch_inpaint.errors import InpaintError
+    from batch_inpaint.job.lock import OutputLock, _parse, _renewed_at
+
+    try:
+        body = _parse(storage.read_bytes(join(output, "_LOCK")))
+    except InpaintError:  # not found, or unreadable: nobody we can name holds it
+        return None
+    if body is None or OutputLock(storage, output, ttl_s)._holder_died(body):
+        return None
+    age = time.time() - _renewed_at(body)
+    return (
+        {**body, "age_s": round(age, 1)}
+        if age < float(body.get("stale_after_s") or ttl_s)
+        else None
+    )
+
+
+def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = None) -> dict:
+    """Rebuild report.html of a finished output (and side-by-side PNGs when a folder is given or
+    the output is local). Returns {"report", "summary", "side_by_side", "pictures"}."""
+    from batch_inpaint.errors import ConfigError
+    from batch_inpaint.job import results
+    from batch_inpaint.job.lock import LockedError
+    from batch_inpaint.manifest.schema import RESULT_SCHEMA
+
+    cfg, storage, run_id = load_job(output, storage)
+    held = lock_holder(storage, output, cfg.lock_ttl_s)
+    if held:
+        raise LockedError(
+            f"{join(output, '_LOCK')}: a run into this output is in progress (host "
+            f"{held.get('host', '?')} process {held.get('pid', '?')}); make the report after it ends"
+        )
+    table, _ = results.read_results(storage, output)
+    table = table if table is not None else RESULT_SCHEMA.empty_table()
+    success_file = storage.exists(join(output, "_SUCCESS"))
+    try:
+        summary = json.loads(storage.read_bytes(join(output, "run.json")))
+    except Exception:  # noqa: BLE001 - a run that never finished wrote none: summarize here
+        summary = results.summarize(table, time.time(), time.time(), 0)
+        summary.update(run_id=run_id, problems=["run.json is missing: the last run did not "
+                                                 "finish; rerun the job to finish it"])  # fmt: skip
+    if not isinstance(summary, dict):
+        raise ConfigError(f"{join(output, 'run.json')} does not hold a run summary")
+    if summary.get("success") and not success_file:
+        summary.setdefault("problems", []).append(
+            "_SUCCESS is missing: a later run started and did not finish; rerun to finish it"
+        )
+    summary.update(output=output, success=bool(summary.get("success")) and success_file)
+    uri = write_report(storage, cfg, table, summary)
+    dest = side_by_side_dir
+    if dest is None and is_local(output):
+        dest = Path(local_path(output)) / "side_by_side"
+    made = []
+    if dest is not None:
+        run = summary.get("run_id") or run_id
+        made = side_by_side(output, dest, storage=storage, cfg=cfg, table=table, run_id=run)
+    return {"report": uri, "summary": summary, "side_by_side": str(dest) if dest else None,
+            "pictures": [str(p) for p in made]}  # fmt: skip

@@ -9,11 +9,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.errors import ConfigError, InpaintError
+from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
 from batch_inpaint.job.finish import redact_columns
 from batch_inpaint.job.guard import input_locations
 from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
-from batch_inpaint.storage.store import Storage
+from batch_inpaint.storage.store import Storage, access_error
 from batch_inpaint.storage.uri import manifest_base, redact_uri
 from batch_inpaint.vocab import ErrorKind, Status
 
@@ -66,9 +66,13 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
         table = dataset.to_table(columns=names)
     except InpaintError:
         raise
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: not found") from None
     except (OSError, pa.ArrowInvalid) as exc:
+        missing = access_error(cfg.manifest, exc, "reading the manifest", cfg.profile)
+        if isinstance(missing, NotFoundError):
+            raise ConfigError(f"{missing}; check the path (or build a manifest with "
+                              "`batch-inpaint manifest build`)") from None  # fmt: skip
+        if missing is not None:
+            raise ConfigError(str(missing)) from None
         raise ConfigError(f"cannot read {where}: {exc}") from None
     ids = pc.cast(table.column("id"), pa.string()).to_pylist()
     positions: dict[str | None, list[int]] = {}

@@ -21,7 +21,7 @@ from batch_inpaint.errors import ConfigError, ManifestError, NotFoundError
 from batch_inpaint.manifest.pairing import IMAGE_EXTENSIONS, Unpaired, pair_files
 from batch_inpaint.manifest.schema import MANIFEST_SCHEMA, conform_manifest
 from batch_inpaint.manifest.validation import ValidationReport, validate_table
-from batch_inpaint.storage.store import Storage, StorageOptions
+from batch_inpaint.storage.store import Storage, StorageOptions, access_error
 from batch_inpaint.storage.uri import is_local, local_path, redact_uri
 
 ROW_GROUP_ROWS = 10_000  # ~1-3 MB of manifest rows: readers split and stream files by row group
@@ -141,9 +141,15 @@ class Manifest:
         """A manifest from one Parquet file or a directory of them (as written by write)."""
         st = _storage(storage)
         fs, path = st.pyarrow_filesystem(uri)
-        info = fs.get_file_info(path)
+        what = "reading the manifest"
+        try:
+            info = fs.get_file_info(path)
+        except OSError as exc:
+            raise access_error(uri, exc, what, st.options.profile) or ManifestError(
+                f"{redact_uri(uri)}: can't read it: {exc}"
+            ) from None
         if info.type == pafs.FileType.NotFound:
-            raise NotFoundError(f"{redact_uri(uri)}: no manifest here")
+            raise NotFoundError(f"{access_error(uri, FileNotFoundError(), what)}; check the path")
         files = [path]
         if info.type == pafs.FileType.Directory:
             files = _parquet_files(fs, path)
@@ -154,7 +160,9 @@ class Manifest:
             try:
                 tables.append(pq.read_table(f, filesystem=fs, partitioning=None))
             except (OSError, pa.ArrowInvalid) as exc:
-                raise ManifestError(f"{redact_uri(uri)}: can't read {f}: {exc}") from None
+                raise access_error(uri, exc, what, st.options.profile) or ManifestError(
+                    f"{redact_uri(uri)}: can't read {f}: {exc}"
+                ) from None
         try:
             table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         except pa.ArrowInvalid as exc:

@@ -141,18 +141,9 @@ class Storage:
                 raise
             except Exception as exc:
                 shown = redact_uri(uri)
-                local = is_local(uri)
-                if isinstance(exc, FileNotFoundError):
-                    why = "not found (no such file or folder)" if local else "not found (404)"
-                    raise NotFoundError(f"{shown}: {why} while {what}") from exc
-                if isinstance(exc, PermissionError):
-                    raise AccessDeniedError(
-                        f"{shown}: permission denied while {what}; check the file's and its "
-                        "folders' owner and permissions"
-                        if local
-                        else f"{shown}: access denied (403) while {what}; check the credentials "
-                        f"(profile {o.profile or 'default'}) and the bucket policy"
-                    ) from exc
+                missing_or_denied = access_error(uri, exc, what, o.profile)
+                if missing_or_denied is not None:
+                    raise missing_or_denied from exc
                 if not is_transient(exc):
                     raise StorageError(f"{shown}: {what} failed: {exc}") from exc
                 if attempt == o.retries:
@@ -278,6 +269,30 @@ class Storage:
                 continue  # 'images2/x' is not under 'images'
             out.append(p if is_local(prefix) else prefix.rstrip("/") + p[len(root) :])
         return sorted(out)
+
+
+def access_error(
+    uri: str, exc: BaseException, what: str, profile: str | None = None
+) -> NotFoundError | AccessDeniedError | None:
+    """The error an exception from `what` on `uri` means when the object is missing or may not
+    be read, worded for where it is (a local path gets no HTTP code); None for anything else.
+    Also for pyarrow's errors, which say ACCESS_DENIED or carry errno EACCES."""
+    import errno
+
+    shown, local, text = redact_uri(uri), is_local(uri), str(exc)
+    if isinstance(exc, FileNotFoundError) or (not local and "NoSuchKey" in text):
+        why = "not found (no such file or folder)" if local else "not found (404)"
+        return NotFoundError(f"{shown}: {why} while {what}")
+    denied = isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EACCES
+    if denied or (not local and ("ACCESS_DENIED" in text or "AccessDenied" in text)):
+        return AccessDeniedError(
+            f"{shown}: permission denied while {what}; check the file's and its folders' "
+            "owner and permissions"
+            if local
+            else f"{shown}: access denied (403) while {what}; check the credentials "
+            f"(profile {profile or 'default'}) and the bucket policy"
+        )
+    return None
 
 
 def _is_dir(path: str) -> bool:
