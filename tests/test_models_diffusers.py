@@ -222,7 +222,7 @@ def test_uri_models_are_fetched_through_storage(monkeypatch, tmp_path, tiny_mode
 
     import batch_inpaint.storage.model_cache as storage_module
 
-    # The storage area tests the download itself (tests/test_storage*); here: that we go through it.
+    # The storage area tests the download itself (tests/storage/); here: that we go through it.
     monkeypatch.setattr(storage_module, "fetch_model_dir", fetch_model_dir)
     marker = object()
     inp = load_inpainter(

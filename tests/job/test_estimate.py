@@ -22,7 +22,7 @@ from batch_inpaint.job import plan
 from batch_inpaint.job.estimate import plan_job
 from batch_inpaint.storage.store import Storage
 from tests.fixtures_ray import box_mask, local_dataset, manifest_bytes, png, sample_image
-from tests.test_report import finished_output
+from tests.job.test_report import finished_output
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -28,7 +28,7 @@ from tests.fixtures_ray import local_dataset, manifest_bytes, manifest_table, pn
 
 EVIL_ID = '<img src=x onerror="document.title=1">'
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
 def bad_rows(root: Path) -> list[dict]:

@@ -18,7 +18,7 @@ from batch_inpaint.params import GenerationParams, row_generation
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import ErrorKind
 from tests.fixtures_s3 import put_objects
-from tests.test_manifest import png
+from tests.manifest.test_manifest import png
 
 
 def test_validate_reports_every_problem(s3_bucket, s3_server, s3_storage_options):

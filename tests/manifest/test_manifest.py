@@ -1,5 +1,5 @@
 """Manifest: building from prefixes (moto S3, local, memory), Parquet round trips, without_done
-(validation: tests/test_validation.py)."""
+(validation: tests/manifest/test_validation.py)."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def test_docs_example_runs(s3_bucket, s3_server, capsys):
     import pathlib
     import re
 
-    doc = (pathlib.Path(__file__).parent.parent / "docs" / "manifests.md").read_text()
+    doc = (pathlib.Path(__file__).parents[2] / "docs" / "manifests.md").read_text()
     code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
     put_objects(s3_server, s3_bucket, {
         "images/sub/cat.jpg": png(8, 6, fmt="JPEG"), "masks/sub/cat_mask.png": png(8, 6, "L"),
