@@ -7,13 +7,12 @@ shape and the same queries run as one forward pass: a result never depends on th
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import Any
 
 import numpy as np
 
 from batch_inpaint.detect.base import Detection, Detector, finalize
+from batch_inpaint.detect.loading import PretrainedProvider
 from batch_inpaint.errors import ConfigError, ModelError
 
 DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"
@@ -21,53 +20,27 @@ MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
 DEFAULT_THRESHOLD = 0.3  # between the model card's box (0.35) and text (0.25) thresholds
 
 
-class GroundingDinoDetector(Detector):
+class GroundingDinoDetector(PretrainedProvider, Detector):
     """Grounding DINO behind the Detector interface. `model`: a Hub id (default
     IDEA-Research/grounding-dino-tiny), a local folder or an s3:// prefix of one."""
 
     name = "grounding-dino"
     default_threshold = DEFAULT_THRESHOLD
+    default_model, model_types, what = DEFAULT_DETECTOR, MODEL_TYPES, "detector"
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: Any = None,
-        storage: Any = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-    ):
+    def load_source(self, source: str, kwargs: dict[str, Any]) -> None:
         from transformers import AutoModelForZeroShotObjectDetection, GroundingDinoProcessor
 
-        from batch_inpaint.detect import loading
-
-        self.model_id, self.revision = os.fspath(model or DEFAULT_DETECTOR), revision
-        self.device, self.dtype = loading.resolve(device, dtype)
-        what = "detector"
-        source, kw = loading.model_source(self.model_id, revision, storage=storage,
-                                          cache_dir=cache_dir, local_files_only=local_files_only,
-                                          what=what)  # fmt: skip
-        loading.check_model_type(source, kw, MODEL_TYPES, model_id=self.model_id, what=what)
-        self.processor = loading.load_processor(GroundingDinoProcessor, source, kw,
-                                                model_id=self.model_id, what=what)  # fmt: skip
-        self.model = loading.load_pretrained(AutoModelForZeroShotObjectDetection, source, kw,
-                                             device=self.device, dtype=self.dtype,
-                                             model_id=self.model_id, revision=revision,
-                                             what=what)  # fmt: skip
+        self.processor = self.pretrained_processor(GroundingDinoProcessor, source, kwargs)
+        self.model = self.pretrained(AutoModelForZeroShotObjectDetection, source, kwargs)
         self._setup()
 
     @classmethod
     def from_model(cls, model: Any, processor: Any, *, model_id: str = "in memory",
                    device: str = "cpu", dtype: Any = None) -> GroundingDinoDetector:  # fmt: skip
         """A detector around a model built in memory (benchmarks of random full-size ones)."""
-        from batch_inpaint.detect import loading
-
-        self = cls.__new__(cls)
-        self.model_id, self.revision = model_id, None
-        self.device, self.dtype = loading.resolve(device, dtype)
-        self.processor, self.model = processor, model.to(self.device, self.dtype).eval()
+        self = cls.adopt(model, model_id=model_id, device=device, dtype=dtype)
+        self.processor = processor
         self._setup()
         return self
 
@@ -75,7 +48,6 @@ class GroundingDinoDetector(Detector):
         tok = self.processor.tokenizer
         self._dot = tok.convert_tokens_to_ids(".")
         self._special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
-        self._lock = threading.Lock()
 
     def _prepare(self, image: np.ndarray, queries: list[str]) -> dict[str, Any]:
         enc = self.processor(images=[image], text=[queries], return_tensors="pt")

@@ -7,10 +7,12 @@ always called with use_safetensors=True. No remote code runs."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from batch_inpaint.errors import ConfigError, ModelError
+from batch_inpaint.models.torch_device import SourcedModel, resolve
 
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -91,15 +93,6 @@ def load_processor(cls: Any, source: str, kwargs: dict[str, Any], *, model_id: s
         ) from exc
 
 
-def resolve(device: str | None, dtype: Any) -> tuple[str, Any]:
-    """(device, torch dtype) by the inpainting models' rules: auto = CUDA when there is one,
-    fp16 there and fp32 on the CPU (half precision on the CPU is refused)."""
-    from batch_inpaint.models.diffusers_backend import resolve_device, resolve_dtype
-
-    dev = resolve_device(device)
-    return dev, resolve_dtype(dtype, dev)
-
-
 def check_model_type(source: str, kwargs: dict[str, Any], allowed: tuple[str, ...], *,
                      model_id: str, what: str) -> Any:  # fmt: skip
     """The checkpoint's config, after checking its model_type is one this provider runs."""
@@ -117,3 +110,41 @@ def check_model_type(source: str, kwargs: dict[str, Any], allowed: tuple[str, ..
             f"{', '.join(allowed)} checkpoints (docs/masks.md)"
         )
     return config
+
+
+class PretrainedProvider(SourcedModel):
+    """The constructor the transformers-backed mask providers share: the checkpoint's source
+    (model_source), a check of its model_type against `model_types`, then `load_source`."""
+
+    what = "model"  # how messages name it: "detector", "segmenter", ...
+    model_types: tuple[str, ...] = ()
+
+    def load(self, *, storage: Any, cache_dir: str | os.PathLike | None,
+             local_files_only: bool) -> None:  # fmt: skip
+        source, kw = model_source(self.model_id, self.revision, storage=storage,
+                                  cache_dir=cache_dir, local_files_only=local_files_only,
+                                  what=self.what)  # fmt: skip
+        check_model_type(source, kw, self.model_types, model_id=self.model_id, what=self.what)
+        self.load_source(source, kw)
+
+    def load_source(self, source: str, kwargs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def pretrained(self, cls: Any, source: str, kwargs: dict[str, Any]) -> Any:
+        """cls's weights by load_pretrained, on this provider's device and dtype."""
+        return load_pretrained(cls, source, kwargs, device=self.device, dtype=self.dtype,
+                               model_id=self.model_id, revision=self.revision,
+                               what=self.what)  # fmt: skip
+
+    def pretrained_processor(self, cls: Any, source: str, kwargs: dict[str, Any]) -> Any:
+        return load_processor(cls, source, kwargs, model_id=self.model_id, what=self.what)
+
+    @classmethod
+    def adopt(cls, model: Any, *, model_id: str, device: str, dtype: Any) -> Any:
+        """An instance around a model built in memory (from_model), loading nothing."""
+        self = cls.__new__(cls)
+        self.model_id, self.revision = model_id, None
+        self.device, self.dtype = resolve(device, dtype)
+        self.model = model.to(self.device, self.dtype).eval()
+        self._lock = threading.Lock()
+        return self

@@ -20,9 +20,9 @@ import pyarrow as pa
 from batch_inpaint.detect.base import detections_arrow_type, parse_queries
 from batch_inpaint.detect.masks import detection_boxes
 from batch_inpaint.detect.provider import MaskProvider
-from batch_inpaint.errors import ConfigError, InpaintError, MaskError, error_kind
-from batch_inpaint.image import masks as M
+from batch_inpaint.errors import ConfigError, InpaintError, error_kind
 from batch_inpaint.image.codec import decode_image_with_alpha
+from batch_inpaint.job.prepare import given_mask
 from batch_inpaint.manifest import Manifest
 from batch_inpaint.params import MaskOptions
 from batch_inpaint.storage.uri import is_local, join, local_path, output_key, redact_uri, resolve
@@ -54,31 +54,6 @@ def row_queries(row: dict[str, Any], default: Sequence[str]) -> list[str]:
         return parse_queries(value, f"column '{QUERY_COLUMN}'")
     except ConfigError as exc:
         raise ConfigError(f"row {row.get('id')!r}: {exc}") from None
-
-
-def user_mask(row, size, alpha, storage, base, options: MaskOptions) -> np.ndarray | None:
-    """The union of the masks the row already gives (as the job builds it), or None."""
-    parts = []
-    if row.get("mask"):
-        uri = resolve(str(row["mask"]), base)
-        try:
-            parts.append(M.mask_from_image(storage.read_bytes(uri), size, options))
-        except InpaintError as exc:
-            raise type(exc)(f"mask {redact_uri(uri)}: {exc}", kind=exc.kind) from None
-    if row.get("mask_boxes"):
-        parts.append(M.mask_from_boxes(row["mask_boxes"], size))
-    if row.get("mask_polygons"):
-        parts.append(M.mask_from_polygons(row["mask_polygons"], size))
-    if row.get("mask_from_alpha"):
-        if alpha is None:
-            raise MaskError("mask_from_alpha is set but the image has no alpha channel")
-        parts.append(M.mask_from_alpha(alpha, options))
-    if not parts:
-        return None
-    out = parts[0]
-    for p in parts[1:]:
-        out = out | p
-    return out
 
 
 def detect_manifest(
@@ -193,7 +168,7 @@ def _finish_row(row, item, provider, storage, base, output, options) -> dict[str
     rgb = item["image"]
     size = (rgb.shape[1], rgb.shape[0])
     try:
-        given = user_mask(row, size, item["alpha"], storage, base, options)
+        given = given_mask(row, size, item["alpha"], storage, base, options)
         union = res.mask if given is None else (res.mask | given)
         uri = absolute(join(output, "masks", output_key(str(row["id"]), ".png")))
         storage.write_bytes(uri, encode_mask(union))

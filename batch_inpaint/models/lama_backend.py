@@ -14,7 +14,6 @@ sizes are multiples of 8 (three stride-2 downsamplings); sides under 16 are padd
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from batch_inpaint.errors import ConfigError, ModelError
 from batch_inpaint.models.base import Inpainter, is_out_of_memory
 from batch_inpaint.models.spec import FILL_IGNORES, ModelSpec
+from batch_inpaint.models.torch_device import SourcedModel, resolve_dtype
 from batch_inpaint.params import GenerationParams
 
 NATIVE_SIZE: int | None = None
@@ -55,14 +55,12 @@ def lama_model_spec(model: str | os.PathLike | None, revision: str | None = None
 def resolve_lama_dtype(dtype: Any, device: str):
     """None/'auto': fp32 on the CPU, CUDA_DEFAULT_DTYPE on CUDA; fp16/bf16 only on CUDA, where
     they run under autocast (weights stay fp32; torch keeps the FFTs in fp32)."""
-    from batch_inpaint.models.diffusers_backend import resolve_dtype
-
     if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
         dtype = CUDA_DEFAULT_DTYPE if device.startswith("cuda") else "fp32"
     return resolve_dtype(dtype, device)
 
 
-class LamaInpainter(Inpainter):
+class LamaInpainter(SourcedModel, Inpainter):
     """LaMa weights loaded through spandrel behind the Inpainter interface."""
 
     backend = "lama"
@@ -70,27 +68,18 @@ class LamaInpainter(Inpainter):
     size_multiple = SIZE_MULTIPLE
     ignores = FILL_IGNORES
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        *,
-        revision: str | None = None,
-        device: str = "auto",
-        dtype: Any = None,
-        storage: Any = None,
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-    ):
-        from batch_inpaint.models.diffusers_backend import resolve_device
+    def check_source(self, model, revision) -> None:
+        lama_model_spec(model, revision)  # a missing model or a refused file type: before any I/O
+
+    def pick_dtype(self, dtype, device):
+        return resolve_lama_dtype(dtype, device)
+
+    def load(self, *, storage, cache_dir, local_files_only) -> None:
         from batch_inpaint.models.lama_weights import load_lama, resolve_weights
 
-        lama_model_spec(model, revision)  # a missing model or a refused file type: before any I/O
-        self.model_id = os.fspath(model)
-        self.revision = revision
-        self.device = resolve_device(device)
-        self.dtype = resolve_lama_dtype(dtype, self.device)
-        self._lock = threading.Lock()
-        self.weights = resolve_weights(model, revision, storage, cache_dir, local_files_only)
+        self.weights = resolve_weights(
+            self.model_id, self.revision, storage, cache_dir, local_files_only
+        )
         try:
             self.descriptor = load_lama(self.weights, self.device)
         except Exception as exc:
@@ -113,22 +102,8 @@ class LamaInpainter(Inpainter):
         import torch
 
         # 1. Check inputs
+        h, w = self.check_batch(images, masks, prompts, negative_prompts, seeds)
         n = len(images)
-        if not n or not len(masks) == len(prompts) == len(negative_prompts) == len(seeds) == n:
-            raise ConfigError(
-                "images, masks, prompts, negative_prompts and seeds must be non-empty and equally "
-                f"long, got {len(images)}, {len(masks)}, {len(prompts)}, {len(negative_prompts)}, "
-                f"{len(seeds)}"
-            )
-        h, w = images[0].shape[:2]
-        for i, (im, m) in enumerate(zip(images, masks, strict=True)):
-            if im.shape != (h, w, 3) or im.dtype != np.uint8 or m.shape[:2] != (h, w):
-                raise ConfigError(
-                    f"image {i}: every image must be uint8 {h}x{w}x3 with an {h}x{w} mask, "
-                    f"got {im.dtype} {im.shape} and {m.shape}"
-                )
-        if h % self.size_multiple or w % self.size_multiple:
-            raise ConfigError(f"image size {w}x{h} must be a multiple of {self.size_multiple}")
 
         # 2. Tensors: RGB in [0, 1], masks in {0, 1} (255 = fill)
         img = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)

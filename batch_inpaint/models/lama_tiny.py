@@ -9,11 +9,10 @@ inference path of real weights; its fill is a smooth guess, not a learned one.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.models.tiny import write_checkpoint
 
 TINY_LAMA_SEED = 0
 TINY_LAMA_FILE = "lama.safetensors"
@@ -48,21 +47,8 @@ def make_tiny_lama(path: str | os.PathLike) -> Path:
     complete one is left alone; a folder holding anything else is refused."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    if is_tiny_lama_dir(path):
-        return path
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise ConfigError(f"{path} exists and is not an empty directory; choose a new directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    def write(tmp: Path) -> None:
         # One metadata key: safetensors writes a dict of several in hash order (other bytes).
         save_file(tiny_lama_state_dict(), str(tmp / TINY_LAMA_FILE), metadata={"format": "pt"})
-        (tmp / _DONE).write_text("random-weight LaMa from batch_inpaint\n")
-        os.replace(tmp, path)  # POSIX rename: also replaces an empty directory
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if is_tiny_lama_dir(path):  # another process won the race: its copy is as good
-            return path
-        raise
-    return path
+
+    return write_checkpoint(path, write, _DONE, "random-weight LaMa from batch_inpaint\n")

@@ -11,10 +11,7 @@ Convert a checkpoint you trust to safetensors with
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,39 +108,18 @@ def pick_weights(folder: Path, given: str) -> Path:
 
 
 def fetch_model_file(uri: str, storage: Any, cache_dir: str | os.PathLike | None = None) -> Path:
-    """One object copied once per machine into the model cache (same locking and completion
-    marker as storage.model_cache.fetch_model_dir), returned as a local path."""
-    import fcntl
-
-    from batch_inpaint.storage.model_cache import MARKER, default_cache_dir
+    """One object copied once per machine into the model cache (storage.model_cache's locking
+    and completion marker), returned as a local path."""
+    from batch_inpaint.storage.model_cache import cached_copy
 
     uri = storage.check(uri)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    ident = f"{uri}\n{storage.options.endpoint_url or ''}"
-    digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
-    final = root / digest
     name = Path(uri.split("?")[0]).name
-    if (final / MARKER).is_file():
-        return final / name
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{digest}.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # other workers wait here, then find it done
-        try:
-            if (final / MARKER).is_file():
-                return final / name
-            if final.exists():  # a copy without its marker: not ours to trust
-                shutil.rmtree(final)
-            tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{digest}.tmp-"))
-            try:
-                storage.download(uri, tmp / name)
-                (tmp / MARKER).write_text(name)
-                os.rename(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    return final / name
+
+    def fill(tmp: Path) -> str:
+        storage.download(uri, tmp / name)
+        return name
+
+    return cached_copy(uri, storage, cache_dir, fill) / name
 
 
 def _hub_file(given: str, revision: str | None, cache_dir, local_files_only: bool) -> Path:

@@ -30,6 +30,7 @@ class OpenCVInpainter(Inpainter):
     native_size = None
     size_multiple = 1
     ignores = FILL_IGNORES  # every generation field but num_images_per_prompt
+    input_error = ModelError  # a bad batch is the model's failure here, as it always was
 
     def __init__(self, method: str = "telea", radius: int = 3):
         if method not in METHODS:
@@ -58,20 +59,9 @@ class OpenCVInpainter(Inpainter):
         negative_prompts: Sequence[str | None],
         seeds: Sequence[int],
     ) -> list[np.ndarray]:
-        if not len(images) == len(masks) == len(prompts) == len(negative_prompts) == len(seeds):
-            raise ModelError(
-                f"batch lengths differ: {len(images)} images, {len(masks)} masks, "
-                f"{len(prompts)} prompts, {len(negative_prompts)} negative prompts, "
-                f"{len(seeds)} seeds"
-            )
+        self.check_batch(images, masks, prompts, negative_prompts, seeds)
         out = []
-        for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ModelError(
-                    f"image {i} must be RGB uint8 HxWx3, got {image.dtype} {image.shape}"
-                )
-            if mask.shape != image.shape[:2]:
-                raise ModelError(f"mask {i} is {mask.shape}, its image is {image.shape[:2]}")
+        for image, mask in zip(images, masks, strict=True):
             m = (np.asarray(mask) > 0).astype(np.uint8) * 255
             result = cv2.inpaint(np.ascontiguousarray(image), m, self.radius, METHODS[self.method])
             # Deterministic: every requested variant is the same picture.

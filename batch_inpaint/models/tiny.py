@@ -8,8 +8,10 @@ images it makes are noise-like: it proves plumbing, not quality.
 from __future__ import annotations
 
 import os
+import shutil
 import string
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from batch_inpaint.errors import ConfigError
@@ -111,23 +113,37 @@ def make_tiny_model(path: str | os.PathLike) -> Path:
     Deterministic: the same weights every time. An existing complete checkpoint is left alone;
     a directory holding anything else is refused rather than overwritten.
     """
+    return write_checkpoint(
+        path,
+        lambda tmp: build_tiny_pipeline().save_pretrained(tmp, safe_serialization=True),
+        _DONE,
+        "tiny random SD-inpainting checkpoint from batch_inpaint\n",
+    )
+
+
+def write_checkpoint(
+    path: str | os.PathLike, write: Callable[[Path], None], marker: str, note: str
+) -> Path:
+    """`write(folder)` into `path` (new or empty), then `marker` (holding `note`); returns it.
+
+    A complete checkpoint already there (it holds `marker`) is left alone; a path holding
+    anything else is refused rather than overwritten. Built next to the target and renamed into
+    place, so readers never see half a checkpoint; a racing writer that wins is as good.
+    """
     path = Path(path)
-    if is_tiny_model_dir(path):
+    if (path / marker).is_file():
         return path
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"{path} exists and is not an empty directory; choose a new directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Build next to the target and rename into place, so readers never see half a checkpoint.
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        build_tiny_pipeline().save_pretrained(tmp, safe_serialization=True)
-        (tmp / _DONE).write_text("tiny random SD-inpainting checkpoint from batch_inpaint\n")
+        write(tmp)
+        (tmp / marker).write_text(note)
         os.replace(tmp, path)  # POSIX rename: also replaces an empty directory
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
-        if is_tiny_model_dir(path):  # another process won the race: its checkpoint is as good
+        if (path / marker).is_file():  # another process won the race: its checkpoint is as good
             return path
         raise
     return path

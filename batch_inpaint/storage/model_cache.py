@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,8 +40,19 @@ def fetch_model_dir(
         if not path.is_dir():
             raise NotFoundError(f"model directory {path} does not exist")
         return path
+    return cached_copy(
+        uri.rstrip("/"), storage, cache_dir, lambda tmp: _download_tree(uri, tmp, storage)
+    )
+
+
+def cached_copy(
+    key: str, storage: Storage, cache_dir: str | os.PathLike | None, fill: Callable[[Path], str]
+) -> Path:
+    """cache_dir/<hash of `key` and the endpoint>, filled once per machine by `fill(folder)`,
+    which returns the completion marker's text. Workers on one machine wait on an fcntl lock;
+    a copy without its marker is thrown away and made again."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    ident = f"{uri.rstrip('/')}\n{storage.options.endpoint_url or ''}"
+    ident = f"{key}\n{storage.options.endpoint_url or ''}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
     final = root / digest
     if (final / MARKER).is_file():
@@ -57,7 +69,7 @@ def fetch_model_dir(
                 shutil.rmtree(final)
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{digest}.tmp-"))
             try:
-                _download_tree(uri, tmp, storage)
+                (tmp / MARKER).write_text(fill(tmp))
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -67,7 +79,7 @@ def fetch_model_dir(
     return final
 
 
-def _download_tree(uri: str, dest: Path, storage: Storage) -> None:
+def _download_tree(uri: str, dest: Path, storage: Storage) -> str:
     prefix = uri.rstrip("/") + "/"
     files = [f for f in storage.list(prefix) if f.startswith(prefix)]
     if not files:
@@ -91,4 +103,4 @@ def _download_tree(uri: str, dest: Path, storage: Storage) -> None:
         "bytes": total,
         "seconds": round(time.monotonic() - start, 3),
     }
-    (dest / MARKER).write_text(json.dumps(info))
+    return json.dumps(info)
