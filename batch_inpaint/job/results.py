@@ -284,10 +284,12 @@ def job_json(cfg, run_id: str) -> dict:
     from batch_inpaint import __version__
 
     versions = {"batch_inpaint": __version__, "python": platform.python_version()}
-    for mod in ("torch", "diffusers", "ray", "transformers", "pyarrow"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional package is recorded as None
+    from importlib.metadata import PackageNotFoundError, version
+
+    for mod in ("torch", "diffusers", "ray", "transformers", "pyarrow", "spandrel"):
+        try:  # from the installed metadata: importing torch/diffusers/ray here would cost seconds
+            versions[mod] = version(mod)
+        except PackageNotFoundError:  # a missing optional package is recorded as None
             versions[mod] = None
     config = cfg.to_dict()
     for name in ("manifest", "output", "model", "endpoint_url", "address"):

@@ -256,3 +256,22 @@ def test_outputs_are_written_with_ordinary_modes(tmp_path):
     for name in ("images/r000.png", "run.json", "_SUCCESS"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     assert time.time()  # the files above were written by this run
+
+
+def test_nothing_to_do_imports_neither_ray_nor_torch(tmp_path):
+    """A rerun with nothing left costs its bookkeeping only (no Ray start, no model libraries)."""
+    import subprocess
+
+    manifest, rows = local_dataset(tmp_path, 2)
+    out = _complete(tmp_path, rows)
+    code = (
+        "import sys, json\n"
+        "from batch_inpaint import JobConfig, run_job\n"
+        f"s = run_job(JobConfig(manifest={str(manifest)!r}, output={str(out)!r}, backend='opencv'),"
+        " echo=lambda *_: None)\n"
+        "print(json.dumps([s['success'], s['rows_this_run'],"
+        " sorted(m for m in ('ray', 'torch', 'diffusers') if m in sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, 0, []]
