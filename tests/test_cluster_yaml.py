@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from batch_inpaint.config import JobConfig
@@ -53,3 +54,34 @@ def test_setup_installs_this_package_and_ray():
     assert "pip install" in setup and "batch-inpaint" in setup and "ray[" in setup
     assert c["provider"]["type"] == "aws"
     assert "." in c["file_mounts"].values()
+
+
+def test_every_node_gets_s3_credentials_from_an_instance_profile():
+    """Ray gives its default profile to the head only: a worker without one can't read S3."""
+    import re
+
+    c = load()
+    text = (ROOT / "cluster.yaml").read_text()
+    for name, t in c["available_node_types"].items():
+        profile = t["node_config"].get("IamInstanceProfile")
+        assert profile, f"{name}: no IamInstanceProfile"
+        assert re.fullmatch(r"arn:aws:iam::[A-Z0-9_]+:instance-profile/[\w+=,.@-]+", profile["Arn"])
+    assert "iam:PassRole" in text and "README" in text  # the comment says what each role needs
+    assert not re.search(r"aws_(access_key_id|secret_access_key)|AKIA[0-9A-Z]{16}", text, re.I)
+
+
+def test_node_configs_are_ec2_run_instances_parameters_and_ray_accepts_the_file():
+    botocore = pytest.importorskip("botocore.session")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    request = (
+        botocore.get_session().get_service_model("ec2").operation_model("RunInstances").input_shape
+    )
+    c = load()
+    for t in c["available_node_types"].values():
+        config = t["node_config"]
+        assert set(config) <= set(request.members), set(config) - set(request.members)
+        assert set(config["IamInstanceProfile"]) <= set(
+            request.members["IamInstanceProfile"].members
+        )
+    validate_config(prepare_config(c))  # Ray's own schema check, as `ray up` runs it

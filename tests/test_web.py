@@ -103,17 +103,19 @@ def test_decompression_bomb_is_refused(tmp_path, settings):
         inputs.load_upload(p, settings)
 
 
-def test_gradio_sees_an_error_with_the_message():
-    gr = pytest.importorskip("gradio")
-    from batch_inpaint.web.events import errors_to_page
+def test_a_mistake_is_a_message_and_one_log_line_without_traceback(caplog):
+    pytest.importorskip("gradio")
+    from batch_inpaint.web.events import ERROR_MARK, error_message
 
-    @errors_to_page
-    def fails():
-        raise DecodeError("x.png can't be used: not an image")
-
-    with pytest.raises(gr.Error) as err:
-        fails()
-    assert "not an image" in str(err.value) and err.value.title == "Not a usable image"
+    exc = DecodeError("my_photo*.png can't be used: not an image")
+    with caplog.at_level("WARNING", logger="batch_inpaint.web"):
+        shown = error_message("upload", exc)
+    assert shown.startswith(ERROR_MARK) and "**Not a usable image:**" in shown
+    assert r"my\_photo\*.png can't be used: not an image" in shown  # Markdown shows it as is
+    assert [r.getMessage() for r in caplog.records] == [
+        "web upload: my_photo*.png can't be used: not an image (decode)"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)
 
 
 # -- samples ----------------------------------------------------------------------------------
@@ -231,6 +233,26 @@ def test_shown_params_paste_into_a_job_config_and_a_manifest_row():
     assert "model" not in tiny["job_config"]  # rebuilt from code, not loadable by id
 
 
+def test_controls_a_backend_ignores_are_named_and_left_out_of_the_exports(opencv):
+    from batch_inpaint.models import model_spec
+
+    assert h.ignored_controls(opencv.spec.ignores) == {
+        "prompt", "negative_prompt", "steps", "guidance", "seed", "random_seed"
+    }  # fmt: skip
+    assert h.ignored_controls(model_spec("tiny").ignores) == set()
+    opts, seed = options("a wall", "people", 25, 6.0, 77, False, "crop", 3, 5)
+    params = h.reproduction_params(opts, seed, opencv.describe(), opencv.spec.ignores)
+    assert params["manifest_row"] == {}
+    assert set(params["job_config"]) == {
+        "mode", "max_side", "mask_threshold", "invert_mask", "dilate", "feather", "mask_resize",
+        "backend",
+    }  # fmt: skip
+    lama_like = ("prompt", "num_inference_steps")  # a spec ignoring only some fields
+    params = h.reproduction_params(opts, seed, {"backend": "diffusers"}, lama_like)
+    assert "steps" not in params["job_config"] and "guidance_scale" in params["job_config"]
+    assert set(params["manifest_row"]) == {"negative_prompt", "guidance_scale", "strength", "seed"}
+
+
 # -- running ----------------------------------------------------------------------------------
 def test_run_changes_only_the_masked_pixels(picture, opencv):
     mask = box_mask()
@@ -241,9 +263,10 @@ def test_run_changes_only_the_masked_pixels(picture, opencv):
     assert (res.image[mask] != picture.rgb[mask]).any(axis=-1).mean() > 0.9
     decoded = np.asarray(Image.open(io.BytesIO(res.png)))
     assert (decoded == res.image).all()
-    assert (
-        res.params["manifest_row"]["seed"] == 5 and res.params["job_config"]["backend"] == "opencv"
-    )
+    # opencv ignores the prompt, steps, guidance and seed: none of them is exported
+    assert res.params["manifest_row"] == {} and res.params["job_config"]["backend"] == "opencv"
+    assert not {"prompt", "steps", "guidance_scale", "seed"} & set(res.params["job_config"])
+    JobConfig.from_dict(res.params["job_config"])  # still a config a job takes
 
 
 def test_run_with_nothing_painted_says_so(picture, opencv):
@@ -307,3 +330,9 @@ def test_upload_paint_run_and_add_without_gradio(tmp_path, settings, opencv):
     assert result.seed == 3 and state.last_seed == 3 and (result.image[~mask] == 90).all()
     message, row = h.add(state, value, fields, "made here", opencv.describe(), settings)
     assert message.startswith("Added row") and json.loads(row)["seed"] == 3
+    again, same = h.add(state, value, fields, "made here", opencv.describe(), settings)
+    assert again.startswith("Already in `m/made-here/manifest.parquet` as row")
+    assert "nothing added" in again and json.loads(same)["id"] == json.loads(row)["id"]
+    ignoring, row = h.add(state, value, fields, "made here", opencv.describe(), settings,
+                          opencv.spec.ignores)  # fmt: skip
+    assert ignoring.startswith("Added row") and "seed" not in json.loads(row)

@@ -1,4 +1,6 @@
-"""The web page in headless Chromium (Playwright): upload, paint, run, download, add to manifest.
+"""The web page in headless Chromium (Playwright): upload, paint, run, download, add to manifest;
+the result brought into view, mistakes shown beside the button (one log line each, no traceback,
+no red "Error" badge), controls the backend ignores disabled.
 
 Each backend gets its own server on a free port; one browser serves all tests. Screenshots go to
 tests/artifacts/ (gitignored). Skipped, with the reason, where Chromium or Playwright is missing.
@@ -144,7 +146,8 @@ def set_number(page, elem_id: str, value: float) -> None:
 
 def click_and_wait(page, button: str, selector: str, timeout: float = 60_000) -> None:
     """Click `button`, then wait for `selector` to show; fail at once with the page's message
-    if a new error or warning toast comes first (older toasts may still be on screen)."""
+    if a new toast or a mistake in the message area comes first (older toasts may still be on
+    screen)."""
     before = page.locator(".toast-body").count()
     page.click(button)
     try:
@@ -152,7 +155,9 @@ def click_and_wait(page, button: str, selector: str, timeout: float = 60_000) ->
             """([sel, n]) => {
                 const el = document.querySelector(sel);
                 const shown = el && el.offsetParent !== null && el.getBoundingClientRect().height;
-                return shown || document.querySelectorAll('.toast-body').length > n;
+                const said = document.querySelector('#run-message')?.innerText || '';
+                return shown || said.startsWith('⚠')
+                    || document.querySelectorAll('.toast-body').length > n;
             }""",
             arg=[selector, before],
             timeout=timeout,
@@ -161,7 +166,11 @@ def click_and_wait(page, button: str, selector: str, timeout: float = 60_000) ->
         screenshot(page, "web-timeout.png")
         raise
     if not page.locator(selector).is_visible():
-        pytest.fail(f"the page said: {page.locator('.toast-body').last.inner_text()}")
+        said = page.inner_text("#run-message")
+        toasts = page.locator(".toast-body")
+        pytest.fail(
+            f"the page said: {said or (toasts.last.inner_text() if toasts.count() else '')}"
+        )
 
 
 def run_and_download(page, tmp_path: Path) -> np.ndarray:
@@ -183,8 +192,8 @@ def screenshot(page, name: str) -> Path:
 def test_paint_run_download_changes_only_the_stroke(page, server, tmp_path):
     _, _, backend = server
     upload_image(page, SAMPLE)
-    set_number(page, "steps", 2)
     if backend == "tiny":
+        set_number(page, "steps", 2)
         # crop mode: the tiny checkpoint's native size is 64 px, so full mode would run it on
         # all 600x400 pixels (slow attention); crop mode runs it around the stroke only
         page.get_by_text("crop: only around").click()
@@ -228,7 +237,8 @@ def test_bad_uploads_show_their_message_and_the_page_goes_on(page, server, tmp_p
     page.get_by_text("exceed the maximum allowed size").first.wait_for(timeout=20_000)
 
     upload_image(page, SAMPLE)  # and the page still works
-    set_number(page, "steps", 1)
+    if server[2] == "tiny":
+        set_number(page, "steps", 1)
     page.get_by_text("crop: only around").click()
     paint_stroke(page)
     assert run_and_download(page, tmp_path).shape == (400, 600, 3)
@@ -249,6 +259,9 @@ def test_sample_picker_and_add_to_manifest(page, server, tmp_path):
     page.fill("#manifest-name textarea, #manifest-name input", "cats from the page")
     page.click("#add")
     page.get_by_text("Added row").wait_for(timeout=20_000)
+    page.click("#add")  # the same row again
+    page.get_by_text("nothing added").wait_for(timeout=20_000)
+    assert "Already in" in page.inner_text("#add-status")
     rows = list(
         Manifest.read(str(Path(settings.manifest_root) / "cats-from-the-page" / "manifest.parquet"))
     )
@@ -261,3 +274,75 @@ def test_sample_picker_and_add_to_manifest(page, server, tmp_path):
         )
     )
     assert mask.shape == (300, 451) and (mask > 0).sum() > 100
+
+
+IGNORABLE = {  # the controls opencv ignores, by the element each one is typed into
+    "prompt": "#prompt textarea",
+    "negative-prompt": "#negative-prompt textarea",
+    "steps": "#steps input[type=number]",
+    "guidance": "#guidance input[type=number]",
+    "seed": "#seed input[type=number]",
+    "random-seed": "#random-seed input[type=checkbox]",
+}
+
+
+def test_ignored_controls_are_disabled_and_the_result_comes_into_view(browser, server, tmp_path):
+    url, _, backend = server
+    # a laptop's window: the result, below the editor, starts below the fold
+    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    try:
+        page.goto(url)
+        page.wait_for_selector("#editor canvas")
+        off = backend == "opencv"
+        for name, sel in IGNORABLE.items():
+            assert page.locator(sel).is_disabled() == off, name
+        assert ("not used by opencv" in page.inner_text("#prompt")) == off
+
+        upload_image(page, SAMPLE)
+        page.get_by_text("crop: only around").click()
+        if not off:
+            set_number(page, "steps", 1)
+        paint_stroke(page)
+        top = page.evaluate("document.querySelector('#result').getBoundingClientRect().top")
+        assert top > 800, "the result is in view already: nothing to test"
+        click_and_wait(page, "#run", "#result-download")
+        page.wait_for_function(
+            """() => { const r = document.querySelector('#result').getBoundingClientRect();
+                       return r.top >= 0 && r.top < window.innerHeight / 2; }""",
+            timeout=10_000,
+        )
+        said = page.inner_text("#run-message")
+        assert said.startswith("✓ Done in") and ("seed" in said) != off
+        job_yaml = page.inner_text("#job-yaml")
+        assert f"backend: {backend}" in job_yaml
+        assert ("prompt:" in job_yaml) != off and ("steps:" in job_yaml) != off
+        page.screenshot(path=str(screenshot_path(f"web-result-in-view-{backend}.png")))
+    finally:
+        page.close()
+
+
+def test_a_mistake_shows_beside_the_button_with_one_log_line(page, server, caplog, capfd):
+    capfd.readouterr()
+    with caplog.at_level("WARNING", logger="batch_inpaint.web"):
+        page.click("#run")  # nothing loaded yet
+        page.get_by_text("upload an image or pick a sample first").wait_for(timeout=20_000)
+        upload_image(page, SAMPLE)
+        wait_for_editor(page)
+        page.click("#run")  # nothing painted
+        page.get_by_text("nothing to inpaint").wait_for(timeout=20_000)
+    said = page.inner_text("#run-message")
+    assert said.startswith("⚠") and "Mask problem" in said and "paint over what should go" in said
+    assert page.get_by_text("Error", exact=True).count() == 0, "a red Error badge is shown"
+    assert "Error" not in page.inner_text("#seed")
+    lines = [r.getMessage() for r in caplog.records if r.name == "batch_inpaint.web"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("web run: upload an image or pick a sample first")
+    assert lines[1].startswith("web run: nothing to inpaint")
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    screenshot(page, f"web-mistake-{server[2]}.png")
+
+
+def screenshot_path(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name

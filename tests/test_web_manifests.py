@@ -38,17 +38,19 @@ def test_add_to_manifest_writes_rows_that_read_back(tmp_path):
     root = tmp_path / "manifests"
     opts, seed = options("grass", None, 30, 7.5, 9, False, "full", 0, 0)
     params = h.reproduction_params(opts, seed, {"backend": "opencv"})
-    path, row = add_to_manifest(root, "hand made", picture, box_mask(), params)
-    assert path == (root / "hand-made" / "manifest.parquet").resolve()
-    # a second mask on the same image, then the first again (replaced, not duplicated)
+    path, row, added = add_to_manifest(root, "hand made", picture, box_mask(), params)
+    assert added and path == (root / "hand-made" / "manifest.parquet").resolve()
+    # a second mask on the same image, then the first again (already there: not added)
     add_to_manifest(root, "hand made", picture, box_mask(box=(0, 10, 0, 10)), params)
-    add_to_manifest(root, "hand made", picture, box_mask(), params)
+    before = path.stat().st_mtime_ns
+    again = add_to_manifest(root, "hand made", picture, box_mask(), params)
+    assert again == (path, row, False) and path.stat().st_mtime_ns == before
 
     m = Manifest.read(str(path))
     rows = list(m)
-    assert len(rows) == 2 and rows[1]["id"] == row["id"]
-    r = rows[1]
-    assert r["image"] == rows[0]["image"]  # one copy of the uploaded image
+    assert len(rows) == 2 and rows[0]["id"] == row["id"]
+    r = rows[0]
+    assert r["image"] == rows[1]["image"]  # one copy of the uploaded image
     assert (r["prompt"], r["seed"], r["num_inference_steps"]) == ("grass", 9, 30)
     folder = path.parent
     image = np.asarray(Image.open(folder / r["image"]))
@@ -65,7 +67,7 @@ def test_add_to_manifest_keeps_a_samples_own_uri(tmp_path):
     params = h.reproduction_params(opts, seed, {"backend": "opencv"})
     mask = np.zeros(pic.rgb.shape[:2], bool)
     mask[100:140, 150:200] = True
-    path, row = add_to_manifest(tmp_path, "cats", pic, mask, params)
+    path, row, _ = add_to_manifest(tmp_path, "cats", pic, mask, params)
     assert row["image"] == str(samples["chelsea"].image)
     assert not (path.parent / "images").exists()
     assert Manifest.read(str(path)).validate(check_objects=True).ok

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from batch_inpaint.config import KEYS, JobConfig
@@ -67,3 +69,50 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
         flag_name(f): getattr(args, yaml_key(f)) for f in dataclasses.fields(cls) if meta(f).flag
     }
     return build(cls, {k: v for k, v in given.items() if v is not None}, name=flag_name)
+
+
+# -- near misses: "did you mean" (argparse suggests flags only from Python 3.12) ----------------
+def near_miss(name: str, known: Iterable[str]) -> str | None:
+    """The known name `name` is probably a typo of, if any."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_fields(source: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    """The message for config keys no field has, with the key each near miss probably meant."""
+    known, unknown = sorted(known), list(unknown)
+    hints = [f"{n!r}: did you mean {m!r}?" for n in unknown if (m := near_miss(n, known))]
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"{source}: unknown field(s) {unknown}{hint}; known fields: {', '.join(known)}"
+
+
+class SuggestingParser(argparse.ArgumentParser):
+    """An ArgumentParser whose "unrecognized arguments" error names the flag each unknown one
+    probably meant, from the subcommand that was given. Subparsers are of the same class."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: ANN001 - argparse's signature
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._hints(parsed, extras)}")
+        return parsed
+
+    def _hints(self, parsed: argparse.Namespace, extras: list[str]) -> str:
+        flags = _flags_of(self, parsed)
+        hints = []
+        for extra in extras:
+            name = extra.split("=", 1)[0]
+            near = near_miss(name, flags) if name.startswith("--") else None
+            if near:
+                hints.append(f"{name}: did you mean {near}?")
+        return f" ({'; '.join(hints)})" if hints else ""
+
+
+def _flags_of(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> list[str]:
+    """The long flags of the (sub)command `parsed` came from."""
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+            if chosen is not None:
+                return flags + _flags_of(chosen, parsed)
+    return flags

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import ConfigError
 from batch_inpaint.job import guard, results
 from batch_inpaint.job.finalize import RunState
 from batch_inpaint.job.lock import OutputLock
@@ -36,6 +37,7 @@ def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState
     cfg = config.require_io().validate()
     storage.check(cfg.manifest)
     storage.check(cfg.output)
+    check_local_model(cfg)
     scan = scan_manifest(storage, cfg)  # every part's schema, the ids, what the manifest reads
     guard.check_output_location(cfg.output, scan.inputs)
     state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
@@ -81,3 +83,24 @@ def _with_model_columns(bad_rows: pa.Table, model: dict) -> pa.Table:
                 name, pa.array([value] * bad_rows.num_rows, pa.string())
             )
     return bad_rows
+
+
+def check_local_model(cfg: JobConfig) -> None:
+    """A model given as a local path ('/…', './…', '~/…') that is not on this machine fails here
+    when the run's model actors are on this machine too (a private local Ray instance), instead
+    of after Ray started, in every actor. On a cluster the path may exist on the workers only."""
+    import os
+    from pathlib import Path
+
+    model = cfg.model or ""
+    looks_local = model.startswith(("/", "./", "../", "~")) or model.startswith("file://")
+    on_this_machine = (
+        not cfg.address and not os.environ.get("RAY_ADDRESS") or cfg.address == "local"
+    )
+    if looks_local and on_this_machine and cfg.backend != "opencv":
+        path = Path(os.path.expanduser(model.removeprefix("file://")))
+        if not path.exists():
+            raise ConfigError(
+                f"config field 'model': {model} not found (no such file or folder on this "
+                "machine, where the run's model actors would load it); check the path"
+            )

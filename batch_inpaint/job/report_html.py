@@ -46,6 +46,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1d2
 main{max-width:1120px;margin:0 auto;padding:18px 24px 40px}
 h1{font-size:1.5em;margin:0 0 4px} h2{font-size:1.2em;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
 h3{font-size:1em;margin:16px 0 6px} .muted{color:#667} code{font-size:.92em}
+.banner{background:#c00;color:#fff;font-weight:bold;font-size:1.2rem;padding:.6rem 1rem;margin:0 0 1rem}
 .badge{display:inline-block;padding:3px 12px;border-radius:14px;color:#fff;font-size:.8em;vertical-align:middle;margin-left:8px}
 .b-complete{background:#1e8e3e} .b-errors{background:#d08a00} .b-incomplete{background:#c5221f}
 .panel{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:12px 16px;margin:10px 0}
@@ -85,6 +86,7 @@ def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
     problems = "".join(f"<li>{e(p)}</li>" for p in summary.get("problems", []))
     rates, span = charts.throughput(table, charts.run_start(run_id))
     parts = [
+        _banner(summary, table, cfg),
         f'<header><h1>batch-inpaint report <span id="state" class="badge b-{cls}">{e(state)}</span>'
         f'</h1><p class="muted">output <code>{e(summary.get("output", ""))}</code> · run '
         f"{e(run_id)}</p></header>",
@@ -123,6 +125,23 @@ def _models(table: pa.Table, cfg) -> list[tuple[str, str, str, int]]:
             rows = g.sort_by([("id_count", "descending")]).to_pylist()
             return [(r["backend"], r["model"], r["revision"], r["id_count"]) for r in rows]
     return [(cfg.backend, cfg.model or "(the backend's default)", cfg.revision, 0)]
+
+
+RANDOM_WEIGHTS = "random weights: noise expected"
+
+
+def _banner(summary: dict, table: pa.Table, cfg) -> str:
+    """The tiny random checkpoint's outputs are noise by design: never shown without saying so.
+    A demo also says which backend it chose and why."""
+    text = summary.get("demo_banner") or (
+        RANDOM_WEIGHTS if _models(table, cfg)[0][0] == "tiny" else None
+    )
+    lines = []
+    if text:
+        lines.append(f'<p id="banner" class="banner">{e(text.upper())}</p>')
+    if summary.get("demo_backend"):
+        lines.append(f'<p id="demo-backend" class="muted">demo: {e(summary["demo_backend"])}</p>')
+    return "".join(lines)
 
 
 def _facts(summary: dict, table: pa.Table, cfg) -> str:

@@ -5,6 +5,9 @@ job's generation defaults; any other column is carried through unchanged to the 
 
 from __future__ import annotations
 
+import difflib
+import re
+
 import pyarrow as pa
 import pyarrow.types as pat
 
@@ -111,6 +114,22 @@ def check_version(metadata: dict | None, where: str = "manifest") -> None:
         )
 
 
+def _rename_hint(names: list[str], wanted) -> str:
+    """'; did you mean ...' for the present column most like a wanted one: a typo (`imgae`),
+    another case (`Image`) or a suffix (`mask_path`, `image_uri`); '' when none is close."""
+    scored = []
+    for name in names:
+        plain = re.sub(r"[_\-\s]*(path|uri|url|file|filename|name)$", "", name.strip().lower())
+        for want in wanted:
+            score = max(difflib.SequenceMatcher(None, key, want).ratio()
+                        for key in (plain, name.lower()))  # fmt: skip
+            scored.append((score, name, want))
+    score, name, want = max(scored, default=(0.0, "", ""))
+    if score < 0.6:
+        return ""
+    return f"; did you mean {want!r}? rename column {name!r} to {want!r}"
+
+
 def conform_manifest(table: pa.Table, where: str = "manifest") -> pa.Table:
     """The table with known columns cast to MANIFEST_SCHEMA's types (safe casts only) and the
     schema version in its metadata; ManifestError naming the column when one is missing or of
@@ -122,10 +141,14 @@ def conform_manifest(table: pa.Table, where: str = "manifest") -> pa.Table:
         raise ManifestError(f"{where}: duplicate column names {dup}")
     for name in REQUIRED_COLUMNS:
         if name not in names:
-            raise ManifestError(f"{where}: required column {name!r} is missing (columns: {names})")
+            raise ManifestError(
+                f"{where}: required column {name!r} is missing{_rename_hint(names, [name])} "
+                f"(columns: {names})"
+            )
     if not any(n in names for n in MASK_COLUMNS):
         raise ManifestError(
-            f"{where}: no mask column; give one of {list(MASK_COLUMNS)} (columns: {names})"
+            f"{where}: no mask column; give one of {list(MASK_COLUMNS)}"
+            f"{_rename_hint(names, MASK_COLUMNS)} (columns: {names})"
         )
     arrays, fields = [], []
     for field in table.schema:

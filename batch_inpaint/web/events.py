@@ -1,11 +1,16 @@
 """The page's events: component values in, component values out. Each event calls a handler
 (plain functions in `handlers`) and keeps the session's state in a `handlers.Sessions` keyed by
-gradio's session id; what is gradio's own (updates, toasts, errors, files to download) stays here.
+gradio's session id; what is gradio's own (updates, toasts, files to download) stays here.
+
+A person's mistake (an InpaintError) is shown in the message area beside the button pressed, or
+as a toast for a refused file, and logged as one line; it never reaches gradio as an error, which
+would mark every output of the event (the Seed field among them) with a red "Error" badge and
+print a traceback. Anything else is a bug: gradio shows it and the server logs its traceback.
 """
 
 from __future__ import annotations
 
-import functools
+import re
 import tempfile
 import time
 from dataclasses import replace
@@ -15,7 +20,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from batch_inpaint.errors import InpaintError
+from batch_inpaint.errors import ConfigError, InpaintError
 from batch_inpaint.image import codec
 from batch_inpaint.vocab import Status
 from batch_inpaint.web import handlers as h
@@ -31,22 +36,31 @@ TITLES = {
 }
 
 
-def errors_to_page(fn):
-    """InpaintErrors become a gr.Error with their message; the server goes on serving."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except InpaintError as exc:
-            raise gr.Error(str(exc), title=TITLES.get(exc.kind, "Can't do that")) from None
-
-    return wrapper
+OK_MARK, ERROR_MARK = "✓", "⚠️"  # the first character of a message: the page's JS reads it
+# After a run the result comes into view (it is below the editor), unless the run failed.
+SCROLL_TO_RESULT = """(message) => {
+    if (message && message.startsWith("✓")) {
+        document.querySelector("#result")?.scrollIntoView({behavior: "smooth", block: "start"});
+    }
+    return [];
+}"""
 
 
-def _warn(exc: InpaintError, title: str) -> None:
+def _escape(text: str) -> str:
+    """Plain text for a Markdown component: file names keep their underscores and stars."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text)
+
+
+def error_message(event: str, exc: InpaintError) -> str:
+    """What the message area shows for a mistake (and the one log line it costs)."""
+    text = h.user_error(event, exc)
+    title = TITLES.get(exc.kind, "Can't do that")
+    return f"{ERROR_MARK} **{title}:** {_escape(text)}"
+
+
+def _warn(exc: InpaintError, title: str, event: str) -> None:
     """A refused file is a warning, not an error: the page stays as it was for another try."""
-    gr.Warning(str(exc), title=TITLES.get(exc.kind, title))
+    gr.Warning(h.user_error(event, exc), title=TITLES.get(exc.kind, title))
 
 
 def _shrink(rgb: np.ndarray) -> np.ndarray:
@@ -90,6 +104,7 @@ class PageEvents:
         self.settings = settings
         self.samples = samples
         self.model = inpainter.describe()
+        self.ignores = tuple(getattr(getattr(inpainter, "spec", None), "ignores", ()))
         self.sessions = h.Sessions(settings.idle_minutes * 60, settings.max_sessions)
         self.files = ResultFiles()
 
@@ -100,15 +115,18 @@ class PageEvents:
         try:
             state, editor = h.upload_image(path, self.settings)
         except InpaintError as exc:  # the file box empties; the canvas keeps what it had
-            _warn(exc, "Can't use that file")
+            _warn(exc, "Can't use that file", "upload")
             return gr.update(), gr.update(), gr.update(), None
         self.sessions.put(request.session_hash, state)
         return editor, None, None, gr.update()
 
     # outputs: editor, mask file, image file
-    @errors_to_page
     def sample_picked(self, name: str, request: gr.Request):
-        state, editor = h.pick_sample(name, self.samples, self.settings)
+        try:
+            state, editor = h.pick_sample(name, self.samples, self.settings)
+        except InpaintError as exc:
+            _warn(exc, "Can't use that sample", "sample")
+            return gr.update(), gr.update(), gr.update()
         self.sessions.put(request.session_hash, state)
         return editor, None, None
 
@@ -117,12 +135,13 @@ class PageEvents:
         state = self.sessions.get(request.session_hash)
         if state.picture is None:
             if path:
-                gr.Warning("load an image first, then its mask", title="No image yet")
+                text = h.user_error("mask", ConfigError("load an image first, then its mask"))
+                gr.Warning(text, title="No image yet")
             return gr.update(), None
         try:
             state, editor = h.upload_mask(path, state, self.settings)
         except InpaintError as exc:
-            _warn(exc, "Can't use that mask")
+            _warn(exc, "Can't use that mask", "mask")
             return gr.update(), None
         self.sessions.put(request.session_hash, state)
         return editor, gr.update()
@@ -133,8 +152,7 @@ class PageEvents:
     def session_closed(self, request: gr.Request) -> None:
         self.sessions.drop(request.session_hash)
 
-    # outputs: before/after, download button, job YAML, row JSON, seed
-    @errors_to_page
+    # outputs: before/after, download button, job YAML, row JSON, seed, message
     def run(
         self,
         editor: dict | None,
@@ -153,26 +171,41 @@ class PageEvents:
         progress(0.0, desc="preparing")
         fields = h.Fields(prompt, negative_prompt, steps, guidance, seed, random_seed, mode,
                           dilate, feather)  # fmt: skip
+        started = time.monotonic()
         state = self.sessions.get(request.session_hash)
-        result, state = h.run(state, editor, fields, self.inpainter, self.settings)
+        try:
+            result, state = h.run(state, editor, fields, self.inpainter, self.settings)
+        except InpaintError as exc:  # the page keeps its last result; the message says why
+            return (*(gr.update(),) * 5, error_message("run", exc))
         picture = state.picture
         now = self.sessions.get(request.session_hash)
         if now.picture is picture:  # not replaced by an upload during the run
             self.sessions.put(request.session_hash, replace(now, last_seed=result.seed))
-        path = self.files.save(f"{picture.name}-inpainted-seed{result.seed}", result.png)
+        seeded = "seed" not in self.ignores
+        name = f"{picture.name}-inpainted" + (f"-seed{result.seed}" if seeded else "")
+        path = self.files.save(name, result.png)
+        secs = time.monotonic() - started
+        message = (
+            f"{OK_MARK} Done in {secs:.2f} s" if secs < 10 else f"{OK_MARK} Done in {secs:.0f} s"
+        )
+        message += f", seed {result.seed}." if seeded else "."
         if result.status != Status.OK.value:
-            gr.Warning("the mask was empty after processing: the result is the input")
+            message += " The mask was empty after processing: the result is the input."
         return (
             (_shrink(picture.rgb), _shrink(result.image)),
             gr.update(value=path, visible=True),
             h.job_yaml(result.params),
             h.row_json(result.params),
-            result.seed,
+            result.seed if seeded else gr.update(),
+            message,
         )
 
     # outputs: status line, row JSON
-    @errors_to_page
     def add(self, request: gr.Request, editor: dict | None, manifest_name: str, *fields: Any):
         """`fields`: the settings column's values, in the order of handlers.Fields."""
         state = self.sessions.get(request.session_hash)
-        return h.add(state, editor, h.Fields(*fields), manifest_name, self.model, self.settings)
+        try:
+            return h.add(state, editor, h.Fields(*fields), manifest_name, self.model,
+                         self.settings, self.ignores)  # fmt: skip
+        except InpaintError as exc:
+            return error_message("add", exc), gr.update()

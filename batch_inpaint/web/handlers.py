@@ -8,6 +8,7 @@ shown to the person at the page as it is. `layout` wires them to the components.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import threading
 import time
@@ -20,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from batch_inpaint.config import job_settings
-from batch_inpaint.errors import ConfigError, MaskError
+from batch_inpaint.config import KEYS, job_settings
+from batch_inpaint.errors import ConfigError, InpaintError, MaskError
 from batch_inpaint.image import codec
 from batch_inpaint.params import (
     GenerationParams,
@@ -45,6 +46,11 @@ from batch_inpaint.web.inputs import (
 from batch_inpaint.web.manifests import add_to_manifest
 
 SEED_LIMIT = 2**31  # seeds the page draws itself; GenerationParams takes up to 2**63
+# The page's controls (Fields names) for each GenerationParams field a backend may ignore.
+CONTROLS = {"prompt": ("prompt",), "negative_prompt": ("negative_prompt",),
+            "num_inference_steps": ("steps",), "guidance_scale": ("guidance",),
+            "seed": ("seed", "random_seed")}  # fmt: skip
+log = logging.getLogger("batch_inpaint.web")
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,19 @@ def release_in_background(sessions: Sessions, every_s: float) -> threading.Threa
     return thread
 
 
+def user_error(event: str, exc: InpaintError) -> str:
+    """A mistake of the person at the page: one line on the server's log (no traceback: nothing
+    is wrong with the server), and the message to show them."""
+    log.warning("web %s: %s (%s)", event, exc, exc.kind)
+    return str(exc)
+
+
 # -- parameters -------------------------------------------------------------------------------
+def ignored_controls(ignores: tuple[str, ...]) -> frozenset[str]:
+    """The page's controls that do nothing for a model whose spec ignores `ignores`."""
+    return frozenset(c for field in ignores for c in CONTROLS.get(field, ()))
+
+
 def make_options(fields: Fields) -> tuple[InpaintOptions, int]:
     """The page's fields as InpaintOptions and the seed to use; ConfigError names a bad field."""
     f = fields
@@ -192,21 +210,27 @@ def _int(v: Any, what: str) -> int:
     return int(f)
 
 
-def reproduction_params(options: InpaintOptions, seed: int, model: dict[str, Any]) -> dict:
+def reproduction_params(
+    options: InpaintOptions, seed: int, model: dict[str, Any], ignores: tuple[str, ...] = ()
+) -> dict:
     """What reproduces a result in a job: the job config's keys and a manifest row's override
-    columns, both derived from the options' fields by config.job_settings / params.row_overrides.
+    columns, both derived from the options' fields by config.job_settings / params.row_overrides,
+    without the generation fields the model ignores (`ignores`: its spec's).
 
     The seed belongs in the row: a job's own `seed` is a base from which each row's seed is derived.
     """
     backend = model.get("backend") or "diffusers"
-    loadable = backend == "diffusers"  # the tiny checkpoint is rebuilt from code, not loaded by id
+    loadable = backend in ("diffusers", "lama")  # the tiny checkpoint is rebuilt from code
     job = job_settings(
         options,
         backend=backend,
         model=model.get("model") if loadable else None,
         revision=model.get("revision") if loadable else None,
     )
-    return {"job_config": job, "manifest_row": row_overrides(options, seed)}
+    unused = {n for n, k in KEYS.items() if k.part == "generation" and k.field.name in ignores}
+    job = {k: v for k, v in job.items() if k not in unused}
+    row = {k: v for k, v in row_overrides(options, seed).items() if k not in ignores}
+    return {"job_config": job, "manifest_row": row}
 
 
 def job_yaml(params: dict) -> str:
@@ -240,7 +264,7 @@ def run_inpaint(
         )
     result = inpaint_array(picture.rgb, mask, inpainter, options, seed=seed)
     image = np.asarray(result.image)
-    params = reproduction_params(options, seed, inpainter.describe())
+    params = reproduction_params(options, seed, inpainter.describe(), inpainter.spec.ignores)
     return RunResult(image, codec.encode_image(image, "png"), seed, result.status, params)
 
 
@@ -308,15 +332,19 @@ def add(
     manifest_name: str,
     model: dict[str, Any],
     settings: ServeSettings,
+    ignores: tuple[str, ...] = (),
 ) -> tuple[str, str]:
-    """Add the picture, what was painted and the settings to a manifest; returns the message
-    to show and the row as JSON."""
+    """Add the picture, what was painted and the settings (less what the model `ignores`) to a
+    manifest; returns the message to show and the row as JSON."""
     mask = painted_mask(state, editor, settings)
     # With "random seed" ticked, the row keeps the seed of the last run (the result seen).
     seed = state.last_seed if fields.random_seed else fields.seed
     options, used = make_options(replace(fields, seed=seed, random_seed=seed is None))
-    params = reproduction_params(options, used, model)
+    params = reproduction_params(options, used, model, ignores)
     root = settings.manifest_root
-    path, row = add_to_manifest(root, manifest_name, state.picture, mask, params)
+    path, row, added = add_to_manifest(root, manifest_name, state.picture, mask, params)
     shown = path.relative_to(Path(root).resolve().parent)
+    if not added:
+        return (f"Already in `{shown}` as row `{row['id']}` (same image, mask and settings); "
+                "nothing added.", row_json(params, row))  # fmt: skip
     return f"Added row `{row['id']}` to `{shown}`.", row_json(params, row)

@@ -10,7 +10,7 @@ import gradio as gr
 from gradio import component_meta, processing_utils
 
 from batch_inpaint.web import handlers as h
-from batch_inpaint.web.events import PageEvents
+from batch_inpaint.web.events import SCROLL_TO_RESULT, PageEvents
 from batch_inpaint.web.inputs import IMAGE_SUFFIXES, ServeSettings, find_samples
 
 BRUSH_COLOUR = ("#ff00ff", 0.6)  # see-through, so the object stays visible under the paint
@@ -68,13 +68,20 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
     samples = find_samples(settings.samples_dir)
     events = PageEvents(inpainter, settings, samples)
     h.release_in_background(events.sessions, every_s=min(60.0, settings.idle_minutes * 15))
+    off = h.ignored_controls(events.ignores)  # controls this model ignores: shown, disabled
+
+    def used(name: str) -> dict[str, Any]:
+        if name not in off:
+            return {"interactive": True}
+        return {"interactive": False, "info": f"not used by {events.model['backend']}"}
 
     with gr.Blocks(title="batch-inpaint", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(
             "## batch-inpaint: try the model\n"
             "1. Upload an image or pick a sample. 2. Paint over what should go (brush size, "
-            "eraser and undo are in the editor's toolbar), or upload a mask. 3. Change the prompt "
-            "if you like, and press **Inpaint**.\n\n"
+            "eraser and undo are in the editor's toolbar), or upload a mask. 3. "
+            + ("Press" if "prompt" in off else "Change the prompt if you like, and press")
+            + " **Inpaint**.\n\n"
             f"Accepted: {settings.limits_text()}. Model: {_model_text(events.model)}. Requests "
             "wait their turn for the model; the page shows your place in the queue."
         )
@@ -120,22 +127,21 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
                         visible_columns=[0],
                     )
             with gr.Column(scale=2):
-                prompt = gr.Textbox(
-                    label="Prompt", value=DEFAULTS.prompt, elem_id="prompt", lines=2
-                )
-                negative_prompt = gr.Textbox(label="Negative prompt", elem_id="negative-prompt")
+                prompt = gr.Textbox(label="Prompt", value=DEFAULTS.prompt, elem_id="prompt",
+                                    lines=2, **used("prompt"))  # fmt: skip
+                negative_prompt = gr.Textbox(label="Negative prompt", elem_id="negative-prompt",
+                                             **used("negative_prompt"))  # fmt: skip
                 with gr.Row():
-                    steps = gr.Slider(
-                        1, 100, value=DEFAULTS.steps, step=1, label="Steps", elem_id="steps"
-                    )
+                    steps = gr.Slider(1, 100, value=DEFAULTS.steps, step=1, label="Steps",
+                                      elem_id="steps", **used("steps"))  # fmt: skip
                     guidance = gr.Slider(0, 20, value=DEFAULTS.guidance, step=0.5,
-                                         label="Guidance scale", elem_id="guidance")  # fmt: skip
+                                         label="Guidance scale", elem_id="guidance",
+                                         **used("guidance"))  # fmt: skip
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=DEFAULTS.seed, precision=0, minimum=0,
-                                     elem_id="seed")  # fmt: skip
-                    random_seed = gr.Checkbox(
-                        label="Random seed", value=DEFAULTS.random_seed, elem_id="random-seed"
-                    )
+                                     elem_id="seed", **used("seed"))  # fmt: skip
+                    random_seed = gr.Checkbox(label="Random seed", value=DEFAULTS.random_seed,
+                                              elem_id="random-seed", **used("random_seed"))  # fmt: skip
                 mode = gr.Radio(MODES, value=DEFAULTS.mode, label="Mode", elem_id="mode")
                 with gr.Row():
                     dilate = gr.Slider(
@@ -143,6 +149,8 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
                     )
                     feather = gr.Slider(0, 64, value=DEFAULTS.feather, step=1, label="Feather (px)")
                 run = gr.Button("Inpaint", variant="primary", elem_id="run")
+                # what went wrong (or how the run went), beside the button: no error badges
+                run_message = gr.Markdown(elem_id="run-message")
         with gr.Row():
             with gr.Column(scale=3):
                 slider = gr.ImageSlider(
@@ -164,7 +172,7 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
                     interactive=False,
                 )
                 row_code = gr.Code(
-                    label="Manifest row (JSON): the seed that reproduces this result",
+                    label="Manifest row (JSON): the override columns that reproduce this result",
                     language="json",
                     elem_id="row-json",
                     interactive=False,
@@ -216,10 +224,11 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
         run.click(
             events.run,
             [editor, *fields],
-            [slider, download, job_code, row_code, seed],
+            [slider, download, job_code, row_code, seed, run_message],
+            show_progress_on=[run_message, slider],  # beside the button, not on every output
             concurrency_id="model",
             concurrency_limit=1,
-        )
+        ).then(None, run_message, None, js=SCROLL_TO_RESULT)
         add.click(
             events.add,
             [editor, manifest_name, *fields],

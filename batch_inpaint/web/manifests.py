@@ -47,13 +47,14 @@ def add_to_manifest(
     picture: Picture,
     mask: np.ndarray,
     params: dict[str, Any],
-) -> tuple[Path, dict[str, Any]]:
-    """Append a row (image, drawn mask, parameters) to manifest `name`; returns (path, row).
+) -> tuple[Path, dict[str, Any], bool]:
+    """Append a row (image, drawn mask, parameters) to manifest `name`; returns (path, row,
+    added): `added` is False when the manifest already holds that row (it is left as it is).
 
     Layout: <root>/<name>/manifest.parquet, masks/<id>.png and, for uploads, images/<digest>.png
     (an upload has no URI of its own). URIs in the row are relative to the manifest's folder, so the
     folder can be copied to object storage as it is; a bundled sample keeps its own absolute path.
-    A row with the same id (same image, mask and parameters) replaces the old one.
+    A row's id is a digest of its image, mask and parameters, so the same row has the same id.
     """
     from batch_inpaint.manifest.manifest import Manifest
 
@@ -68,26 +69,32 @@ def add_to_manifest(
         digest.encode() + mask_bytes + json.dumps(row_params, sort_keys=True).encode()
     )
     row_id = f"{picture.name}-{key.hexdigest()[:12]}"
+    # a bundled sample keeps its own URI; an upload is saved beside the manifest
+    image_uri = picture.source_uri or f"images/{digest[:16]}.png"
+    row = {"id": row_id, "image": image_uri, "mask": f"masks/{row_id}.png", **row_params}
     with _manifest_lock:
+        rows = _read_rows(path)
+        if any(r.get("id") == row_id for r in rows):
+            return path, row, False
         folder.mkdir(parents=True, exist_ok=True)
-        if picture.source_uri is not None:
-            image_uri = picture.source_uri
-        else:
-            image_uri = f"images/{digest[:16]}.png"
-            image_path = folder / image_uri
-            if not image_path.exists():
-                _write_atomic(image_path, codec.encode_image(picture.rgb, "png"))
-        mask_uri = f"masks/{row_id}.png"
-        _write_atomic(folder / mask_uri, mask_bytes)
-        row = {"id": row_id, "image": image_uri, "mask": mask_uri, **row_params}
-        rows = []
-        if path.exists():
-            try:
-                rows = [r for r in Manifest.read(str(path)) if r.get("id") != row_id]
-            except InpaintError as exc:
-                raise ManifestError(f"can't add to {path}: {exc}") from None
+        if picture.source_uri is None and not (folder / image_uri).exists():
+            _write_atomic(folder / image_uri, codec.encode_image(picture.rgb, "png"))
+        _write_atomic(folder / row["mask"], mask_bytes)
         Manifest.from_records([*rows, row]).write(str(path))
-    return path, row
+    return path, row, True
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    from batch_inpaint.manifest.manifest import Manifest
+
+    if not path.exists():
+        return []
+    try:
+        return list(Manifest.read(str(path)))
+    except InpaintError as exc:
+        raise ManifestError(
+            f"can't add to {path}: {exc}; pick another manifest name, or move that file away"
+        ) from None
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -275,3 +275,13 @@ def test_nothing_to_do_imports_neither_ray_nor_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [True, 0, []]
+
+
+def test_a_missing_local_model_folder_fails_before_ray_or_any_write(tmp_path, capsys):
+    manifest, _ = local_dataset(tmp_path, 1)
+    out = tmp_path / "out"
+    args = ["run", "--manifest", str(manifest), "--output", str(out), "--backend", "diffusers",
+            "--model", str(tmp_path / "no-such-model")]  # fmt: skip
+    assert main(args) == ExitCode.CONFIG
+    assert "no-such-model not found" in capsys.readouterr().err
+    assert not out.exists()
