@@ -33,7 +33,7 @@ class Progress:
         self.shown = -1  # rows at the last plain line
         stream = stream if stream is not None else sys.stdout
         self.bar = None
-        if echo is print and total and _is_tty(stream):
+        if _is_builtin_print(echo) and total and _is_tty(stream):
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="row", file=stream, dynamic_ncols=True,
@@ -72,6 +72,14 @@ class Progress:
 
 def _errors(n: int) -> str:
     return f"{n} error{'' if n == 1 else 's'}"
+
+
+def _is_builtin_print(echo) -> bool:
+    """The caller prints to the terminal (the default echo), not into a list or a log. Not `echo
+    is print`: Ray's tqdm support replaces builtins.print once Ray Data has run in the process."""
+    return (
+        getattr(echo, "__module__", None) == "builtins" and getattr(echo, "__name__", "") == "print"
+    )
 
 
 def _is_tty(stream) -> bool:
