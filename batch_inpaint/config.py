@@ -305,21 +305,6 @@ def _replaced(part: str, obj: Any, changes: dict[str, Any]) -> Any:
         raise _named(_KEY_OF.get((part, exc.field), part), exc) from None
 
 
-def batch_size_for(work_w: int, work_h: int, on_gpu: bool) -> int:
-    """Images per forward pass by working size: batching pays on GPUs at small sizes; on CPU it
-    only costs memory. Measured figures behind these numbers are in bench/ and the README."""
-    if not on_gpu:
-        return 1
-    pixels = work_w * work_h
-    if pixels <= 512 * 512:
-        return 8
-    if pixels <= 768 * 768:
-        return 4
-    if pixels <= 1024 * 1024:
-        return 2
-    return 1
-
-
 # -- the web page's exports ----------------------------------------------------------------------
 def job_settings(options: InpaintOptions, **job_fields: Any) -> dict[str, Any]:
     """The flat job-config keys that reproduce `options` in a job (with `job_fields` such as

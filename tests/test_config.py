@@ -16,10 +16,10 @@ from batch_inpaint.config import (
     KEYS,
     JobConfig,
     add_arguments,
-    batch_size_for,
     config_from_args,
 )
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.job.model_stage import batch_size_for
 from tests.fixtures_ray import REPO
 
 # field -> values that must be refused, each with an error naming the field

@@ -14,7 +14,6 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from batch_inpaint.config import batch_size_for
 from batch_inpaint.errors import InpaintError
 from batch_inpaint.image.inpaint import region_seed
 from batch_inpaint.job.attempts import BATCH_TRIES, ROW_TRIES, Attempts, given_up
@@ -189,3 +188,18 @@ def load_model(ctx: JobContext) -> Inpainter:
         compile=cfg.torch_compile,
         storage=ctx.storage,
     )
+
+
+def batch_size_for(work_w: int, work_h: int, on_gpu: bool) -> int:
+    """Images per forward pass by working size: batching pays on GPUs at small sizes; on CPU it
+    only costs memory. Measured figures behind these numbers are in bench/ and the README."""
+    if not on_gpu:
+        return 1
+    pixels = work_w * work_h
+    if pixels <= 512 * 512:
+        return 8
+    if pixels <= 768 * 768:
+        return 4
+    if pixels <= 1024 * 1024:
+        return 2
+    return 1
