@@ -64,6 +64,7 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
         "manifest": redact_uri(cfg.manifest),
         "output": redact_uri(cfg.output),
         "output_state": {"new": "new (empty or absent)", "ours": "a batch-inpaint output",
+                         "legacy": "a batch-inpaint output of an older version",
                          "adopted": "not empty; shared (--allow-non-empty-output)"}[state],
         "lock": None if not held else {k: held.get(k) for k in ("host", "pid", "age_s")},
         "damaged_results": damaged,

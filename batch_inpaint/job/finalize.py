@@ -55,9 +55,10 @@ def finalize(run: RunState) -> dict:
     if cfg.prune and others.num_rows:
         pruned = _delete_outputs(storage, cfg.output, others)
         others = others.slice(0, 0)
-    kept = _outputs(rows) | _outputs(others)
+    row_outputs = _outputs(rows)
+    kept = row_outputs | _outputs(others)
     missing, removed, unknown = reconcile_images(storage, cfg.output, kept, _own_keys(run, rows))
-    mine = {u for u in missing if u in _outputs(rows)}
+    mine = missing & row_outputs
     bad_outputs = {u: "missing: no object under images/" for u in sorted(mine)}
     if table.num_rows:
         compacted = pa.concat_tables([rows, others], promote_options="permissive")

@@ -73,8 +73,9 @@ def check_output_location(output: str, inputs: list[str]) -> None:
 
 
 def check_owner(storage, output: str, allow_non_empty: bool) -> str:
-    """'ours' when a run of batch-inpaint made the output, 'new' when it is empty or absent (the
-    marker is written by `claim`), 'adopted' when allow_non_empty lets a first run share a
+    """'ours' when a run of batch-inpaint made the output ('legacy' when a version from before
+    the marker did: claimed like a new one, so its whole listing happens once), 'new' when it
+    is empty or absent (the marker is written by `claim`), 'adopted' when allow_non_empty lets a first run share a
     non-empty location; ConfigError otherwise. Listing failures other than 'not found' stop here."""
     marker = join(output, MARKER)
     if storage.exists(marker):
@@ -91,7 +92,7 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
     if not names:
         return "new"
     if _legacy_output(storage, output, names):
-        return "ours"
+        return "legacy"  # ours, from before the marker: the run claims it, so this listing is once
     if not allow_non_empty:
         shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
         raise ConfigError(

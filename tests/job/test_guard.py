@@ -95,7 +95,10 @@ def test_an_output_of_an_older_version_is_recognised_by_its_job_json(tmp_path):
     out = tmp_path / "old"
     (out / "metadata").mkdir(parents=True)
     (out / "job.json").write_text(json.dumps({"run_id": "r", "config": {}, "versions": {}}))
+    assert guard.check_owner(Storage(), str(out), allow_non_empty=False) == "legacy"
+    guard.claim(Storage(), str(out), "run-2", "legacy")  # what a run does: listed only once
     assert guard.check_owner(Storage(), str(out), allow_non_empty=False) == "ours"
+    (out / guard.MARKER).unlink()
     (out / "job.json").write_text("{}")  # not ours after all
     with pytest.raises(ConfigError):
         guard.check_owner(Storage(), str(out), allow_non_empty=False)
