@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from batch_inpaint.detect.base import BoxesDetector, Detection
+from batch_inpaint.detect.provider import MaskProvider
 from batch_inpaint.manifest.manifest import Manifest
 from batch_inpaint.web import inputs
 
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "examples" / "images" / "coffee.png"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 MAX_UPLOAD_MB = 2
+WATERMARK = (420, 320, 560, 370)  # x0, y0, x1, y1 on the 600x400 sample
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,9 @@ def server(request, tmp_path_factory):
         manifest_root=tmp_path_factory.mktemp(f"manifests-{backend}"),
     )
     port = free_port()
-    demo = launch(inpainter, settings, port=port, block=False, quiet=True)
+    # the Detect button finds a "watermark" at known boxes (BoxesDetector: no model)
+    provider = MaskProvider(BoxesDetector([Detection("watermark", 0.9, WATERMARK)]))
+    demo = launch(inpainter, settings, port=port, block=False, quiet=True, provider=provider)
     assert demo.max_file_size == settings.max_upload_bytes
     yield f"http://127.0.0.1:{port}/", settings, backend
     demo.close()
@@ -215,6 +220,35 @@ def test_paint_run_download_changes_only_the_stroke(page, server, tmp_path):
     ] = True
     assert not (changed & ~band).any(), "pixels far from the stroke changed"
     screenshot(page, f"web-{backend}.png")
+
+
+def test_detect_fills_the_mask_and_inpaint_uses_it(page, server, tmp_path):
+    if server[2] == "tiny":
+        pytest.skip("the Detect path is the same for every backend; opencv is faster")
+    upload_image(page, SAMPLE)
+    wait_for_editor(page)
+    page.fill("#detect-queries textarea, #detect-queries input", "cat")
+    page.click("#detect")
+    page.get_by_text("Nothing found for cat").first.wait_for(timeout=20_000)
+    page.fill("#detect-queries textarea, #detect-queries input", "watermark, text")
+    page.click("#detect")
+    page.get_by_text("Found 1 for watermark, text: watermark 0.90").first.wait_for(timeout=20_000)
+    assert "420, 320, 560, 370" in page.inner_text("#detections")
+    z = paint_stroke(page)  # edited by hand: the editor now sends its own canvas back
+    screenshot(page, "web-detect.png")
+    result = run_and_download(page, tmp_path)
+    original = np.asarray(Image.open(SAMPLE).convert("RGB"))
+    changed = (result != original).any(axis=-1)
+    x0, y0, x1, y1 = WATERMARK
+    allowed = np.zeros_like(changed)
+    allowed[y0:y1, x0:x1] = True
+    assert changed[allowed].mean() > 0.5, "the detected box hardly changed"
+    hgt, wid = original.shape[:2]
+    half, reach = 60 / z, int(60 / z + 40)  # the stroke: through the centre, a brush wide
+    core = changed[hgt // 2 - 2 : hgt // 2 + 3, int(wid / 2 - half / 2) : int(wid / 2 + half / 2)]
+    assert core.mean() > 0.5, "the stroke painted after Detect hardly changed"
+    allowed[hgt // 2 - reach : hgt // 2 + reach, wid // 2 - reach : wid // 2 + reach] = True
+    assert not (changed & ~allowed).any(), "pixels outside the box and the stroke changed"
 
 
 def test_bad_uploads_show_their_message_and_the_page_goes_on(page, server, tmp_path):

@@ -47,6 +47,21 @@ def add_parser(sub) -> None:
                    help="folder where 'Add to manifest' writes (default: ./%(default)s)")  # fmt: skip
     p.add_argument("--samples", default=None,
                    help="folder of sample images to offer (default: the bundled examples/images)")  # fmt: skip
+    d = p.add_argument_group(
+        "the Detect button (as `batch-inpaint detect`; a Hub id, local folder or s3:// prefix). "
+        "Without --detector or --text-detector the page has no detector and Detect says so"
+    )
+    d.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
+                   "(e.g. IDEA-Research/grounding-dino-tiny)")  # fmt: skip
+    d.add_argument("--detector-revision", help="Hub commit to pin the detector to")
+    d.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
+                   "checkpoint (e.g. PaddlePaddle/PP-OCRv6_medium_det_safetensors)")  # fmt: skip
+    d.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
+    d.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
+                   "(default: none, the boxes are the mask)")  # fmt: skip
+    d.add_argument("--segmenter-revision", help="Hub commit to pin the segmenter to")
+    d.add_argument("--threshold", type=float,
+                   help="keep detections scoring at least this, 0..1 (default: the detector's)")  # fmt: skip
     p.set_defaults(func=_serve)
 
 
@@ -56,6 +71,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [1, 65535], got {args.port}")
+    if args.threshold is not None:
+        from batch_inpaint.detect.base import check_threshold
+
+        check_threshold(args.threshold, "--threshold")
     settings = ServeSettings(
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
@@ -80,5 +99,19 @@ def _serve(args: argparse.Namespace) -> int:
     if args.backend == "tiny":
         print("serve: the tiny checkpoint has random weights: results are noise "
               "(use --backend opencv or diffusers for real fills)", file=sys.stderr)  # fmt: skip
-    launch(inpainter, settings, host=args.host, port=args.port)
+    provider = _load_provider(args)
+    launch(inpainter, settings, host=args.host, port=args.port, provider=provider)
     return ExitCode.OK
+
+
+def _load_provider(args: argparse.Namespace):
+    """The Detect button's MaskProvider, loaded once for the server; None without a detector."""
+    from batch_inpaint.web.detection import MODEL_FLAGS, load_provider
+
+    if args.detector is None and args.text_detector is None:
+        print("serve: no --detector or --text-detector: the Detect button will say so",
+              file=sys.stderr)  # fmt: skip
+        return None
+    print("serve: loading the detector...", file=sys.stderr)
+    models = {k: getattr(args, k) for k in MODEL_FLAGS}
+    return load_provider(**models, threshold=args.threshold, device=args.device)

@@ -25,12 +25,12 @@ def _import_gradio():
     return gr
 
 
-def build_app(inpainter: Any, settings: ServeSettings | None = None):
-    """The gr.Blocks page for `inpainter` (see layout.build_app)."""
+def build_app(inpainter: Any, settings: ServeSettings | None = None, provider: Any = None):
+    """The gr.Blocks page for `inpainter` and the Detect button's `provider` (layout.build_app)."""
     _import_gradio()
     from batch_inpaint.web.layout import build_app as build
 
-    return build(inpainter, settings)
+    return build(inpainter, settings, provider)
 
 
 def launch(
@@ -40,11 +40,13 @@ def launch(
     port: int | None = None,
     block: bool = True,
     quiet: bool = False,
+    provider: Any = None,
 ):
-    """Queue (one model, requests wait their turn) and serve the page; returns the Blocks."""
+    """Queue (one model, requests wait their turn) and serve the page; returns the Blocks.
+    `provider`: a detect.provider.MaskProvider for the Detect button, loaded once, or None."""
     gr = _import_gradio()
     settings = settings or ServeSettings()
-    demo = build_app(inpainter, settings)
+    demo = build_app(inpainter, settings, provider)
     demo.queue(default_concurrency_limit=1, max_size=64)
     demo.launch(
         server_name=host,

@@ -99,8 +99,15 @@ class ResultFiles:
 class PageEvents:
     """One page's events; `layout.build_app` wires each method to its components."""
 
-    def __init__(self, inpainter: Any, settings: ServeSettings, samples: dict[str, Sample]):
+    def __init__(
+        self,
+        inpainter: Any,
+        settings: ServeSettings,
+        samples: dict[str, Sample],
+        provider: Any = None,
+    ):
         self.inpainter = inpainter
+        self.provider = provider  # detect.provider.MaskProvider, or None: Detect says so
         self.settings = settings
         self.samples = samples
         self.model = inpainter.describe()
@@ -199,6 +206,20 @@ class PageEvents:
             result.seed if seeded else gr.update(),
             message,
         )
+
+    # outputs: editor, message, detections table
+    def detect(self, editor: dict | None, queries: str, request: gr.Request):
+        from batch_inpaint.web import detection
+
+        state = self.sessions.get(request.session_hash)
+        try:
+            found = detection.detect(state, editor, queries, self.provider, self.settings)
+        except InpaintError as exc:
+            return gr.update(), error_message("detect", exc), ""
+        table = detection.detections_markdown(found.detections)
+        if found.editor is None:
+            return gr.update(), f"{ERROR_MARK} {_escape(found.message)}", table
+        return found.editor, f"{OK_MARK} {_escape(found.message)}", table
 
     # outputs: status line, row JSON
     def add(self, request: gr.Request, editor: dict | None, manifest_name: str, *fields: Any):

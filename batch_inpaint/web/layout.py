@@ -62,11 +62,14 @@ def _model_text(model: dict[str, Any]) -> str:
     return text
 
 
-def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Blocks:
-    """The gr.Blocks page for `inpainter`; call .queue() / .launch() on it (see app.launch)."""
+def build_app(
+    inpainter: Any, settings: ServeSettings | None = None, provider: Any = None
+) -> gr.Blocks:
+    """The gr.Blocks page for `inpainter` (and `provider`, a MaskProvider for the Detect button;
+    None: Detect says no detector is configured); call .queue() / .launch() on it."""
     settings = settings or ServeSettings()
     samples = find_samples(settings.samples_dir)
-    events = PageEvents(inpainter, settings, samples)
+    events = PageEvents(inpainter, settings, samples, provider)
     h.release_in_background(events.sessions, every_s=min(60.0, settings.idle_minutes * 15))
     off = h.ignored_controls(events.ignores)  # controls this model ignores: shown, disabled
 
@@ -79,7 +82,8 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
         gr.Markdown(
             "## batch-inpaint: try the model\n"
             "1. Upload an image or pick a sample. 2. Paint over what should go (brush size, "
-            "eraser and undo are in the editor's toolbar), or upload a mask. 3. "
+            "eraser and undo are in the editor's toolbar), upload a mask, or type what to find "
+            "(e.g. `watermark, text`) and press **Detect**. 3. "
             + ("Press" if "prompt" in off else "Change the prompt if you like, and press")
             + " **Inpaint**.\n\n"
             f"Accepted: {settings.limits_text()}. Model: {_model_text(events.model)}. Requests "
@@ -111,11 +115,23 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
                     transforms=[],
                     brush=gr.Brush(colors=[BRUSH_COLOUR], color_mode="fixed", default_size="auto"),
                     eraser=gr.Eraser(default_size="auto"),
-                    canvas_size=(768, 512),
+                    # small: the editor centres a layer the page sets (Detect) in the larger
+                    # of this and the picture, so a picture-sized layer must not be smaller
+                    canvas_size=(64, 64),
                     height=560,
                     buttons=["fullscreen"],
                     placeholder="Upload an image above, or pick a sample below",
                 )
+                with gr.Row(equal_height=True):
+                    queries = gr.Textbox(
+                        label="Find and mask (comma-separated)",
+                        placeholder="watermark, text",
+                        elem_id="detect-queries",
+                        scale=3,
+                    )
+                    detect = gr.Button("Detect", elem_id="detect", scale=1)
+                detect_message = gr.Markdown(elem_id="detect-message")
+                detections = gr.Markdown(elem_id="detections")
                 if samples:
                     sample_thumb = gr.Image(visible=False, type="filepath")
                     sample_name = gr.Textbox(visible=False)
@@ -229,6 +245,14 @@ def build_app(inpainter: Any, settings: ServeSettings | None = None) -> gr.Block
             concurrency_id="model",
             concurrency_limit=1,
         ).then(None, run_message, None, js=SCROLL_TO_RESULT)
+        detect.click(
+            events.detect,
+            [editor, queries],
+            [editor, detect_message, detections],
+            show_progress_on=[detect_message],
+            concurrency_id="detect",
+            concurrency_limit=1,
+        )
         add.click(
             events.add,
             [editor, manifest_name, *fields],
