@@ -85,9 +85,26 @@ def _work_size(w: int, h: int, longest: int, multiple: int) -> tuple[int, int]:
     return fit(w), fit(h)
 
 
+# More components than this go the general way (a pairwise check costs n² small steps).
+FAST_COMPONENTS = 256
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1), exclusive ends, of a 2-D mask's nonzero pixels; None when there are
+    none. Two reductions, not np.nonzero: no index arrays for a large mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def _merged_boxes(mask: np.ndarray, geometry: GeometryOptions, side: int) -> list[tuple]:
     """Context boxes of the masked regions: near regions merged, boxes never overlapping."""
     h, w = mask.shape
+    apart = _apart_components(mask, geometry, side)
+    if apart is not None:
+        return sorted(_context_box(g, w, h, geometry, side) for g in apart)
     # Regions closer than merge_distance touch once each grows by half of it; a distance map
     # does that growth in one pass, in a window around the mask.
     ys, xs = np.nonzero(mask)
@@ -130,6 +147,68 @@ def _merged_boxes(mask: np.ndarray, geometry: GeometryOptions, side: int) -> lis
             if merged:
                 break
     return sorted(_context_box(g, w, h, geometry, side) for g in groups)
+
+
+def _apart_components(mask: np.ndarray, geometry: GeometryOptions, side: int) -> list[tuple] | None:
+    """The boxes of the mask's 8-connected components when merging has nothing to do: no two
+    closer than merge_distance + 2 px (so the grown regions below never join two of them) and
+    no two context boxes overlapping. None otherwise: the general way then decides. A few
+    watermark boxes scattered over a 4K frame skip its distance transform of the whole frame."""
+    h, w = mask.shape
+    found: list[tuple[int, int, int, int]] = []
+    if not _component_boxes(mask, (0, 0, w, h), found):
+        return None
+    bx0, by0, bx1, by1 = (np.array(v, np.int64) for v in zip(*found, strict=True))
+    # empty columns (rows) between two boxes; negative when they overlap in x (y)
+    gap_x = np.maximum(bx0[:, None] - bx1[None, :], bx0[None, :] - bx1[:, None])
+    gap_y = np.maximum(by0[:, None] - by1[None, :], by0[None, :] - by1[:, None])
+    gap = np.maximum(gap_x, gap_y)
+    np.fill_diagonal(gap, np.iinfo(gap.dtype).max)
+    if (gap <= geometry.merge_distance + 2).any():
+        return None
+    groups = [
+        (int(a), int(b), int(c), int(d)) for a, b, c, d in zip(bx0, by0, bx1, by1, strict=True)
+    ]
+    ctx = [_context_box(g, w, h, geometry, side) for g in groups]
+    for i in range(len(ctx)):
+        for j in range(i + 1, len(ctx)):
+            if _overlap(ctx[i], ctx[j]):
+                return None
+    return groups
+
+
+def _component_boxes(mask: np.ndarray, window: tuple[int, int, int, int], found: list) -> bool:
+    """Append the boxes of the 8-connected components of mask[window] to `found`; False once
+    there are more than FAST_COMPONENTS. Empty rows and columns split the window first (pixels
+    on either side of one are never 8-connected), so the labelling runs on small windows around
+    the marks, not on the frame between them."""
+    x0, y0, x1, y1 = window
+    sub = mask[y0:y1, x0:x1]
+    row_runs = _runs(sub.any(axis=1))
+    for ra, rb in row_runs:
+        band = sub[ra:rb]
+        col_runs = _runs(band.any(axis=0))
+        if len(row_runs) > 1 or len(col_runs) > 1:
+            for ca, cb in col_runs:
+                if not _component_boxes(mask, (x0 + ca, y0 + ra, x0 + cb, y0 + rb), found):
+                    return False
+            continue
+        ca, cb = col_runs[0]
+        leaf = np.ascontiguousarray(band[:, ca:cb]).view(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(leaf, connectivity=8)
+        for lx, ly, lw, lh, _ in stats[1:n]:
+            bx, by = x0 + ca + int(lx), y0 + ra + int(ly)
+            found.append((bx, by, bx + int(lw), by + int(lh)))
+        if len(found) > FAST_COMPONENTS:
+            return False
+    return True
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in a 1-D bool array, end exclusive."""
+    edges = np.diff(np.concatenate(([0], flags.view(np.int8), [0])))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(),
+                    strict=True))  # fmt: skip
 
 
 def _context_box(bbox: tuple, w: int, h: int, geometry: GeometryOptions, side: int) -> tuple:
@@ -196,10 +275,6 @@ def paste(
         raise SizeMismatchError(
             f"soft mask is {soft.shape[1::-1]} but the image is {original.shape[1::-1]} (w, h)"
         )
-    if soft.dtype == bool:
-        soft = soft.astype(np.float32)
-    elif soft.dtype == np.uint8:
-        soft = soft.astype(np.float32) / 255.0
     out = original.copy()
     for region, result in pieces:
         ww, wh = region.work_size
@@ -209,15 +284,26 @@ def paste(
             )
         x0, y0, x1, y1 = region.box
         s = soft[y0:y1, x0:x1]
-        ys, xs = np.nonzero(s > 0)
-        if len(ys) == 0:
+        touched = mask_bbox(s > 0)
+        if touched is None:
             continue
         res = resize_image(result, (x1 - x0, y1 - y0))
-        # Blend only the window the soft mask touches: a full-frame 4K paste stays cheap.
-        wy, wx = slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1)
-        s = s[wy, wx].astype(np.float32)[..., None]
+        # Blend (and make weights) only in the window the soft mask touches: a small mark on a
+        # 4K frame costs its own size, not the frame's.
+        tx0, ty0, tx1, ty1 = touched
+        wy, wx = slice(ty0, ty1), slice(tx0, tx1)
+        s = _weights(s[wy, wx])[..., None]
         base = out[y0:y1, x0:x1][wy, wx]
         blend = base.astype(np.float32) * (1.0 - s) + res[wy, wx].astype(np.float32) * s
-        blend = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+        blend = np.clip(np.rint(blend, out=blend), 0, 255, out=blend).astype(np.uint8)
         out[y0:y1, x0:x1][wy, wx] = np.where(s > 0, blend, base)
     return out
+
+
+def _weights(soft: np.ndarray) -> np.ndarray:
+    """Paste weights (float32 0..1) of a soft mask given as bool, uint8 0..255 or float."""
+    if soft.dtype == bool:
+        return soft.astype(np.float32)
+    if soft.dtype == np.uint8:
+        return soft.astype(np.float32) / 255.0
+    return soft.astype(np.float32)
