@@ -1,8 +1,8 @@
 """JobConfig: every setting of a job, from CLI flags and/or a YAML file, validated before any cluster
 work. The same object flows from the CLI to every stage; no stage reads the environment itself.
 
-The per-image options are nested once (`generation`, `mask`, `geometry`: the params dataclasses);
-the flat YAML keys, `run` flags and help are derived from the fields' `option` metadata (KEYS)."""
+Options are nested once (`generation`, `mask`, `geometry` from params.py, `detection`); the flat
+YAML keys, `run` flags and help derive from the fields' `option` metadata (KEYS)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from batch_inpaint.detect.options import DetectionOptions
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.models import BACKENDS
 from batch_inpaint.option import OptionError, checked, default, meta, option, yaml_key
@@ -28,7 +29,8 @@ DTYPES = ("auto", "fp16", "bf16", "fp32")
 ATTENTION = ("slicing", "sdpa", "auto")
 FORMATS = ("png", "jpeg", "webp")
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-PARTS = {"geometry": GeometryOptions, "mask": MaskOptions, "generation": GenerationParams}
+PARTS = {"geometry": GeometryOptions, "mask": MaskOptions, "generation": GenerationParams,
+         "detection": DetectionOptions}  # fmt: skip
 
 __all__ = ["KEYS", "JobConfig", "add_arguments", "config_from_args", "job_yaml", "row_overrides"]
 
@@ -77,11 +79,18 @@ class JobConfig:
     max_pixels: int = option(64_000_000, group="geometry and masks", lo=1,
                              help="images with more pixels are refused (decompression-bomb guard)")
     generation: GenerationParams = _part(GenerationParams, "generation")
+    detection: DetectionOptions = _part(DetectionOptions, "detection")
     batch_size: int = option(0, group="execution", lo=0,
                              help="images per forward pass; 0 = by working size")
     min_actors: int = option(1, group="execution", lo=1, help="smallest model actor pool")
-    max_actors: int = option(1, group="execution", lo=1,
-                             help="largest model actor pool (autoscaling between the two)")
+    max_actors: int | None = option(None, group="execution", lo=1,
+                                    help="largest model actor pool (autoscaling between the "
+                                    "two); unset: 1 for GPU actors, one per cpus_per_actor "
+                                    "CPUs of the cluster when the stages run fused on CPUs")
+    fuse_stages: bool | None = option(None, group="execution",
+                                      help="run read/decode, model and paste/encode/write in "
+                                      "one actor, passing only rows between stages; unset: "
+                                      "when the model runs on CPU actors")
     gpus_per_actor: float | None = option(None, group="execution", lo=0, hi=8,
                                           help="GPUs per model actor: fractions such as 0.5 "
                                           "share a GPU, 0 = CPU actors; unset: 1 when the "
@@ -192,7 +201,7 @@ class JobConfig:
                 object.__setattr__(self, f.name, checked(f, getattr(self, f.name)))
             except OptionError as exc:
                 raise _named(f.name, exc) from None
-        if self.max_actors < self.min_actors:
+        if self.max_actors is not None and self.max_actors < self.min_actors:
             raise ConfigError("config field 'max_actors': must be >= min_actors")
         if self.device == "cpu" and self.dtype in ("fp16", "bf16"):
             raise ConfigError("config field 'dtype': fp16/bf16 need a GPU; on CPU use fp32 "
@@ -310,7 +319,8 @@ def job_settings(options: InpaintOptions, **job_fields: Any) -> dict[str, Any]:
     """The flat job-config keys that reproduce `options` in a job (with `job_fields` such as
     backend/model/revision), None values left out. The seed is not among them: a job's seed is
     a base from which each row's is derived, so it belongs in the row (row_overrides)."""
-    flat = {n: getattr(getattr(options, k.part), k.field.name) for n, k in KEYS.items() if k.part}
+    keys = {n: k for n, k in KEYS.items() if k.part in ("generation", "mask", "geometry")}
+    flat = {n: getattr(getattr(options, k.part), k.field.name) for n, k in keys.items()}
     flat.pop("seed")
     flat.update(job_fields)
     JobConfig(**flat)  # the same checks as a job: a value the job would refuse fails here
@@ -326,8 +336,7 @@ def job_yaml(options: InpaintOptions, **job_fields: Any) -> str:
 
 # -- command line (batch_inpaint/cli/flags.py derives the flags from KEYS) -------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config` and a flag per key, in groups; unset flags fall back to the YAML file, then
-    to the defaults."""
+    """`--config` and a flag per key, in groups (unset: the YAML file's, then the default)."""
     from batch_inpaint.cli.flags import add_job_flags
 
     add_job_flags(parser)

@@ -46,6 +46,8 @@ class ErrorKind(str, Enum):
     STORAGE = "storage"  # a storage error that is not transient (e.g. a malformed request)
     # the work
     MODEL = "model"  # the model failed on this image (alone, after splitting its batch)
+    DETECT = "detect"  # the detector failed on this image
+    RESIDUAL = "residual"  # verify still found what was removed (above max_residual)
     TOO_LARGE = "too_large"  # its working size needs more than max_model_memory_gb
     ENCODE = "encode"
     CONFIG = "config"

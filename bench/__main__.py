@@ -25,6 +25,7 @@ SMOKE = {
     "w6": ["--size", "64", "--rows", "8", "--batch", "4", "--threads", "2"],
     "c1": ["--size", "64", "--rows", "8"],
     "c2": ["--size", "64", "--rows", "16", "--plain-only"],
+    "crop": ["--quick"],  # after c2: the order of WORKLOADS
     "l1": ["--sizes", "64", "--tiny", "--warmup", "0", "--repeats", "1"],
     "l2": ["--size", "64", "--batch", "2"],
     "d1": ["--tiny", "--size", "64", "--warmup", "0", "--repeats", "1"],
@@ -32,7 +33,7 @@ SMOKE = {
 }
 # Not in a smoke run: it starts Ray and loads a 1.3 B-parameter model (tests/test_bench.py runs
 # it, marked slow).
-SMOKE_SKIP = {"sd2-job"}
+SMOKE_SKIP = {"sd2-job", "c3"}  # c3: drivers of local Ray in processes (tests/test_bench.py)
 # `python -m bench gpu --quick`: each GPU workload cut down so all of them fit about 5 minutes on
 # one H200 (scripts/gpu-check.sh); options given after `gpu` override these. A GPU workload added
 # elsewhere (bench/detect.py, ...) registers in WORKLOADS (bench/__init__.py) and puts its short
@@ -82,20 +83,33 @@ def parser() -> argparse.ArgumentParser:
     a(
         "--rows",
         type=int,
-        help="c1 rows at 512² (24; a quarter at 1080p), c2 rows (1000), w6 rows (64), sd2-job (4)",
+        help="c1 rows at 512² (24; a quarter at 1080p), c2 rows (1000 and 4000), w6 rows (64), "
+        "sd2-job (4)",
     )
+    a("--plan-rows", type=int, help="c3: manifest rows of the planning-only measurement (10 M)")
     a("--warmup", type=int, default=1, help="untimed calls before timing (compiled: >= 2)")
     a("--repeats", type=int, default=2, help="timed calls per variant")
     a("--variants", help="comma-separated variant names to keep (default: all)")
-    a("--quick", action="store_true", help="skip torch.compile variants (minutes to compile)")
+    a(
+        "--quick",
+        action="store_true",
+        help="skip torch.compile variants (minutes to compile); "
+        "c2: 48 rows of 128², local files only (a smoke run)",
+    )
     a("--compile", action="store_true", help="w2: torch.compile the UNet")
     a("--backend", default="diffusers", choices=["diffusers", "opencv"],
       help="w4: opencv runs a labelled CPU proxy")  # fmt: skip
     a("--threads", type=int, help="w6: prepare and finish threads (default min(8, cores))")
-    a("--actors", type=int, help="sd2-job: model actors (1)")
-    a("--cpus-per-actor", type=float, help="c2: Ray CPUs per model actor (1)")
-    a("--cpus-per-task", type=float, help="c2: Ray CPUs per prepare/finish task (1)")
+    a(
+        "--actors",
+        type=int,
+        help="sd2-job: model actors (1); c2: the job's max_actors (unset: the job's default)",
+    )
+    a("--cpus-per-actor", type=float, help="c2: Ray CPUs per model actor (job default)")
+    a("--cpus-per-task", type=float, help="c2: Ray CPUs per prepare/finish task (job default)")
     a("--plain-only", action="store_true", help="c2: the plain loop only (no Ray)")
+    a("--split-stages", action="store_true",
+      help="c2: the job with fuse_stages false (the GPU graph), to compare")  # fmt: skip
     a("--results-dir", help="where records go (default bench/results/, smoke: results/smoke/)")
     a("--no-write", action="store_true", help="print only")
     a("--smoke", action="store_true", help=argparse.SUPPRESS)

@@ -33,7 +33,9 @@ from . import record as rec
 from .sd2 import RANDOM_DIR_NAME, cache_root
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_ACTOR = "ModelStage"  # in a model actor's Ray task names and process title
+# in a model actor's Ray task names and process title: FusedStage when the stages run fused
+# (the CPU default), ModelStage when split (beside a GPU)
+MODEL_ACTORS = ("ModelStage", "FusedStage")
 POLL_S = 0.25
 
 
@@ -194,7 +196,12 @@ def actor_inits(since_us: float) -> list[dict]:
     for ev in ray.timeline():
         name = f"{ev.get('cat', '')} {ev.get('name', '')}"
         mine = float(ev.get("ts") or 0) >= since_us  # not an earlier job's on a shared Ray
-        if MODEL_ACTOR in name and "__init__" in name and ev.get("ph") == "X" and mine:
+        if (
+            any(a in name for a in MODEL_ACTORS)
+            and "__init__" in name
+            and ev.get("ph") == "X"
+            and mine
+        ):
             out.append({"task": ev.get("name"), "start_us": ev.get("ts"),
                         "seconds": round(float(ev.get("dur", 0)) / 1e6, 2)})  # fmt: skip
     return sorted(out, key=lambda e: e["start_us"] or 0)
@@ -202,7 +209,9 @@ def actor_inits(since_us: float) -> list[dict]:
 
 def _model_actors(workers: dict[int, dict]) -> dict[int, dict]:
     """The workers that ran a model actor (by title); else the largest one."""
-    found = {p: w for p, w in workers.items() if any(MODEL_ACTOR in t for t in w["titles"])}
+    found = {
+        p: w for p, w in workers.items() if any(a in t for a in MODEL_ACTORS for t in w["titles"])
+    }
     if not found and workers:
         pid = max(workers, key=lambda p: workers[p]["peak_rss_bytes"])
         found = {pid: workers[pid]}

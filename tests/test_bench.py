@@ -76,6 +76,51 @@ def test_sd2_job_runs_the_job_and_records_load_memory_and_object_store(ray_local
     job = next(r for r in rec["rows"] if r["what"] == "job")
     assert job["rows"] == job["ok"] == 2 and job["first_output_s"] is not None
     actor = next(r for r in rec["rows"] if r["what"] == "model actor")
-    assert "ModelStage" in actor["title"]
+    assert "FusedStage" in actor["title"]  # on the CPU prepare, model and finish run fused
     assert rec["config"]["model"]["kind"] == "tiny" and rec["config"]["max_side"] == 64
     assert "== sd2-job" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_c3_runs_kills_resumes_and_plans_at_scale_in_small(tmp_path, capsys):
+    """c3's harness end to end on a few rows: a full run, a driver SIGKILLed half-way and its
+    resume (nothing lost, nothing done twice in the results), and planning-only at two sizes."""
+    code = main(["c3", "--quick", "--rows", "200", "--plan-rows", "20000",
+                 "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    (path,) = tmp_path.glob("c3_*.json")
+    rec = json.loads(path.read_text())
+    assert set(rec) >= KEYS
+    rows = {r["what"]: r for r in rec["rows"] if r["what"] != "plan only"}
+    assert rows["full run"]["ok"] == 200 and rows["full run"]["driver_peak_rss_mib"] > 0
+    assert rows["killed at 50%"]["killed"] is True
+    assert rows["resume"]["success"] is True
+    goals = rec["goals"]
+    # Every row once: the resume did exactly what the results did not hold as done. (How many
+    # rows it redid depends on timing at 200 rows; the record states it against one part.)
+    assert goals["success"] is True and goals["resume_did_the_rest_only"] is True
+    assert goals["rows_redone"] >= 0 and isinstance(goals["redone_at_most_one_part"], bool)
+    plans = [r for r in rec["rows"] if r["what"] == "plan only"]
+    assert [p["rows"] for p in plans] == [2000, 20000]
+    assert all(p["seconds"] > 0 and p["driver_peak_rss_mib"] > 0 for p in plans)
+    assert rec["ratios"]["plan_s_per_million_rows"] is not None
+    assert "== c3" in capsys.readouterr().out
+
+
+def test_crop_quick_records_cpu_per_row_before_and_after(tmp_path, capsys):
+    """`python -m bench crop --quick`: every step of a row timed, the old path beside the new
+    with the same pixels, and the cores per GPU at W1's goal."""
+    assert main(["crop", "--quick", "--results-dir", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("crop_*.json")
+    rec = json.loads(path.read_text())
+    assert set(rec) >= KEYS and rec["config"]["sizes"] == ["960x540"]
+    assert {(r["mask"], r["edge"]) for r in rec["rows"]} == {
+        (m, e) for m in ("watermark", "scattered") for e in ("hard", "feathered")
+    }
+    for row in rec["rows"]:
+        assert row["same_pixels"] is True and row["regions"] >= 1
+        steps = ("decode", "prepare", "paste", "encode_png1", "encode_jpeg95")
+        assert all(row[f"{s}_cpu_s"] > 0 for s in steps)
+        assert row["row_png1_cpu_s"] > row["encode_png1_cpu_s"] and row["cores_w1_png1"] > 0
+    assert rec["ratios"] and rec["config"]["profile"]["top"]
+    assert "== crop" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from batch_inpaint.config import KEYS, JobConfig
+from batch_inpaint.detect.options import DetectionOptions
 from batch_inpaint.errors import ConfigError
 from tests.fixtures_ray import REPO
 from tests.test_config import BAD_VALUES, _parse, _yaml
@@ -24,7 +25,13 @@ GOOD_VALUES = {
     "mask_threshold": 0.25, "invert_mask": True, "dilate": 4, "feather": 6, "mask_resize": True,
     "max_pixels": 1000, "prompt": "sky", "negative_prompt": "blur", "steps": 20,
     "guidance_scale": 5.5, "eta": 0.5, "strength": 0.75, "seed": 42, "scheduler": "ddim",
-    "batch_size": 2, "min_actors": 2, "max_actors": 3, "gpus_per_actor": 0.5,
+    "detect": ["watermark", "text"], "detector": "/m/dino", "detector_revision": "d1",
+    "text_detector": "none", "text_detector_revision": "t1", "segmenter": "s3://b/sam",
+    "segmenter_revision": "s1", "detect_threshold": 0.2, "text_threshold": 0.5,
+    "max_detections": 10, "detect_dilate": 3, "detect_batch_size": 2, "detect_actors": 2,
+    "gpus_per_detect_actor": 0.25, "cpus_per_detect_actor": 0.5, "verify": True, "max_residual": 0.4,
+    "batch_size": 2, "min_actors": 2, "max_actors": 3, "fuse_stages": False,
+    "gpus_per_actor": 0.5,
     "cpus_per_actor": 2.0, "cpus_per_task": 0.5, "max_model_memory_gb": 16.0,
     "address": "ray://head:10001", "verbose": True,
     "output_format": "webp", "jpeg_quality": 80, "png_compress_level": 6, "keep_exif": True,
@@ -47,6 +54,7 @@ NESTED = {
     "strength": ("generation", "strength"), "seed": ("generation", "seed"),
     "scheduler": ("generation", "scheduler"),
 }  # fmt: skip
+NESTED.update({f.name: ("detection", f.name) for f in dataclasses.fields(DetectionOptions)})
 
 
 def test_good_values_cover_every_key_and_differ_from_the_defaults():

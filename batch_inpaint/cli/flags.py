@@ -13,7 +13,16 @@ from typing import Any
 from batch_inpaint.config import KEYS, JobConfig
 from batch_inpaint.option import build, default, kind, meta, range_text, yaml_key
 
-GROUPS = ("job", "model", "geometry and masks", "generation", "execution", "outputs", "storage")
+GROUPS = (
+    "job",
+    "model",
+    "geometry and masks",
+    "generation",
+    "detection",
+    "execution",
+    "outputs",
+    "storage",
+)
 
 
 def flag_name(f: dataclasses.Field) -> str:

@@ -25,6 +25,7 @@ from batch_inpaint.errors import NotFoundError, error_kind
 from batch_inpaint.job import estimate_cost as cost
 from batch_inpaint.job import plan, results
 from batch_inpaint.job.report import lock_holder
+from batch_inpaint.job.scan import has_id
 from batch_inpaint.storage.uri import join, redact_uri
 from batch_inpaint.vocab import Status
 
@@ -49,11 +50,12 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
     run, state = plan.check_run(config, storage, echo=lambda *_: None)
     cfg, scan = run.config, run.scan
     table, damaged = read_results(storage, cfg.output)
-    done = results.done_ids(storage, cfg.output, cfg.retry_errors, table) if cfg.resume else set()
-    exclude = done | scan.duplicates
-    todo = [i for i in scan.ids if i and i not in exclude]
+    decision = plan.decide_from(run, table)  # columnar: no Python object per manifest row
+    left = pc.and_(has_id(scan.ids), pc.invert(pc.is_in(scan.ids, value_set=decision.exclude)))
+    todo = scan.ids.filter(left)
     spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
-    picked = sorted(random.Random(seed).sample(todo, min(sample, len(todo))))
+    at = random.Random(seed).sample(range(len(todo)), min(sample, len(todo)))  # as sample(todo)
+    picked = sorted(todo.take(pa.array(at, pa.int64())).to_pylist())
     rows = _manifest_rows(storage, cfg, picked)
     report = validate_table(rows, storage, base=scan.base) if rows.num_rows else None
     ctx = JobContext(cfg, storage, manifest_base=scan.base, spec=spec)
@@ -71,7 +73,7 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
         "model": {**spec.describe(), "native_size": spec.native_size,
                   "size_multiple": spec.size_multiple, "spec_source": spec.source},
         "settings": _settings(cfg),
-        "rows": {"manifest": len(scan.ids), "done": len(done & set(scan.ids)),
+        "rows": {"manifest": len(scan.ids), "done": decision.done,
                  "bad_ids": scan.bad_rows.num_rows, "to_do": len(todo)},
         "validation": _validation(report),
         "plan": planned,
@@ -159,7 +161,7 @@ def estimate(out: dict, cfg: JobConfig, records: list[dict], prices: dict) -> di
     notes: list[str] = []
     if not n:
         return {"method": "nothing to estimate: no row to do", "notes": notes}
-    gpus_used = max(1, math.ceil(cfg.max_actors * (cfg.gpus_per_actor or 1)))
+    gpus_used = max(1, math.ceil((cfg.max_actors or 1) * (cfg.gpus_per_actor or 1)))
     px_rows = [sum(w * h for w, h, *_ in p) for p in passes]
     mean_px = sum(px_rows) / n  # per sampled row, errors and skips count as 0
     if backend in ("diffusers", "tiny"):

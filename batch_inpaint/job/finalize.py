@@ -3,16 +3,17 @@
 Compact the metadata to one row per id; keep the rows of ids no longer in the manifest unless
 `prune` (then their rows and images go); list images/ once: an ok row without its object is a
 problem, and an object no row points to is removed only when a run of this job made it (the key of
-a manifest id in one of the job's formats, e.g. after a change of output format); anything else is
-left alone and counted. Then the report, `_SUCCESS` only when every check passes, no row failed
-for a transient reason and error rows of bad input are within `max_error_rate` (a breach is a run
-whose results a pipeline must not consume), and run.json last, so run.json never says success
-without `_SUCCESS`.
+a manifest id in one of the job's formats, e.g. after a change of output format, or the temp file
+of such a write cut short); anything else is left alone and counted. Then the report, `_SUCCESS`
+only when every check passes, no row failed for a transient reason and error rows of bad input are
+within `max_error_rate` (a breach is a run whose results a pipeline must not consume), and
+run.json last, so run.json never says success without `_SUCCESS`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,12 @@ from batch_inpaint.errors import NotFoundError
 from batch_inpaint.job import report, results
 from batch_inpaint.job.scan import ManifestScan
 from batch_inpaint.manifest.schema import RESULT_SCHEMA
-from batch_inpaint.storage.uri import HASH_CHARS, join, output_key, same_location
+from batch_inpaint.storage.uri import HASH_CHARS, join, output_key
 from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
+
+# storage.local's temp file beside a key (".<key[:100]>.<12 hex>.tmp"), left by a write cut short
+# when its process died (node lost, killed): the job's own when the key is.
+_PARTIAL = re.compile(r"(?P<dir>(?:.*/)?)\.(?P<key>[^/]+)\.[0-9a-f]{12}\.tmp")
 
 
 @dataclass
@@ -48,7 +53,7 @@ def finalize(run: RunState) -> dict:
     table, parts = results.read_results(storage, cfg.output)
     if table is None:
         table = RESULT_SCHEMA.empty_table()
-    in_manifest = pc.is_in(table.column("id"), value_set=pa.array(run.scan.result_ids, pa.string()))
+    in_manifest = pc.is_in(table.column("id"), value_set=run.scan.result_ids)
     rows = table.filter(in_manifest)
     others = table.filter(pc.invert(in_manifest))
     pruned = 0
@@ -56,14 +61,16 @@ def finalize(run: RunState) -> dict:
         pruned = _delete_outputs(storage, cfg.output, others)
         others = others.slice(0, 0)
     row_outputs = _outputs(rows)
-    kept = row_outputs | _outputs(others)
+    kept = pc.unique(pa.concat_arrays([row_outputs, _outputs(others), _outputs(rows, True),
+                                       _outputs(others, True)]))  # fmt: skip
     missing, removed, unknown = reconcile_images(storage, cfg.output, kept, _own_keys(run, rows))
-    mine = missing & row_outputs
-    bad_outputs = {u: "missing: no object under images/" for u in sorted(mine)}
+    mine = missing.filter(pc.is_in(missing, value_set=row_outputs))
+    mine = mine.take(pc.sort_indices(mine))
+    bad_outputs = {u: "missing: no object under images/" for u in mine.slice(0, 21).to_pylist()}
     if table.num_rows:
         compacted = pa.concat_tables([rows, others], promote_options="permissive")
         results.compact(storage, cfg.output, compacted, parts, run.run_id)
-    check = results.check_invariants(rows, run.scan.result_ids, bad_outputs)
+    check = results.check_invariants(rows, run.scan.result_ids, bad_outputs, len(mine))
     transient = _transient_errors(rows)
     if transient:
         check.problems.append(
@@ -89,6 +96,7 @@ def finalize(run: RunState) -> dict:
         rows_of_other_manifests_kept=others.num_rows,
         rows_pruned=pruned,
         error_rate=rate,
+        residuals=report.residual_summary(rows, cfg.max_residual),
     )
     report_uri = report.write_report(storage, cfg, rows, summary)
     success_uri = join(cfg.output, "_SUCCESS")
@@ -102,11 +110,18 @@ def finalize(run: RunState) -> dict:
     return summary
 
 
-def _outputs(table: pa.Table) -> set[str]:
-    if "output" not in table.column_names:
-        return set()
-    pairs = zip(table.column("output").to_pylist(), table.column("status").to_pylist(), strict=True)
-    return {results.output_rel(o) for o, s in pairs if s in DONE and o}
+def _outputs(table: pa.Table, kept_by_errors: bool = False) -> pa.Array:
+    """Outputs of finished rows (relative, distinct); with kept_by_errors, those of error rows
+    that keep theirs (verify's residual rows: kept for review, never removed as orphans, never
+    required)."""
+    if "output" not in table.column_names or not table.num_rows:
+        return pa.array([], pa.string())
+    status = table.column("status")
+    want = (pc.equal(status, Status.ERROR.value) if kept_by_errors
+            else pc.is_in(status, value_set=pa.array(DONE)))  # fmt: skip
+    outputs = pc.cast(table.column("output"), pa.string())
+    want = pc.and_(want, pc.greater(pc.utf8_length(outputs), 0))
+    return pc.unique(results.output_rels(outputs.filter(pc.fill_null(want, False))))
 
 
 def error_rate(rows: pa.Table, manifest_rows: int, limit: float | None) -> dict:
@@ -137,12 +152,17 @@ def _transient_errors(rows: pa.Table) -> int:
 def _own_keys(run: RunState, rows: pa.Table) -> Callable[[str], bool]:
     """A test for 'a run of this job wrote this object': it is the image key of a manifest id
     (or of a row in the results) in one of the job's output formats."""
-    ids = set(run.scan.result_ids) | set(rows.column("id").to_pylist())
+    ids: set[str] | None = None  # made on the first object no row points to (usually never)
     by_hash: dict[str, str] | None = None
 
     def ours(rel: str) -> bool:
-        nonlocal by_hash
+        nonlocal by_hash, ids
+        if ids is None:
+            ids = set(run.scan.result_ids.to_pylist()) | set(rows.column("id").to_pylist())
         name = rel.removeprefix("images/")
+        partial = _PARTIAL.fullmatch(name)
+        if partial and len(partial["key"]) < 100:  # a longer key was cut: can't tell, kept
+            name = partial["dir"] + partial["key"]
         stem, dot, ext = name.rpartition(".")
         if not dot or ext not in EXTENSIONS.values():
             return False
@@ -160,15 +180,20 @@ def _own_keys(run: RunState, rows: pa.Table) -> Callable[[str], bool]:
 
 def _delete_outputs(storage, output: str, table: pa.Table) -> int:
     count = 0
-    for rel in _outputs(table):
+    for rel in _outputs(table).to_pylist():
         storage.delete(join(output, rel), root=output)
         count += 1
+    # the masks detection saved for those rows (masks/<key>.png: the job's own files)
+    if "mask_used" in table.column_names:
+        for rel in pc.unique(pc.drop_null(table.column("mask_used"))).to_pylist():
+            if rel.startswith("masks/"):
+                storage.delete(join(output, rel), root=output)
     return count
 
 
 def reconcile_images(
-    storage, output: str, keep: set[str], ours: Callable[[str], bool]
-) -> tuple[set[str], int, int]:
+    storage, output: str, keep: pa.Array, ours: Callable[[str], bool]
+) -> tuple[pa.Array, int, int]:
     """One listing of images/: the kept outputs (relative) that have no object (missing); objects
     no result row points to are removed when `ours(rel)` says a run of this job made them, and
     otherwise counted and left alone. Returns (missing, removed, unknown)."""
@@ -176,16 +201,17 @@ def reconcile_images(
         found = storage.list(join(output, "images"))
     except NotFoundError:
         found = []
-    root = same_location(output).rstrip("/") + "/"
-    seen: set[str] = set()
+    rels = results.relative(found, output)
+    listed = pc.is_in(rels, value_set=keep)
+    missing = keep.filter(pc.invert(pc.is_in(keep, value_set=rels.filter(listed))))
+    unlisted = pc.invert(listed)
     removed = unknown = 0
-    for uri in found:
-        rel = same_location(uri)[len(root) :]
-        if rel in keep:
-            seen.add(rel)
-        elif ours(rel):
-            storage.delete(uri, root=output)
-            removed += 1
-        else:
-            unknown += 1
-    return keep - seen, removed, unknown
+    if pc.any(unlisted).as_py():
+        uris = pa.array(found, pa.string()).filter(unlisted).to_pylist()
+        for uri, rel in zip(uris, rels.filter(unlisted).to_pylist(), strict=True):
+            if ours(rel):
+                storage.delete(uri, root=output)
+                removed += 1
+            else:
+                unknown += 1
+    return missing, removed, unknown

@@ -15,13 +15,17 @@ import numpy as np
 import pyarrow as pa
 
 from batch_inpaint.config import JobConfig
+from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.errors import InpaintError
 from batch_inpaint.image import codec, geometry
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.workitem import (
+    DETECTIONS,
     EXIF,
     FINISHED,
+    MASK_USED,
     MODELLED,
+    NOTE,
     PARAMS,
     PIXELS,
     REGIONS,
@@ -45,6 +49,14 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     cols = {name: table.column(name).to_pylist() for name in MODELLED.schema.names}
     ids = table.column("id").to_pylist()
     out: dict[str, list] = {f.name: [] for f in FINISHED.schema}
+    # detection's columns (job/detect_stage.py), in jobs with queries
+    found = {name: table.column(col).to_pylist() if col in table.column_names else None
+             for name, col in (("detections", DETECTIONS), ("mask_used", MASK_USED),
+                               ("note", NOTE))}  # fmt: skip
+    given = _given_detections(table)  # a `batch-inpaint detect` manifest's: not detected again
+    if given is not None:
+        mine = found["detections"] or [None] * len(given)
+        found["detections"] = [d if d is not None else g for d, g in zip(mine, given, strict=True)]
     for i, rid in enumerate(ids):
         t0 = time.perf_counter()
         item = {k: v[i] for k, v in cols.items()}
@@ -76,6 +88,7 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
             "write_s": time.perf_counter() - t0,
             "finished_at": dt.datetime.now(dt.timezone.utc),
             **ctx.spec.describe(),
+            **{name: None if v is None else v[i] for name, v in found.items()},
         }
         for name in out:
             out[name].append(row.get(name))
@@ -86,6 +99,14 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     for f in FINISHED.schema:
         result = result.append_column(f.name, pa.array(out[f.name], f.type))
     return FINISHED.check(result)
+
+
+def _given_detections(table: pa.Table) -> list | None:
+    if "detections" not in table.column_names:
+        return None
+    if not table.schema.field("detections").type.equals(detections_arrow_type()):
+        return None
+    return table.column("detections").to_pylist()
 
 
 def output_rel(cfg: JobConfig, row_id: str) -> str:
@@ -114,10 +135,12 @@ def _finish_row(c: dict, cfg: JobConfig) -> bytes:
     if c[STATUS] == Status.SKIPPED.value:
         image = original
     else:
-        soft = pixels_from(c[SOFT], h, w).astype(np.float32) / 255.0
+        soft = np.zeros((h, w), np.uint8)  # paste reads it inside the boxes only
         pieces = []
-        for value, res in zip(c[REGIONS], c[RESULTS], strict=True):
+        for value, res, weights in zip(c[REGIONS], c[RESULTS], c[SOFT], strict=True):
             region = region_from(value)
+            x0, y0, x1, y1 = region.box
+            soft[y0:y1, x0:x1] = pixels_from(weights, y1 - y0, x1 - x0)
             pieces.append((region, pixels_from(res, region.work_size[1], region.work_size[0], 3)))
         image = geometry.paste(original, soft, pieces)
     data = codec.encode_image(

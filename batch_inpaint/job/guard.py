@@ -24,7 +24,7 @@ MARKER = "_BATCH_INPAINT"
 # Every name the job writes directly under its output (clean.py adds manifests/).
 OWN_NAMES = (
     "images", "metadata", "manifests", "job.json", "run.json", "report.html", "_SUCCESS", "_LOCK",
-    MARKER,
+    "masks", MARKER,
 )  # fmt: skip
 
 

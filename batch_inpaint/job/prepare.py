@@ -17,7 +17,18 @@ from batch_inpaint.image import codec, masks
 from batch_inpaint.image.inpaint import prepare
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.model_stage import check_memory
-from batch_inpaint.job.workitem import PREPARED, WorkItem, prepared_columns, replace_columns
+from batch_inpaint.job.workitem import (
+    DETECT_MASK,
+    ERROR,
+    ERROR_KIND,
+    MASK_USED,
+    NOTE,
+    PREPARED,
+    STATUS,
+    WorkItem,
+    prepared_columns,
+    replace_columns,
+)
 from batch_inpaint.params import MaskOptions, derive_seed, row_generation
 from batch_inpaint.storage.uri import redact_uri, resolve
 from batch_inpaint.vocab import ErrorKind, Status
@@ -26,15 +37,26 @@ from batch_inpaint.vocab import ErrorKind, Status
 def prepare_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     """The manifest's table with the PREPARED columns added, one work item per row."""
     items = []
+    detecting = DETECT_MASK in table.column_names  # the detect stage ran (job/detect_stage.py)
+    found: list[dict] = []  # per row: its note and the mask saved, with detection
     for row in table.to_pylist():
         t0 = time.perf_counter()
+        extra: dict = {NOTE: row.get(NOTE), MASK_USED: None} if detecting else {}
         try:
-            item = prepare_row(row, ctx)
+            if detecting and row.get(STATUS) == Status.ERROR.value:  # kept as the stage left it
+                item = WorkItem(Status.ERROR, error_kind=row[ERROR_KIND], error=row[ERROR])
+            else:
+                item = prepare_row(row, ctx, extra if detecting else None)
         except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
             item = WorkItem.failed(row.get("id"), exc)
         item.t_prepare = time.perf_counter() - t0
         items.append(item)
-    return PREPARED.check(replace_columns(table, prepared_columns(items)))
+        found.append(extra)
+    columns = prepared_columns(items)
+    if detecting:
+        columns[NOTE] = pa.array([f[NOTE] for f in found], pa.string())
+        columns[MASK_USED] = pa.array([f[MASK_USED] for f in found], pa.string())
+    return PREPARED.check(replace_columns(table, columns))
 
 
 def row_seed(row: Mapping, base: int | None) -> int:
@@ -45,7 +67,9 @@ def row_seed(row: Mapping, base: int | None) -> int:
     return derive_seed(rid if base is None else f"{base}/{rid}")
 
 
-def prepare_row(row: Mapping, ctx: JobContext) -> WorkItem:
+def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> WorkItem:
+    """`detected` (rows of a job with detection): the row's mask is its own united with the
+    detected one; the note and the saved mask's path are set in it."""
     rid = row.get("id")
     if rid is None or str(rid) == "":
         raise InpaintError("row has no id", kind=ErrorKind.MISSING_ID.value)
@@ -60,9 +84,21 @@ def prepare_row(row: Mapping, ctx: JobContext) -> WorkItem:
     except InpaintError as exc:
         raise type(exc)(f"image {redact_uri(image_uri)}: {exc}", kind=exc.kind) from None
     h, w = rgb.shape[:2]
-    raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+    if detected is None:
+        raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+    else:
+        from batch_inpaint.job import detect_stage as ds
+
+        given = given_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+        raw = ds.row_mask(row, (w, h), given)
+        if raw is None:  # no queries and no mask of its own
+            raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+        detected[NOTE] = ds.row_note(row, given)
     prep = prepare(rgb, raw, opts, ctx.spec.native_size, ctx.spec.size_multiple)
     check_memory(prep.regions, ctx)  # a size that can't fit fails here, not in a killed worker
+    if detected is not None and prep.regions and ds.ran(row):
+        # every pixel paste may change (feather included): outside it the output is the input
+        detected[MASK_USED] = ds.save_mask(ctx, row["id"], prep.soft > 0)
     item = WorkItem(
         status=Status.PENDING if prep.regions else Status.SKIPPED,
         width=w,
@@ -74,7 +110,8 @@ def prepare_row(row: Mapping, ctx: JobContext) -> WorkItem:
         exif=_exif_bytes(data) if ctx.config.keep_exif else None,
     )
     if prep.regions:
-        item.soft = _soft_bytes(prep.soft)
+        item.soft = [_soft_bytes(prep.soft[r.box[1] : r.box[3], r.box[0] : r.box[2]])
+                     for r in prep.regions]  # fmt: skip
         item.crops = [np.ascontiguousarray(c).tobytes() for c in prep.crops]
         item.crop_masks = [np.ascontiguousarray(m).tobytes() for m in prep.crop_masks]
     return item

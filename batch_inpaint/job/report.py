@@ -27,6 +27,8 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     if summary.get("errors_by_kind"):
         kinds = ", ".join(f"{k}: {n}" for k, n in summary["errors_by_kind"].items())
         lines.append(f"  errors by kind: {kinds}")
+    if summary.get("residuals"):
+        lines.append(f"  verify:   {residual_text(summary['residuals'])}")
     for p in summary.get("problems", []):
         lines.append(f"  problem: {p}")
     out = summary.get("output", "")
@@ -44,6 +46,37 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     if report_uri:
         lines.append(f"  report:   {report_uri}")
     return "\n".join(lines)
+
+
+def residual_summary(table: pa.Table, max_residual: float | None) -> dict | None:
+    """What verify found, for run.json: rows verified, their highest and mean residual_score,
+    and the rows over max_residual (error kind residual). None when no row was verified."""
+    import pyarrow.compute as pc
+
+    from batch_inpaint.vocab import ErrorKind
+
+    if "residual_score" not in table.column_names:
+        return None
+    scores = table.column("residual_score")
+    verified = len(scores) - scores.null_count
+    if not verified:
+        return None
+    over = pc.sum(pc.equal(table.column("error_kind"), ErrorKind.RESIDUAL.value)).as_py() or 0
+    return {
+        "verified": verified,
+        "highest": round(pc.max(scores).as_py(), 6),
+        "mean": round(pc.mean(scores).as_py(), 6),
+        "max_residual": max_residual,
+        "over_max_residual": over,
+    }
+
+
+def residual_text(r: dict) -> str:
+    text = (f"{r['verified']:,} row(s) verified, highest residual {r['highest']:.3f}, "
+            f"mean {r['mean']:.3f}")  # fmt: skip
+    if r.get("max_residual") is not None:
+        text += f"; {r['over_max_residual']:,} above max_residual {r['max_residual']:g}"
+    return text
 
 
 def write_report(storage, cfg, table: pa.Table, summary: dict) -> str:
@@ -78,7 +111,8 @@ def side_by_side(output: str | Path, dest: str | Path | None = None, *, storage=
         return made
     idx = sample_indices(table, cfg.report_sample, run_id or "report")
     for row in table.take(pa.array(idx, pa.int64())).to_pylist():
-        if row["status"] not in DONE or not row.get("output"):
+        kept = row["status"] in DONE or row.get("error_kind") == "residual"  # residual: kept
+        if not kept or not row.get("output"):
             continue
         sheet = np.concatenate(row_pictures(row, storage, cfg), axis=1)
         path = dest / f"{Path(row['output']).stem}.png"
@@ -159,6 +193,8 @@ def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = 
             "_SUCCESS is missing: a later run started and did not finish; rerun to finish it"
         )
     summary.update(output=output, success=bool(summary.get("success")) and success_file)
+    if "residuals" not in summary:  # run.json of an older version, or none
+        summary["residuals"] = residual_summary(table, cfg.max_residual)
     uri = write_report(storage, cfg, table, summary)
     dest = side_by_side_dir
     if dest is None and is_local(output):

@@ -40,7 +40,11 @@ KIND_NOTES = {
     "storage_transient": "storage failed after retries (5xx, timeouts)",
     "out_of_memory": "the model's worker ran out of memory",
     "internal": "a bug in batch-inpaint: please report it with this message",
+    "detect": "the detector failed on this row (its detection or its verify)",
+    "residual": "verify still found what was removed inside the mask, above max_residual; "
+    "the output is kept for review",
 }
+RESIDUALS_SHOWN = 8  # rows of the "highest residuals" section
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1d2327;background:#f6f7f8}
 main{max-width:1120px;margin:0 auto;padding:18px 24px 40px}
@@ -60,11 +64,11 @@ table{border-collapse:collapse;background:#fff;width:100%} td,th{border:1px soli
 table.num td{text-align:right} .kind{margin:14px 0} .tag{font-size:.75em;border-radius:10px;padding:1px 8px;margin-left:6px;background:#fff3cd;color:#7a5800;border:1px solid #e6c96a}
 .figs{display:flex;flex-wrap:wrap;gap:10px;margin:6px 0} figure{margin:0;background:#fff;border:1px solid #e1e4e8;border-radius:6px;padding:6px;max-width:100%}
 figure img{height:128px;max-width:100%;margin-right:4px;border:1px solid #ddd;background:#eee} figcaption{font-size:.8em;color:#445;max-width:380px;overflow-wrap:anywhere}
-#sample{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(330px,100%),1fr));gap:12px}
+#sample,.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(330px,100%),1fr));gap:12px}
 .card{background:#fff;border:1px solid #e1e4e8;border-radius:8px;padding:8px}
 .card h3{margin:0 0 6px;font-size:.9em;overflow-wrap:anywhere} .trio{display:flex;gap:4px}
 .trio img{flex:0 1 calc((100% - 8px) / 3);min-width:0;height:auto;border:1px solid #ddd;background:#eee}
-.st-ok{color:#1e8e3e} .st-skipped{color:#667} .st-error{color:#c5221f}
+.resid{margin:6px 0 0;font-size:.85em} .st-ok{color:#1e8e3e} .st-skipped{color:#667} .st-error{color:#c5221f}
 svg{max-width:100%;height:auto} svg .lbl{font-size:11px;fill:#445}
 """
 
@@ -94,12 +98,14 @@ def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
         f'<div class="nums"><span id="n-ok">ok: {c.get("ok", 0):,}</span>'
         f'<span id="n-error">error: {n_err:,}</span>'
         f'<span id="n-skipped">skipped: {c.get("skipped", 0):,}</span>'
+        f"{_residual_count(summary)}"
         f"<span>rows: {summary.get('rows', table.num_rows):,}</span></div>",
         f'<div class="panel problems" id="problems"><b>Why this run is incomplete</b><ul>'
         f"{problems}</ul></div>"
         if problems
         else "",
         _errors(table, summary, cfg, storage),
+        _residuals(table, summary, cfg, storage),
         "<h2>Timings</h2>",
         f'<div class="scroll">{charts.timings_table(charts.stage_stats(table))}</div>',
         "<h3>Throughput over this run</h3>",
@@ -240,9 +246,46 @@ def _sample(table: pa.Table, cfg, storage, n: int, run_id: str) -> str:
     )
 
 
-def _card(row: dict, cfg, storage) -> str:
+def _residuals(table: pa.Table, summary: dict, cfg, storage) -> str:
+    """The verified rows with the highest residual_score, input | mask | output."""
+    from batch_inpaint.job.report import residual_text  # report imports this module
+
+    if "residual_score" not in table.column_names or not summary.get("residuals"):
+        return ""
+    r = summary["residuals"]
+    scores = table.column("residual_score")
+    order = pc.sort_indices(scores, sort_keys=[("", "descending")])  # nulls last
+    top = table.take(order.slice(0, min(RESIDUALS_SHOWN, len(scores) - scores.null_count)))
+    cards = "".join(_card(row, cfg, storage, _residual_line(row)) for row in top.to_pylist())
+    return (
+        f'<h2>Highest residuals <small class="muted">what verify still found inside the mask'
+        f"; input | mask | output</small></h2>"
+        f'<p id="residual-summary">{e(residual_text(r))}</p><div id="residuals" class="grid">'
+        f"{cards}</div>"
+    )
+
+
+def _residual_count(summary: dict) -> str:
+    r = summary.get("residuals") or {}
+    if r.get("max_residual") is None:
+        return ""
+    return (f'<span id="n-residual">above max_residual {r["max_residual"]:g}: '
+            f'{r.get("over_max_residual", 0):,}</span>')  # fmt: skip
+
+
+def _residual_line(row: dict) -> str:
+    """'watermark' at 0.812 (the note verify wrote), the score alone when there is none."""
+    note = row.get("note") or ""
+    found = note.rsplit("verify: ", 1)[-1] if "verify: " in note else None
+    text = found or f"residual {row['residual_score']:.3f}"
+    if row.get("error_kind") == "residual":
+        text += " (above max_residual: error)"
+    return f'<p class="resid">{e(text)}</p>'
+
+
+def _card(row: dict, cfg, storage, extra: str = "") -> str:
     status = row.get("status")
-    if status in DONE and row.get("output"):
+    if row.get("output") and (status in DONE or row.get("error_kind") == "residual"):
         try:
             a, m, o = (thumb(x) for x in row_pictures(row, storage, cfg))
             cells = (f'<img src="{a}" alt="input"><img src="{m}" alt="mask">'
@@ -257,5 +300,5 @@ def _card(row: dict, cfg, storage) -> str:
     return (
         f'<div class="card" data-id="{e(row["id"])}" data-status="{e(status)}"><h3>'
         f'{e(row["id"])} <small class="st-{e(status)}">{e(status)}</small></h3>'
-        f'<div class="trio">{cells}</div></div>'
+        f'<div class="trio">{cells}</div>{extra}</div>'
     )

@@ -65,6 +65,12 @@ def error_pictures(row: dict, storage, cfg) -> tuple[list[tuple[str, str]], str 
         pictures.append(("mask", thumb(_mask(row, rgb, alpha, storage, cfg))))
     except Exception as exc:  # noqa: BLE001 - the input alone, and why there is no mask
         return pictures, f"no mask picture: {_short(exc)}"
+    if row.get("output"):  # an error row with an output (e.g. residual): kept for review
+        try:
+            out = storage.read_bytes(join(cfg.output, output_rel(row["output"])))
+            pictures.append(("output", thumb(codec.decode_image(out))))
+        except Exception as exc:  # noqa: BLE001 - input and mask, and why there is no output
+            return pictures, f"no output picture: {_short(exc)}"
     return pictures, None
 
 
@@ -77,11 +83,18 @@ def _read_input(row: dict, storage, cfg) -> bytes:
 def _mask(row: dict, rgb: np.ndarray, alpha, storage, cfg) -> np.ndarray:
     from batch_inpaint.image.masks import finish_mask
     from batch_inpaint.job.prepare import build_mask
+    from batch_inpaint.manifest.schema import MASK_COLUMNS
     from batch_inpaint.storage.uri import manifest_base
 
+    if row.get("mask_used"):  # a detected row: the job saved the mask it used
+        used = codec.decode_image(storage.read_bytes(join(cfg.output, row["mask_used"])))
+        return np.where(used >= 128, 255, 0).astype(np.uint8)
     options = cfg.inpaint_options().mask
     h, w = rgb.shape[:2]
-    raw = build_mask(row, (w, h), alpha, storage, manifest_base(cfg.manifest), options)
+    if row.get("detections") is not None and not any(row.get(c) for c in MASK_COLUMNS):
+        raw = np.zeros((h, w), bool)  # detection found nothing and the row has no mask: skipped
+    else:
+        raw = build_mask(row, (w, h), alpha, storage, manifest_base(cfg.manifest), options)
     hard, _ = finish_mask(raw, options)
     return np.repeat(hard[..., None], 3, axis=2)
 

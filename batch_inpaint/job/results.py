@@ -15,7 +15,6 @@ import io
 import json
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -23,8 +22,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch_inpaint.errors import InpaintError, ManifestError, NotFoundError
-from batch_inpaint.storage.uri import join, redact_uri, same_location
-from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
+from batch_inpaint.job.done import (  # noqa: F401 - the names callers know from here
+    done_ids,
+    finished_ids,
+    latest_per_id,
+    list_images,
+    output_rel,
+    output_rels,
+    relative,
+    repeated,
+)
+from batch_inpaint.storage.uri import join, redact_uri
+from batch_inpaint.vocab import Status
 
 
 class MetadataWriter:
@@ -65,8 +74,11 @@ def table_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def read_results(storage, output: str) -> tuple[pa.Table | None, list[str]]:
-    """All result rows under output/metadata (latest row per id) and the part URIs read.
+def read_results(
+    storage, output: str, columns: list[str] | None = None
+) -> tuple[pa.Table | None, list[str]]:
+    """All result rows under output/metadata (latest row per id) and the part URIs read;
+    `columns`: only these (those a part has), e.g. what planning a resume needs.
 
     Only "not found" means nothing was done yet. A listing or read that fails otherwise (access
     denied, storage down) raises with the prefix and the cause, so no run recomputes what it
@@ -89,7 +101,7 @@ def read_results(storage, output: str) -> tuple[pa.Table | None, list[str]]:
     for uri in sorted(uris):
         data = storage.read_bytes(uri)  # a failing read raises: the run stops before model work
         try:
-            tables.append(pq.read_table(io.BytesIO(data)))
+            tables.append(_read_part(data, columns))
         except (pa.ArrowException, OSError, ValueError) as exc:
             damaged.append((uri, set_aside(storage, output, uri, data), exc))
     if damaged:
@@ -103,6 +115,17 @@ def read_results(storage, output: str) -> tuple[pa.Table | None, list[str]]:
         return None, uris
     table = pa.concat_tables(tables, promote_options="permissive")
     return latest_per_id(table), uris
+
+
+def _read_part(data: bytes, columns: list[str] | None) -> pa.Table:
+    if columns is None:
+        return pq.read_table(io.BytesIO(data))
+    part = pq.ParquetFile(io.BytesIO(data))
+    return part.read(columns=[c for c in columns if c in part.schema_arrow.names])
+
+
+# What deciding which rows are done reads of the results (planning a resume).
+PLAN_COLUMNS = ["id", "status", "error_kind", "output", "finished_at"]
 
 
 class ResultsDamagedError(ManifestError):
@@ -120,78 +143,6 @@ def set_aside(storage, output: str, uri: str, data: bytes) -> str:
 
 def _is_data(rel: str) -> bool:
     return not any(part.startswith((".", "_")) for part in rel.strip("/").split("/"))
-
-
-def latest_per_id(table: pa.Table) -> pa.Table:
-    """Delivery is at least once: keep one row per id, the last finished (ok beats error when a
-    retried task finished both)."""
-    ids = table.column("id").to_pylist()
-    status = table.column("status").to_pylist()
-    n = table.num_rows
-    finished = (
-        table.column("finished_at").to_pylist()
-        if "finished_at" in table.column_names
-        else [None] * n
-    )
-    best: dict[str, int] = {}
-    for i, rid in enumerate(ids):
-        j = best.get(rid)
-        if j is None or (status[i] in DONE, _ts(finished[i])) >= (
-            status[j] in DONE,
-            _ts(finished[j]),
-        ):
-            best[rid] = i
-    return table.take(sorted(best.values()))
-
-
-def _ts(value) -> float:
-    return 0.0 if value is None else value.timestamp()
-
-
-def output_rel(value: str | None) -> str | None:
-    """A result row's `output` as a path relative to the output root ('images/<key>.<ext>').
-    Rows written before outputs were relative hold a full URI: its 'images/...' tail is kept,
-    so an output folder that was copied or moved still resumes."""
-    if not value or value.startswith("images/"):
-        return value
-    tail = value.rsplit("/images/", 1)
-    return "images/" + tail[1] if len(tail) == 2 else value
-
-
-def done_ids(storage, output: str, retry_errors: bool, table: pa.Table | None) -> set[str]:
-    """Ids an earlier run finished, from its results `table`: ok and skipped rows whose object
-    is still under images/ (a deleted output is made again), and error rows of bad input unless
-    retry_errors. Rows that failed for a transient reason (storage, memory) are always redone."""
-    if table is None:
-        return set()
-    ids = table.column("id").to_pylist()
-    status = table.column("status").to_pylist()
-    kinds = _column(table, "error_kind")
-    outputs = _column(table, "output")
-    present = list_images(storage, output)
-    done = set()
-    for rid, s, kind, out in zip(ids, status, kinds, outputs, strict=True):
-        if s in DONE:
-            if output_rel(out) in present:
-                done.add(rid)
-        elif s == Status.ERROR.value and not retry_errors and kind not in TRANSIENT_KINDS:
-            done.add(rid)
-    return done
-
-
-def _column(table: pa.Table, name: str) -> list:
-    return table.column(name).to_pylist() if name in table.column_names else [None] * len(table)
-
-
-def list_images(storage, output: str) -> set[str]:
-    """Every object under output/images, as paths relative to the output ('images/...')."""
-    prefix = join(output, "images")
-    try:
-        found = storage.list(prefix)
-    except NotFoundError:
-        return set()
-    root = same_location(output).rstrip("/") + "/"
-    return {same_location(u)[len(root) :] for u in found}
 
 
 def compact(storage, output: str, table: pa.Table, old_parts: list[str], run_id: str) -> str:
@@ -212,45 +163,51 @@ class Check:
 
 
 def check_invariants(
-    table: pa.Table, manifest_ids: list[str], verified_outputs: dict[str, str]
+    table: pa.Table, manifest_ids, verified_outputs: dict[str, str], bad_count: int | None = None
 ) -> Check:
     """ok + error + skipped == manifest rows; ids unique; every ok row's object exists (and was
     checked to decode when written); `verified_outputs` maps output URI -> problem, for those
-    that failed the check."""
+    that failed the check (the first few of `bad_count`). Columnar: ids are never Python sets."""
     problems = []
-    ids = table.column("id").to_pylist()
-    counts = Counter(ids)
-    dups = [i for i, n in counts.items() if n > 1]
-    if dups:
-        problems.append(f"{len(dups)} id(s) appear more than once in the results, e.g. {dups[:3]}")
-    expected = Counter(manifest_ids)
-    missing = [i for i in expected if i not in counts]
-    extra = [i for i in counts if i not in expected]
-    if missing:
-        problems.append(f"{len(missing)} manifest row(s) have no result, e.g. {missing[:3]}")
-    if extra:
-        problems.append(f"{len(extra)} result row(s) are not in the manifest, e.g. {extra[:3]}")
-    status = Counter(table.column("status").to_pylist())
-    if sum(status.values()) != len(manifest_ids):
+    ids = pc.cast(table.column("id"), pa.string())
+    expected = manifest_ids if isinstance(manifest_ids, (pa.Array, pa.ChunkedArray)) else (
+        pa.array(list(manifest_ids), pa.string()))  # fmt: skip
+    dups = repeated(ids)
+    if len(dups):
+        problems.append(f"{len(dups)} id(s) appear more than once in the results, e.g. "
+                        f"{dups.slice(0, 3).to_pylist()}")  # fmt: skip
+    found = pc.unique(ids)
+    wanted = pc.unique(expected)
+    missing = wanted.filter(pc.invert(pc.is_in(wanted, value_set=found)))
+    extra = found.filter(pc.invert(pc.is_in(found, value_set=expected)))
+    if len(missing):
+        problems.append(f"{len(missing)} manifest row(s) have no result, e.g. "
+                        f"{missing.slice(0, 3).to_pylist()}")  # fmt: skip
+    if len(extra):
+        problems.append(f"{len(extra)} result row(s) are not in the manifest, e.g. "
+                        f"{extra.slice(0, 3).to_pylist()}")  # fmt: skip
+    if table.num_rows != len(expected):
         problems.append(
-            f"ok + error + skipped = {sum(status.values())} but the manifest has {len(manifest_ids)} rows"
+            f"ok + error + skipped = {table.num_rows} but the manifest has {len(expected)} rows"
         )
+    bad = len(verified_outputs) if bad_count is None else bad_count
     for uri, why in list(verified_outputs.items())[:20]:
         problems.append(f"output {uri}: {why}")
-    if len(verified_outputs) > 20:
-        problems.append(f"... and {len(verified_outputs) - 20} more bad outputs")
+    if bad > 20:
+        problems.append(f"... and {bad - 20} more bad outputs")
     return Check(ok=not problems, problems=problems)
 
 
+def _counts(column) -> dict:
+    counts = pc.value_counts(column)
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                    strict=True))  # fmt: skip
+
+
 def summarize(table: pa.Table, started: float, ended: float, this_run_rows: int) -> dict:
-    status = Counter(table.column("status").to_pylist())
-    kinds = Counter(
-        k
-        for k, s in zip(
-            table.column("error_kind").to_pylist(), table.column("status").to_pylist(), strict=True
-        )
-        if s == Status.ERROR.value
-    )
+    status = _counts(table.column("status"))
+    errors = pc.equal(table.column("status"), Status.ERROR.value)
+    kinds = _counts(table.column("error_kind").filter(pc.fill_null(errors, False)))
     secs = {
         c: float(pc.sum(table.column(c)).as_py() or 0.0)
         for c in ("prepare_s", "model_s", "write_s")
@@ -261,7 +218,7 @@ def summarize(table: pa.Table, started: float, ended: float, this_run_rows: int)
         "counts": {
             s.value: status.get(s.value, 0) for s in (Status.OK, Status.ERROR, Status.SKIPPED)
         },
-        "errors_by_kind": dict(sorted(kinds.items())),
+        "errors_by_kind": dict(sorted(kinds.items(), key=lambda kv: str(kv[0]))),
         "rows_this_run": this_run_rows,
         "wall_s": round(wall, 3),
         "rows_per_s": round(this_run_rows / wall, 3),

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
+from batch_inpaint.job.done import repeated
 from batch_inpaint.job.finish import redact_columns
 from batch_inpaint.job.guard import input_locations
 from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
@@ -20,28 +21,74 @@ from batch_inpaint.vocab import ErrorKind, Status
 
 class ManifestScan:
     """What the driver learns from the id column: row ids, the ids that can't be processed
-    (duplicated, null or empty), their error rows, and one result id per manifest row."""
+    (duplicated, null or empty), their error rows, and one result id per manifest row. Ids are
+    Arrow arrays, never Python objects per row: 10 M ids take ~0.2 GB (docs/architecture.md)."""
 
-    def __init__(
-        self, ids: list[str | None], bad_rows: pa.Table, base: str, inputs: list[str] = ()
-    ):
-        self.ids, self.bad_rows, self.base = ids, bad_rows, base
+    def __init__(self, ids, bad_rows: pa.Table, base: str, inputs: list[str] = ()):
+        self.ids = _strings(ids)
+        self.bad_rows, self.base = bad_rows, base
         self.inputs = list(inputs)  # what the manifest reads: itself, its image and mask folders
-        counts: dict[str, int] = {}
-        for i in ids:
-            if i:
-                counts[i] = counts.get(i, 0) + 1
-        self.duplicates = {i for i, n in counts.items() if n > 1}
-        self.result_ids = result_ids(ids)
+        self.duplicates = duplicate_ids(self.ids)  # ids used more than once, each once
+        self.result_ids = result_ids(self.ids, self.duplicates)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
-def result_ids(ids: list[str | None]) -> list[str]:
+def _strings(ids) -> pa.Array:
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks() if ids.num_chunks != 1 else ids.chunk(0)
+    if not isinstance(ids, pa.Array):
+        return pa.array(list(ids), pa.string())
+    return ids if ids.type == pa.string() else pc.cast(ids, pa.string())
+
+
+def has_id(ids) -> pa.Array:
+    """True where a row has an id (not null, not empty)."""
+    return pc.fill_null(pc.greater(pc.utf8_length(ids), 0), False)
+
+
+def duplicate_ids(ids) -> pa.Array:
+    """The non-empty ids that appear more than once."""
+    ids = _strings(ids)
+    if not len(ids):
+        return pa.array([], pa.string())
+    return repeated(ids.filter(has_id(ids)))
+
+
+def result_ids(ids, duplicates: pa.Array | None = None):
     """One unique result id per manifest row: the id itself; 'id#2', 'id#3', ... for later
-    occurrences of a duplicated id; '#row-N' for a row with no id (N counts from 0)."""
+    occurrences of a duplicated id; '#row-N' for a row with no id (N counts from 0). A list in,
+    a list out; an Arrow array in, an array out (only the bad rows are touched in Python)."""
+    as_list = not isinstance(ids, (pa.Array, pa.ChunkedArray))
+    ids = _strings(ids)
+    bad = _bad_mask(ids, duplicate_ids(ids) if duplicates is None else duplicates)
+    out = pc.fill_null(ids, "")
+    if pc.any(bad).as_py():
+        positions, named = bad_positions(ids, bad)
+        out = pc.replace_with_mask(out, bad, pa.array(_bad_result_ids(positions, named)))
+    return out.to_pylist() if as_list else out
+
+
+def _bad_mask(ids: pa.Array, duplicates: pa.Array) -> pa.Array:
+    missing = pc.invert(has_id(ids))
+    if not len(duplicates):
+        return missing
+    return pc.or_(missing, pc.fill_null(pc.is_in(ids, value_set=duplicates), False))
+
+
+def bad_positions(ids: pa.Array, bad: pa.Array) -> tuple[list[int], list[str | None]]:
+    """Row numbers and ids (None for no id) of the rows marked in `bad`, in manifest order."""
+    positions = pc.indices_nonzero(bad)
+    named = [i or None for i in ids.take(positions).to_pylist()]
+    return positions.to_pylist(), named
+
+
+def _bad_result_ids(positions: list[int], named: list[str | None]) -> list[str]:
     seen: dict[str, int] = {}
     out = []
-    for n, i in enumerate(ids):
-        if not i:
+    for n, i in zip(positions, named, strict=True):
+        if i is None:
             out.append(f"#row-{n}")
             continue
         seen[i] = seen.get(i, 0) + 1
@@ -53,17 +100,23 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
     """Check the manifest's schema and ids on the driver before any cluster work. Rows that can't
     be processed become error rows here and never reach the cluster: every row of an id that
     appears twice (we can't know which one was meant; ids name the output objects and drive
-    resume), and rows with a null or empty id."""
+    resume), and rows with a null or empty id. The id column is read in batches, and of the
+    image and mask URIs only their distinct folders are kept."""
     import pyarrow.dataset as pads
 
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
     where = f"manifest {redact_uri(cfg.manifest)}"
+    chunks, folders = [], []
     try:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
-        check_parts(dataset, where)
-        conform_manifest(dataset.schema.empty_table(), where=where)
+        check_parts(dataset, where, needs_mask=not cfg.detect)
+        conform_manifest(dataset.schema.empty_table(), where=where, needs_mask=not cfg.detect)
         names = [c for c in ("id", "image", "mask") if c in dataset.schema.names]
-        table = dataset.to_table(columns=names)
+        # little read-ahead: the default (16 batches of 4 fragments) holds ~1 GB at 10 M rows
+        for batch in dataset.to_batches(columns=names, batch_size=1 << 18, batch_readahead=2,
+                                        fragment_readahead=1):  # fmt: skip
+            chunks.append(pc.cast(batch.column("id"), pa.string()))
+            folders += [_folders(batch.column(c)) for c in names[1:]]
     except InpaintError:
         raise
     except (OSError, pa.ArrowInvalid) as exc:
@@ -74,26 +127,32 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
         if missing is not None:
             raise ConfigError(str(missing)) from None
         raise ConfigError(f"cannot read {where}: {exc}") from None
-    ids = pc.cast(table.column("id"), pa.string()).to_pylist()
-    positions: dict[str | None, list[int]] = {}
-    for n, i in enumerate(ids):
-        positions.setdefault(i or None, []).append(n)
-    bad = {i for i, rows in positions.items() if i is None or len(rows) > 1}
-    bad_rows = _unusable_rows(dataset, bad, positions, ids) if bad else pa.table({})
-    base = manifest_base(cfg.manifest)
-    uris = [table.column(c) for c in ("image", "mask") if c in table.column_names]
-    uris = pa.chunked_array([c for col in uris for c in pc.cast(col, pa.string()).chunks],
-                            pa.string())  # fmt: skip
-    return ManifestScan(ids, bad_rows, base, input_locations(cfg.manifest, base, uris))
+    scan = ManifestScan(pa.chunked_array(chunks, pa.string()), pa.table({}), "", [])
+    bad = _bad_mask(scan.ids, scan.duplicates)
+    if pc.any(bad).as_py():
+        positions, named = bad_positions(scan.ids, bad)
+        scan.bad_rows = _unusable_rows(dataset, positions, named)
+    scan.base = manifest_base(cfg.manifest)
+    uris = pa.chunked_array(folders, pa.string())
+    scan.inputs = input_locations(cfg.manifest, scan.base, uris)
+    return scan
 
 
-def check_parts(dataset, where: str) -> None:
+def _folders(column) -> pa.Array:
+    """A URI column reduced to one URI per distinct folder ('dir/_' for every 'dir/x'; a bare
+    file name stays as it is): what input_locations needs, without a string per row."""
+    uris = pc.drop_null(pc.cast(column, pa.string()))
+    return pc.unique(pc.replace_substring_regex(uris, r"/[^/]*$", "/_"))
+
+
+def check_parts(dataset, where: str, needs_mask: bool = True) -> None:
     """Every part of a manifest folder conforms on its own, and a column has one type in every
     part (else Ray Data fails mid-run); an all-null column's type is no conflict."""
     seen: dict[str, tuple[pa.DataType, str]] = {}
     for fragment in dataset.get_fragments():
         schema = fragment.physical_schema
-        conform_manifest(schema.empty_table(), where=f"{where}, part {fragment.path}")
+        conform_manifest(schema.empty_table(), where=f"{where}, part {fragment.path}",
+                         needs_mask=needs_mask)  # fmt: skip
         for field in schema:
             if pa.types.is_null(field.type):
                 continue
@@ -106,35 +165,39 @@ def check_parts(dataset, where: str) -> None:
                 )
 
 
-def _unusable_rows(dataset, bad: set, positions: dict, ids: list) -> pa.Table:
-    """Error rows (with their pass-through columns) for duplicated ids and rows without an id."""
+def _unusable_rows(dataset, positions: list[int], named: list[str | None]) -> pa.Table:
+    """Error rows (with their pass-through columns) for duplicated ids and rows without an id;
+    `positions` and `named` are those rows' numbers and ids, in manifest order."""
     import datetime as dt
 
-    named = sorted(i for i in bad if i is not None)
-    where = pc.field("id").isin(named) if named else None
-    if None in bad:
+    rows_of: dict[str | None, list[int]] = {}
+    for n, i in zip(positions, named, strict=True):
+        rows_of.setdefault(i, []).append(n)
+    result_at = dict(zip(positions, _bad_result_ids(positions, named), strict=True))
+    ids = sorted(i for i in rows_of if i is not None)
+    where = pc.field("id").isin(ids) if ids else None
+    if None in rows_of:
         no_id = pc.field("id").is_null() | (pc.field("id") == "")
         where = no_id if where is None else (where | no_id)
     table = redact_columns(dataset.to_table(filter=where))
     # The filter keeps file order, so the k-th row of an id here is its k-th position overall.
     taken: dict[str | None, int] = {}
-    all_result_ids = result_ids(ids)
     out_ids, msgs = [], []
     for i in pc.cast(table.column("id"), pa.string()).to_pylist():
         key = i or None
         k = taken.get(key, 0)
         taken[key] = k + 1
-        pos = positions[key][k]
-        out_ids.append(all_result_ids[pos])
+        pos = rows_of[key][k]
+        out_ids.append(result_at[pos])
         if key is None:
             msgs.append(
                 f"manifest row {pos} has no id (null or empty); every row needs a unique id "
                 f"(it names the output object and drives resume), so it was not processed"
             )
         else:
-            rows = ", ".join(str(r) for r in positions[key])
+            rows = ", ".join(str(r) for r in rows_of[key])
             msgs.append(
-                f"row {i!r}: id appears {len(positions[key])} times in the manifest (rows {rows}); "
+                f"row {i!r}: id appears {len(rows_of[key])} times in the manifest (rows {rows}); "
                 f"ids must be unique (they name the output object and drive resume), so none of "
                 f"these rows was processed"
             )

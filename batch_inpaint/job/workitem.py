@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.image.geometry import Region
 from batch_inpaint.manifest.schema import RESULT_SCHEMA
@@ -94,7 +95,9 @@ _PREPARED_FIELDS = [
     (WIDTH, pa.int32()),
     (HEIGHT, pa.int32()),
     (PIXELS, pa.large_binary()),  # RGB uint8, height x width x 3
-    (SOFT, pa.large_binary()),  # paste weights, uint8 0..255, height x width
+    # per region: paste weights, uint8 0..255 over its box only (no weight lies outside the
+    # boxes): a small mask on a large photo moves kilobytes, not a full-frame plane
+    (SOFT, _BLOBS),
     (REGIONS, pa.list_(REGION_TYPE)),
     (CROPS, _BLOBS),  # per region: RGB uint8 at its work size
     (CROP_MASKS, _BLOBS),  # per region: uint8 0/255 at its work size
@@ -121,6 +124,25 @@ MODELLED = Declared(
     ),
     _IN_FLIGHT,
 )
+# Detection (job/detect_stage.py), only in jobs with queries: the detect stage adds these with
+# the status columns (error rows: unreadable image, detector failure; prepare keeps them); prepare
+# reads the detected mask and sets the note and the mask it saved; finish copies them out.
+DETECTIONS, DETECT_MASK, NOTE = f"{P}detections", f"{P}detect_mask", f"{P}note"
+MASK_USED = f"{P}mask_used"
+DETECTED = Declared(
+    "detect",
+    pa.schema(
+        [
+            (STATUS, pa.string()),
+            (ERROR_KIND, pa.string()),
+            (ERROR, pa.string()),
+            (DETECTIONS, detections_arrow_type()),  # null: the row has no queries
+            (DETECT_MASK, pa.large_binary()),  # PNG of the detected mask; null: nothing found
+            (NOTE, pa.string()),
+        ]
+    ),
+    frozenset(s.value for s in (Status.PENDING, Status.ERROR)),
+)
 FINISHED = Declared(
     "finish", pa.schema([f for f in RESULT_SCHEMA if f.name != "id"]), frozenset(FINAL), "status"
 )
@@ -136,7 +158,7 @@ class WorkItem:
     width: int | None = None
     height: int | None = None
     pixels: bytes | None = None
-    soft: bytes | None = None
+    soft: list[bytes] | None = None
     regions: list[Region] | None = None
     crops: list[bytes] | None = None
     crop_masks: list[bytes] | None = None

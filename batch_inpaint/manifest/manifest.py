@@ -237,8 +237,12 @@ class Manifest:
         return self._table.to_pandas()
 
     def exclude(self, ids: Iterable[str]) -> Manifest:
-        """The rows whose id is not in `ids` (e.g. report.bad_ids)."""
-        drop = pa.array(list(ids), pa.string())
+        """The rows whose id is not in `ids` (e.g. report.bad_ids; a set or an Arrow array)."""
+        drop = (
+            ids
+            if isinstance(ids, (pa.Array, pa.ChunkedArray))
+            else pa.array(list(ids), pa.string())
+        )
         keep = pc.invert(pc.fill_null(pc.is_in(self._table["id"], value_set=drop), False))
         return Manifest(self._table.filter(keep), self.storage, base=self.base)
 
@@ -280,10 +284,10 @@ class Manifest:
         resume): ok and skipped rows whose image is there are done; error rows are done unless
         retry_errors=True or they failed for a transient reason. No results yet: every row. A
         results file that can't be read raises (and is moved aside, never deleted)."""
-        from batch_inpaint.job.results import done_ids, read_results
+        from batch_inpaint.job.results import PLAN_COLUMNS, finished_ids, read_results
 
-        table, _ = read_results(self.storage, results_uri)
-        return self.exclude(done_ids(self.storage, results_uri, retry_errors, table))
+        table, _ = read_results(self.storage, results_uri, PLAN_COLUMNS)
+        return self.exclude(finished_ids(self.storage, results_uri, retry_errors, table))
 
 
 def _parquet_files(fs: Any, path: str, recursive: bool = True) -> list[str]:

@@ -11,6 +11,7 @@ import re
 import pyarrow as pa
 import pyarrow.types as pat
 
+from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.errors import ManifestError
 from batch_inpaint.option import kind, meta
 from batch_inpaint.params import ROW_COLUMNS, ROW_FIELDS
@@ -20,6 +21,7 @@ VERSION_KEY = b"batch_inpaint.schema_version"
 
 REQUIRED_COLUMNS = ("id", "image")
 MASK_COLUMNS = ("mask", "mask_boxes", "mask_polygons", "mask_from_alpha")
+DETECT_COLUMN = "detect"  # per-row detection queries (docs/masks.md)
 # Per-row overrides: the GenerationParams fields marked row=True, under their own names.
 OVERRIDE_COLUMNS = ROW_COLUMNS
 _ARROW = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
@@ -69,6 +71,22 @@ RESULT_SCHEMA = pa.schema(
         _field("model_s", pa.float64(), "seconds in the model (this row's share of its batch)"),
         _field("write_s", pa.float64(), "seconds to paste, encode and write"),
         _field("finished_at", pa.timestamp("ms", tz="UTC"), "when the row finished"),
+        _field(
+            "detections",
+            detections_arrow_type(),
+            "what detection found: label, score, box (null: the row did not detect)",
+        ),
+        _field(
+            "mask_used",
+            pa.string(),
+            "the detected row's final mask, relative to the output (masks/<key>.png)",
+        ),
+        _field("note", pa.string(), "why a row was skipped, or what detection found"),
+        _field(
+            "residual_score",
+            pa.float64(),
+            "with verify: the highest score still found inside the mask",
+        ),
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )
@@ -130,7 +148,7 @@ def _rename_hint(names: list[str], wanted) -> str:
     return f"; did you mean {want!r}? rename column {name!r} to {want!r}"
 
 
-def conform_manifest(table: pa.Table, where: str = "manifest") -> pa.Table:
+def conform_manifest(table: pa.Table, where: str = "manifest", needs_mask: bool = True) -> pa.Table:
     """The table with known columns cast to MANIFEST_SCHEMA's types (safe casts only) and the
     schema version in its metadata; ManifestError naming the column when one is missing or of
     a wrong type. Other columns are kept as they are, in their order."""
@@ -145,10 +163,12 @@ def conform_manifest(table: pa.Table, where: str = "manifest") -> pa.Table:
                 f"{where}: required column {name!r} is missing{_rename_hint(names, [name])} "
                 f"(columns: {names})"
             )
-    if not any(n in names for n in MASK_COLUMNS):
+    # a `detect` column (queries per row) or a job's `detect` setting finds the masks instead
+    if needs_mask and not any(n in names for n in (*MASK_COLUMNS, DETECT_COLUMN)):
         raise ManifestError(
             f"{where}: no mask column; give one of {list(MASK_COLUMNS)}"
-            f"{_rename_hint(names, MASK_COLUMNS)} (columns: {names})"
+            f"{_rename_hint(names, MASK_COLUMNS)} (columns: {names}), or queries to detect "
+            f"the masks from (--detect 'watermark' or a {DETECT_COLUMN!r} column)"
         )
     arrays, fields = [], []
     for field in table.schema:
