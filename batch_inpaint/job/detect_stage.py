@@ -52,7 +52,9 @@ def queries_of(row: Mapping, default: Sequence[str]) -> list[str]:
 def job_queries(storage, cfg) -> list[str]:
     """Every query the job will detect: the config's and the manifest rows' (`detect` column),
     read on the driver; [] for a job without detection. A bad row value is a ConfigError naming
-    the row, so the run stops before any cluster work."""
+    the row, so the run stops before any cluster work. Only the column's distinct values are
+    parsed (a 10 M-row manifest has few); the rows are walked only to name a bad one."""
+    import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
@@ -64,10 +66,27 @@ def job_queries(storage, cfg) -> list[str]:
         return []
     found: list[str] = []
     for batch in dataset.to_batches(columns=["id", *names]):
-        for row in batch.to_pylist():
-            for q in queries_of(row, cfg.detect):
-                if q not in found:
-                    found.append(q)
+        table = pa.Table.from_batches([batch])
+        if DONE_COLUMN in names:  # rows `batch-inpaint detect` already did
+            table = table.filter(pc.is_null(table.column(DONE_COLUMN)))
+        if QUERY_COLUMN not in names:
+            values = [None] if table.num_rows else []
+        else:
+            column = table.column(QUERY_COLUMN)
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+                values = {None if v is None else tuple(v) for v in column.to_pylist()}
+            else:
+                values = pc.unique(column).to_pylist()
+        try:
+            for value in values:
+                value = list(value) if isinstance(value, tuple) else value
+                for q in queries_of({QUERY_COLUMN: value}, cfg.detect):
+                    if q not in found:
+                        found.append(q)
+        except ConfigError:  # name the row: walk this batch's rows
+            for row in table.to_pylist():
+                queries_of(row, cfg.detect)
+            raise
     return found
 
 

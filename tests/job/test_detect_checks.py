@@ -72,3 +72,28 @@ def test_results_of_older_runs_without_the_detection_columns_still_read(tmp_path
     rows = {r["id"]: r for r in table.to_pylist()}
     assert len(parts) == 2 and all(rows["a"][c] is None for c in new)
     assert rows["b"]["note"] == "nothing found for logo" and rows["b"]["detections"] == []
+
+
+@pytest.mark.parametrize("as_lists", [False, True])
+def test_job_queries_are_the_union_of_the_rows_and_the_jobs(tmp_path, as_lists):
+    """The driver reads only the detect column's distinct values; rows `batch-inpaint detect`
+    already did add nothing; a bad value still names its row."""
+    from batch_inpaint.detect.base import detections_arrow_type
+    from batch_inpaint.job.detect_stage import job_queries
+    from batch_inpaint.storage.store import Storage
+
+    values = [["logo", "text"], None, ["logo"], ["face"]] if as_lists else [
+        "logo, text", None, "logo", "face"]  # fmt: skip
+    done = [None, None, None, [{"label": "face", "score": 0.9, "box": [0.0, 0.0, 1.0, 1.0]}]]
+    table = pa.table({"id": list("abcd"), "image": ["x.png"] * 4, "detect": values,
+                      "detections": pa.array(done, detections_arrow_type())})  # fmt: skip
+    path = tmp_path / "m.parquet"
+    pq.write_table(table, path)
+    cfg = _config(manifest=str(path), output=str(tmp_path / "o"), detect=["watermark"])
+    storage = Storage(cfg.storage_options())
+    # row b has none of its own: the job's; row d was detected already: its 'face' is not asked
+    assert sorted(job_queries(storage, cfg)) == ["logo", "text", "watermark"]
+    bad = pa.array([None, [1], None, None]) if as_lists else pa.array([None, 5, None, None])
+    pq.write_table(pa.table({"id": list("abcd"), "image": ["x.png"] * 4, "detect": bad}), path)
+    with pytest.raises(ConfigError, match="row 'b'"):
+        job_queries(storage, cfg)
