@@ -25,17 +25,9 @@ def add_parser(sub) -> None:
       help="comma-separated things to find, e.g. 'watermark,text,logo' (a row's `detect` column "
       "replaces it for that row)")  # fmt: skip
     m = p.add_argument_group("models (a Hub id, a local folder or an s3:// prefix; 'none': off)")
-    m.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
-                   "(default: IDEA-Research/grounding-dino-tiny)")  # fmt: skip
-    m.add_argument("--detector-revision", help="Hub commit to pin the detector to")
-    m.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
-                   "checkpoint (default: PaddlePaddle/PP-OCRv6_medium_det_safetensors)")  # fmt: skip
-    m.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
+    add_model_flags(m, "default:")
     m.add_argument("--text-queries", default="text,caption,subtitles",
                    help="queries that go to the text detector (default: %(default)s)")  # fmt: skip
-    m.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
-                   "(e.g. facebook/sam-vit-base; default: none, the boxes are the mask)")  # fmt: skip
-    m.add_argument("--segmenter-revision", help="Hub commit to pin the segmenter to")
     m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     m.add_argument("--dtype", default="auto",
                    help="auto (fp16 on CUDA, fp32 on the CPU) | fp16 | bf16 | fp32")  # fmt: skip
@@ -70,6 +62,20 @@ def add_parser(sub) -> None:
             add_flag(g, f)
     add_storage_flags(p)
     p.set_defaults(func=_detect)
+
+
+def add_model_flags(group, word: str) -> None:
+    """--detector, --text-detector, --segmenter and their revisions (`detect` and `serve`);
+    `word`: "default:" where the named models load when unset, "e.g." where nothing does."""
+    group.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
+                       f"({word} IDEA-Research/grounding-dino-tiny)")  # fmt: skip
+    group.add_argument("--detector-revision", help="Hub commit to pin the detector to")
+    group.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
+                       f"checkpoint ({word} PaddlePaddle/PP-OCRv6_medium_det_safetensors)")  # fmt: skip
+    group.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
+    group.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
+                       "(e.g. facebook/sam-vit-base; default: none, the boxes are the mask)")  # fmt: skip
+    group.add_argument("--segmenter-revision", help="Hub commit to pin the segmenter to")
 
 
 def _detect(args: argparse.Namespace) -> int:

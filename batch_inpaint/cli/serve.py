@@ -51,15 +51,9 @@ def add_parser(sub) -> None:
         "the Detect button (as `batch-inpaint detect`; a Hub id, local folder or s3:// prefix). "
         "Without --detector or --text-detector the page has no detector and Detect says so"
     )
-    d.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
-                   "(e.g. IDEA-Research/grounding-dino-tiny)")  # fmt: skip
-    d.add_argument("--detector-revision", help="Hub commit to pin the detector to")
-    d.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
-                   "checkpoint (e.g. PaddlePaddle/PP-OCRv6_medium_det_safetensors)")  # fmt: skip
-    d.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
-    d.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
-                   "(default: none, the boxes are the mask)")  # fmt: skip
-    d.add_argument("--segmenter-revision", help="Hub commit to pin the segmenter to")
+    from batch_inpaint.cli.detect import add_model_flags
+
+    add_model_flags(d, "e.g.")
     d.add_argument("--threshold", type=float,
                    help="keep detections scoring at least this, 0..1 (default: the detector's)")  # fmt: skip
     p.set_defaults(func=_serve)
