@@ -95,8 +95,10 @@ class JobConfig:
                                           help="GPUs per model actor: fractions such as 0.5 "
                                           "share a GPU, 0 = CPU actors; unset: 1 when the "
                                           "cluster has GPUs")
-    cpus_per_actor: float = option(1.0, group="execution", lo=0, lo_open=True,
-                                   help="CPUs per model actor")
+    cpus_per_actor: float | None = option(None, group="execution", lo=0, lo_open=True,
+                                          help="CPUs per model actor; unset: 1, or less on a "
+                                          "cluster too small for every pool's first actor "
+                                          "beside one read task")
     cpus_per_task: float = option(1.0, group="execution", lo=0, lo_open=True,
                                   help="CPUs per read/decode and paste/encode/write task")
     max_model_memory_gb: float | None = option(None, group="execution", lo=0, lo_open=True,

@@ -67,8 +67,9 @@ class DetectionOptions:
                                                  "a GPU, 0 = CPU); unset: 0.25 when the cluster "
                                                  "has GPUs, and a model actor whose share is "
                                                  "unset takes the rest of that GPU")
-    cpus_per_detect_actor: float = option(1.0, flag=False, lo=0, lo_open=True,
-                                          help="CPUs per detector actor")
+    cpus_per_detect_actor: float | None = option(None, flag=False, lo=0, lo_open=True,
+                                                 help="CPUs per detector actor; unset: as "
+                                                 "cpus_per_actor's rule")
     verify: bool = option(False, flag=False,
                           help="detect again on each output and record residual_score")
     max_residual: float | None = option(None, flag=False, lo=0, hi=1,

@@ -105,6 +105,8 @@ def connect(address: str | None = None, *, echo: Callable[[str], object] = print
     try:
         # "local" always starts a new instance: ray.init then ignores RAY_ADDRESS and the
         # ray_current_cluster file that `ray start` writes.
+        if source == "local":
+            init_kwargs.setdefault("num_cpus", local_cpus())
         ray.init(address=target, **init_kwargs)
     except (ConnectionError, ValueError) as e:
         if source == "local":
@@ -122,6 +124,20 @@ def connect(address: str | None = None, *, echo: Callable[[str], object] = print
                 f"the processes of {cluster.session_dir} by hand"
             )
     return cluster
+
+
+def local_cpus() -> int:
+    """CPUs a private local instance declares: the machine's, and at least 2. Ray Data's read
+    task takes one CPU and each actor pool starts with an actor of its own, so a one-core
+    machine (a small VM or container) would wait for ever; Ray's CPUs are scheduling shares,
+    and two shares on one core only take turns."""
+    try:
+        from ray._private.utils import get_num_cpus  # what Ray itself would declare
+
+        cpus = get_num_cpus()
+    except Exception:  # a private helper: fall back to the OS's count
+        cpus = os.cpu_count() or 1
+    return max(int(cpus), 2)
 
 
 def _unreachable(address: str, timeout: float = 5.0) -> str | None:

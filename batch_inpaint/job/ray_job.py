@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job import attempts, detect_stage, plan
+from batch_inpaint.job import attempts, plan
 from batch_inpaint.job.detect_stage import DetectStage
 from batch_inpaint.job.finalize import finalize
 from batch_inpaint.job.fused import FusedStage
 from batch_inpaint.job.report_progress import Progress, native_stderr_to
+from batch_inpaint.job.resources import DetectPlan, plan_resources
 from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
 from batch_inpaint.job.verify_stage import VerifyStage
 from batch_inpaint.storage.store import Storage
@@ -65,20 +66,11 @@ def _process(job: plan.Plan, inpainter_factory, provider_factory=None) -> None:
     # stderr (and to its log file): off the terminal unless verbose.
     stderr_log = None if cfg.verbose or not logs else os.path.join(logs, "batch-inpaint-driver.err")
     with native_stderr_to(stderr_log):
-        res = ray.cluster_resources()
-        gpus = _gpus_per_actor(cfg, res.get("GPU", 0), echo)
-        device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
-        cfg_run = dataclasses.replace(cfg, device=device)
-        detect = _detect_plan(cfg_run, run.storage, provider_factory, res, echo)
-        if detect and detect.gpus and cfg.gpus_per_actor is None and gpus >= 1:
-            # Unset shares: one GPU holds a model actor and the detect (and verify) actors,
-            # else on a one-GPU node they would wait on each other for ever.
-            gpus = max(1.0 - detect.gpus * detect.pools, 0.25)
-        cfg_run = _pool(cfg_run, gpus, res.get("CPU", 1), res.get("memory"))
+        cfg_run, gpus, detect = plan_resources(
+            cfg, ray.cluster_resources(), run.storage, provider_factory, echo
+        )
         ctx = JobContext(config=cfg_run, storage=run.storage, manifest_base=run.scan.base,
                          spec=job.spec)  # fmt: skip
-        if detect:
-            _check_room(cfg_run, detect, gpus, res, echo)
         ds = build_dataset(cfg_run, ctx, run.storage, job.exclude, gpus, inpainter_factory,
                            detect=detect)  # fmt: skip
         progress = Progress(job.todo, cfg.progress_interval_s, echo)
@@ -167,47 +159,6 @@ def build_dataset(
     return ds
 
 
-@dataclasses.dataclass(frozen=True)
-class DetectPlan:
-    """The detect stage of a job with queries (job/detect_stage.py): its actors' share."""
-
-    queries: tuple[str, ...]
-    gpus: float
-    provider_factory: object = None
-    pools: int = 1  # 2 with verify: its pool is the detect pool's twin
-
-
-def _detect_plan(
-    cfg: JobConfig, storage: Storage, provider_factory, resources: dict, echo
-) -> DetectPlan | None:
-    """None for a job without queries; else the detect actors' GPU share: as configured, else
-    0.25 when the cluster has GPUs (the detector is small beside the inpainting model), else 0."""
-    queries = detect_stage.job_queries(storage, cfg)
-    if not queries:
-        return None
-    gpus = cfg.gpus_per_detect_actor
-    if gpus is None:
-        gpus = 0.25 if resources.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
-    echo(f"batch-inpaint: detecting {', '.join(queries)} on "
-         f"{'GPU' if gpus > 0 else 'CPU'} actors before inpainting")  # fmt: skip
-    return DetectPlan(tuple(queries), gpus, provider_factory, 2 if cfg.verify else 1)
-
-
-def _check_room(cfg: JobConfig, detect: DetectPlan, gpus: float, resources: dict, echo) -> None:
-    """Say so when the smallest pools of every stage can't all run at once: the job would wait."""
-    cpus = cfg.cpus_per_detect_actor * detect.pools + cfg.cpus_per_actor * cfg.min_actors
-    cpus += 0 if cfg.fuse_stages else cfg.cpus_per_task
-    need_gpus = detect.gpus * detect.pools + gpus * cfg.min_actors
-    for what, need, flags in (
-        ("CPU", cpus, "--cpus-per-detect-actor / --cpus-per-actor / --cpus-per-task"),
-        ("GPU", need_gpus, "--gpus-per-detect-actor / --gpus-per-actor"),
-    ):
-        have = resources.get(what, 0)
-        if need > have and (what == "CPU" or have > 0):
-            echo(f"batch-inpaint: the detect and model actors need {need:g} {what}s, the cluster "
-                 f"has {have:g}: the job waits for more; lower {flags}")  # fmt: skip
-
-
 def _detect_stage(ds, ctx: JobContext, detect: DetectPlan, stage=DetectStage):
     """The detect stage's actor pool; with stage=VerifyStage, verify's (its own pool, alike)."""
     import ray
@@ -236,32 +187,6 @@ def _detect_stage(ds, ctx: JobContext, detect: DetectPlan, stage=DetectStage):
         )
 
 
-# Memory one CPU model actor holds, in GiB: diffusers measured (bench sd2-job: SD2 in fp32,
-# 6.0 GiB peak RSS); the others are upper guesses. A fused pool takes at most half the
-# cluster's memory, so a laptop running SD on its CPU gets one actor, not one per core.
-CPU_ACTOR_GIB = {"opencv": 0.5, "tiny": 0.5, "lama": 1.5, "diffusers": 6.5}
-
-
-def _pool(
-    cfg: JobConfig, gpus: float, cluster_cpus: float, cluster_memory: float | None = None
-) -> JobConfig:
-    """The config with fuse_stages and max_actors as this run uses them. Unset, stages fuse
-    when the model runs on CPU actors, and a fused CPU pool grows to one actor per
-    cpus_per_actor CPUs of the cluster (a laptop's cores all work) as far as half the
-    cluster's memory (bytes, Ray's "memory" resource) holds them; a GPU pool stays at 1."""
-    fuse = cfg.fuse_stages if cfg.fuse_stages is not None else gpus == 0
-    most = cfg.max_actors
-    if most is None:
-        most = 1
-        if fuse and gpus == 0:
-            most = int(cluster_cpus // cfg.cpus_per_actor)
-            if cluster_memory:
-                per_actor = CPU_ACTOR_GIB.get(cfg.backend, 6.5) * 2**30
-                most = min(most, int(cluster_memory / 2 // per_actor))
-        most = max(most, cfg.min_actors, 1)
-    return dataclasses.replace(cfg, fuse_stages=fuse, max_actors=most)
-
-
 def _id_array(ids) -> pa.Array:
     if isinstance(ids, (pa.Array, pa.ChunkedArray)):
         return ids
@@ -281,28 +206,6 @@ def drop_rows(table: pa.Table, exclude) -> pa.Table:
     if len(value_set):
         keep = pc.and_(keep, pc.invert(pc.fill_null(pc.is_in(ids, value_set=value_set), False)))
     return table.filter(keep)
-
-
-def _gpus_per_actor(cfg: JobConfig, cluster_gpus: float, echo=print) -> float:
-    """GPUs per model actor: as configured; else 1 for device cuda or when the cluster has GPUs;
-    else 0 (CPU actors, fp32). A cluster whose GPU workers autoscale from zero shows no GPU at
-    start: ask for them with gpus_per_actor: 1 or device: cuda."""
-    if cfg.gpus_per_actor is not None:
-        if cfg.gpus_per_actor > 0 and cluster_gpus == 0:
-            echo(
-                f"batch-inpaint: gpus_per_actor={cfg.gpus_per_actor} but the cluster has no GPU "
-                "yet; the actors wait for the autoscaler to add GPU workers"
-            )
-        return cfg.gpus_per_actor
-    if cfg.device == "cpu" or cfg.backend == "opencv":
-        return 0.0
-    if cfg.device == "cuda" or cluster_gpus >= 1:
-        return 1.0
-    echo(
-        "batch-inpaint: the cluster has no GPU, so the model runs on CPU actors (fp32, slow); "
-        "on a cluster whose GPU workers autoscale from zero, pass --gpus-per-actor 1"
-    )
-    return 0.0
 
 
 def _init_ray(cfg: JobConfig, echo):

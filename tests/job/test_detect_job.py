@@ -93,9 +93,9 @@ def _local(root: Path) -> list[dict]:
 
 
 def _config(**kw) -> JobConfig:
+    # CPU shares unset: the test instance's 2 CPUs are a laptop's, and the job must fit them
     base = dict(backend="opencv", device="cpu", detect=["watermark"], dilate=2, feather=2,
-                flush_rows=4, progress_interval_s=0.0, cpus_per_actor=0.5, cpus_per_task=0.5,
-                cpus_per_detect_actor=0.5, detect_batch_size=2)  # fmt: skip
+                flush_rows=4, progress_interval_s=0.0, detect_batch_size=2)  # fmt: skip
     return JobConfig(**{**base, **kw})
 
 
@@ -238,7 +238,8 @@ def test_s3_job_detects_and_records_the_masks(ray_local, s3_server, s3_bucket):
     out = f"s3://{s3_bucket}/out"
     # split stages (as beside a GPU model): detect actors -> prepare tasks -> model actors
     cfg = _config(manifest=f"{base}/manifest.parquet", output=out, endpoint_url=s3_server,
-                  fuse_stages=False)  # fmt: skip
+                  fuse_stages=False, cpus_per_actor=0.5, cpus_per_task=0.5,
+                  cpus_per_detect_actor=0.5)  # fmt: skip
     summary = run_job(cfg, echo=lambda *_: None, provider_factory=boxes_provider)
     assert summary["success"], summary["problems"]
     storage = Storage(cfg.storage_options())

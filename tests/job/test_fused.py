@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.ray_job import _pool, run_job
+from batch_inpaint.job.ray_job import run_job
+from batch_inpaint.job.resources import pool
 from batch_inpaint.job.stages import ModelStage, finish_batch, prepare_batch
 from tests.fixtures_ray import manifest_bytes, png, sample_image
 from tests.job.helpers import context, table_of
@@ -101,21 +102,21 @@ def test_job_pixels_match_the_stages_run_in_process(runs):
 
 def test_pool_fuses_cpu_models_and_sizes_the_pool_for_the_cores():
     base = {"manifest": "m.parquet", "output": "out", "backend": "opencv"}
-    cfg = _pool(JobConfig(**base), gpus=0.0, cluster_cpus=8)
+    cfg = pool(JobConfig(**base), gpus=0.0, cluster_cpus=8)
     assert (cfg.fuse_stages, cfg.max_actors) == (True, 8)
-    cfg = _pool(JobConfig(**base, cpus_per_actor=2.0), gpus=0.0, cluster_cpus=8)
+    cfg = pool(JobConfig(**base, cpus_per_actor=2.0), gpus=0.0, cluster_cpus=8)
     assert cfg.max_actors == 4
-    cfg = _pool(JobConfig(**base, max_actors=1), gpus=0.0, cluster_cpus=8)
+    cfg = pool(JobConfig(**base, max_actors=1), gpus=0.0, cluster_cpus=8)
     assert (cfg.fuse_stages, cfg.max_actors) == (True, 1)  # a pool size given is kept
-    cfg = _pool(JobConfig(**base, min_actors=3), gpus=0.0, cluster_cpus=2)
+    cfg = pool(JobConfig(**base, min_actors=3), gpus=0.0, cluster_cpus=2)
     assert cfg.max_actors == 3
     # a heavy model on CPUs: as many actors as half the memory holds (SD in fp32: ~6 GiB each)
     sd = JobConfig(**{**base, "backend": "diffusers"})
-    assert _pool(sd, gpus=0.0, cluster_cpus=16, cluster_memory=24 * 2**30).max_actors == 1
-    assert _pool(sd, gpus=0.0, cluster_cpus=16, cluster_memory=4 * 2**30).max_actors == 1
-    assert _pool(JobConfig(**base), 0.0, 16, cluster_memory=64 * 2**30).max_actors == 16
+    assert pool(sd, gpus=0.0, cluster_cpus=16, cluster_memory=24 * 2**30).max_actors == 1
+    assert pool(sd, gpus=0.0, cluster_cpus=16, cluster_memory=4 * 2**30).max_actors == 1
+    assert pool(JobConfig(**base), 0.0, 16, cluster_memory=64 * 2**30).max_actors == 16
     # GPU actors: CPU tasks feed them, and the pool stays at one actor unless told
-    cfg = _pool(JobConfig(**{**base, "backend": "diffusers"}), gpus=1.0, cluster_cpus=64)
+    cfg = pool(JobConfig(**{**base, "backend": "diffusers"}), gpus=1.0, cluster_cpus=64)
     assert (cfg.fuse_stages, cfg.max_actors) == (False, 1)
-    cfg = _pool(JobConfig(**base, fuse_stages=False), gpus=0.0, cluster_cpus=8)
+    cfg = pool(JobConfig(**base, fuse_stages=False), gpus=0.0, cluster_cpus=8)
     assert (cfg.fuse_stages, cfg.max_actors) == (False, 1)  # split on CPU: tasks need cores

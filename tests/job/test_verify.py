@@ -236,8 +236,8 @@ def test_job_verifies_turns_residuals_into_errors_reports_them_and_resumes(ray_l
     (tmp_path / "manifest.parquet").write_bytes(manifest_bytes(rows))
     out = tmp_path / "out"
     settings = dict(manifest=str(tmp_path / "manifest.parquet"), output=str(out),
-                    backend="opencv", verify=True, max_residual=0.5, cpus_per_detect_actor=0.25,
-                    cpus_per_actor=0.5, max_actors=1)  # fmt: skip
+                    backend="opencv", verify=True, max_residual=0.5)  # fmt: skip
+    # default CPU shares: detect, verify and model actors and a read task fit the 2 test CPUs
     summary = run_job(JobConfig(**settings), echo=lambda *_: None, provider_factory=known_boxes)
 
     assert summary["success"] and summary["counts"] == {"ok": 2, "error": 2, "skipped": 0}
