@@ -1,10 +1,12 @@
-"""Model work that kills its worker, bounded. A model actor killed mid-batch (the host's OOM
-killer, Ray's memory monitor, a GPU fault) takes the batch with it, and Ray retries the batch on a
-new actor: without a count, a row that always kills its actor loops for ever in silence.
+"""Work that kills its worker, bounded. A model, detect or verify actor killed mid-batch (the
+host's OOM killer, Ray's memory monitor, a GPU fault, a native crash) takes the batch with it, and
+Ray retries the batch on a new actor: without a count, a row that always kills its actor loops
+for ever in silence, or fails the whole run once Ray's retries run out.
 
-The model stage records each start of model work in a small object under the output,
-`metadata/_attempt-<batch|row>-<hash of the ids>.json` (readers skip `_` names), and removes it when
-the work returns. An object still there at the next start means the worker died on it:
+Each of those stages records each start of its work in a small object under the output,
+`metadata/_attempt-[<stage>-]<batch|row>-<hash of the ids>.json` (readers skip `_` names), and
+removes it when the work returns (`counted`). An object still there at the next start means the
+worker died on it:
 
 - a batch started for the BATCH_TRIES + 1-th time runs row by row;
 - a row started alone for the ROW_TRIES + 1-th time is not run again: it becomes an error row of
@@ -44,27 +46,32 @@ def _key(what: str, ids: list[str]) -> str:
 
 
 class Attempts:
-    """Start/done records of model work under `{output}/metadata/`."""
+    """Start/done records of one stage's work ("model", "detect" or "verify") under
+    `{output}/metadata/`."""
 
-    def __init__(self, storage, output: str):
-        self.storage, self.output = storage, output
+    def __init__(self, storage, output: str, stage: str = "model"):
+        self.storage, self.output, self.stage = storage, output, stage
 
     def _uri(self, name: str) -> str:
         return join(self.output, "metadata", name)
 
+    def _name(self, what: str, ids: list[str]) -> str:
+        return _key(what if self.stage == "model" else f"{self.stage}-{what}", ids)
+
     def start(self, what: str, ids: list[str]) -> int:
-        """Record that model work on `ids` starts; returns which start this is (1 = the first)."""
-        uri = self._uri(_key(what, ids))
+        """Record that work on `ids` starts; returns which start this is (1 = the first)."""
+        uri = self._uri(self._name(what, ids))
         try:
             before = json.loads(self.storage.read_bytes(uri))["attempt"]
         except NotFoundError:
             before = 0
-        body = {"what": what, "attempt": before + 1, "rows": len(ids), "ids": ids[:1] + ids[-1:]}
+        body = {"what": what, "stage": self.stage, "attempt": before + 1, "rows": len(ids),
+                "ids": ids[:1] + ids[-1:]}  # fmt: skip
         self.storage.write_bytes(uri, json.dumps(body).encode(), root=self.output)
         return before + 1
 
     def done(self, what: str, ids: list[str]) -> None:
-        self.storage.delete(self._uri(_key(what, ids)), root=self.output)
+        self.storage.delete(self._uri(self._name(what, ids)), root=self.output)
 
     def records(self) -> dict[str, dict]:
         """Every record present: name -> its body (a record removed meanwhile is left out)."""
@@ -85,12 +92,64 @@ class Attempts:
             self.storage.delete(self._uri(name), root=self.output)
 
 
-def given_up(row_id: str) -> ModelError:
+def counted(
+    attempts: Attempts | None,
+    ids: list[str],
+    whole: Callable[[], object],
+    alone: Callable[[int], object],
+    given: Callable[[int], object],
+) -> None:
+    """Run a batch of rows with its starts recorded: `whole()` while the batch has killed its
+    worker fewer than BATCH_TRIES times; then `alone(k)` for each row k, except a row that killed
+    it ROW_TRIES times alone: `given(k)` records it given up (its record stays, so it stays
+    given up for the rest of the run)."""
+    if attempts is None:
+        whole()
+        return
+    if attempts.start("batch", ids) <= BATCH_TRIES:
+        whole()
+    else:
+        for k, rid in enumerate(ids):
+            if attempts.start("row", [rid]) > ROW_TRIES:
+                given(k)
+                continue
+            alone(k)
+            attempts.done("row", [rid])
+    attempts.done("batch", ids)
+
+
+def counted_table(attempts: Attempts | None, table, run: Callable, stage: str):
+    """`counted` over a table of rows with ids: `run(table, None)` does the stage's work on
+    rows, `run(table, exc)` records exc on the rows it would have worked on, without working."""
+    import pyarrow as pa
+
+    ids = [str(v) for v in table.column("id").to_pylist()]
+    parts: dict[int, object] = {}
+    counted(
+        attempts, ids,
+        lambda: parts.__setitem__(-1, run(table, None)),
+        lambda k: parts.__setitem__(k, run(table.slice(k, 1), None)),
+        lambda k: parts.__setitem__(k, run(table.slice(k, 1), given_up(ids[k], stage))),
+    )  # fmt: skip
+    return parts[-1] if -1 in parts else pa.concat_tables([parts[k] for k in range(len(ids))])
+
+
+ADVICE = {  # what to change when a row keeps killing a stage's worker
+    "model": "give the model more memory or this row a smaller working size (max_side, crop mode)",
+    "detect": "give the detect actors more memory (--cpus-per-detect-actor, fewer per node) or "
+    "lower max_pixels",
+    "verify": "give the detect actors more memory (verify runs the same detector) or lower "
+    "max_pixels",
+}
+WORKER = {"model": "the model's worker", "detect": "the detector's worker",
+          "verify": "the verifier's worker"}  # fmt: skip
+
+
+def given_up(row_id: str, stage: str = "model") -> ModelError:
     return ModelError(
-        f"the model's worker died {ROW_TRIES} times working on this row alone (out of memory? "
+        f"{WORKER[stage]} died {ROW_TRIES} times working on this row alone (out of memory? "
         "the host's OOM killer or Ray's memory monitor): not tried again in this run; the next "
-        "run redoes it. If it keeps failing, give the model more memory or this row a smaller "
-        "working size (max_side, crop mode)",
+        f"run redoes it. If it keeps failing, {ADVICE[stage]}",
         kind=ErrorKind.OUT_OF_MEMORY.value,
     )
 
@@ -101,10 +160,11 @@ def retry_note(body: dict) -> str | None:
     if k < 2:
         return None
     ids = body.get("ids") or ["?"]
+    stage = body.get("stage", "model")
     if body.get("what") == "row":
         tail = ("given up: an out_of_memory error row" if k > ROW_TRIES
                 else f"retried alone, {k}/{ROW_TRIES + 1}")  # fmt: skip
-        return f"model actor died (out of memory?) on row {ids[0]!r}; {tail}"
+        return f"{stage} actor died (out of memory?) on row {ids[0]!r}; {tail}"
     span = ids[0] if len(ids) == 1 else f"{ids[0]}..{ids[-1]}"
     if k <= BATCH_TRIES:
         how = f"batch retried, {k}/{BATCH_TRIES + 1}"
@@ -113,7 +173,7 @@ def retry_note(body: dict) -> str | None:
     else:  # row by row again: each row that kills the actor gets ROW_TRIES of its own
         how = f"batch retried row by row again (start {k}; a row is given up after {ROW_TRIES})"
     return (
-        f"model actor died (out of memory?) on a batch of {body.get('rows')} rows ({span}); {how}"
+        f"{stage} actor died (out of memory?) on a batch of {body.get('rows')} rows ({span}); {how}"
     )
 
 

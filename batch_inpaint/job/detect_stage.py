@@ -19,6 +19,7 @@ import pyarrow as pa
 from batch_inpaint.detect.provider import DetectResult, MaskProvider
 from batch_inpaint.errors import ConfigError, InpaintError
 from batch_inpaint.image import codec
+from batch_inpaint.job.attempts import Attempts, counted_table
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.workitem import (
     DETECT_MASK,
@@ -122,8 +123,13 @@ class DetectStage:
             self.provider = provider_factory(ctx)
         else:
             self.provider = load_provider(ctx, queries)
+        self.attempts = stage_attempts(ctx, "detect")
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        """Detected rows; a batch whose actor died runs row by row (job/attempts.py)."""
+        return counted_table(self.attempts, table, self._detected, "detect")
+
+    def _detected(self, table: pa.Table, given_up: Exception | None = None) -> pa.Table:
         cfg = self.ctx.config
         names = [c for c in ("id", "image", QUERY_COLUMN, DONE_COLUMN) if c in table.column_names]
         rows = table.select(names).to_pylist()
@@ -135,6 +141,8 @@ class DetectStage:
             try:
                 qs = queries_of(row, cfg.detect)
                 if qs and row.get("id") and row.get("image"):  # else prepare says what's wrong
+                    if given_up is not None:
+                        raise given_up
                     todo.append((i, self._read(row), qs))
             except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
                 self._fail(out, i, row.get("id"), exc)
@@ -184,6 +192,11 @@ class DetectStage:
 
 
 # -- what prepare does with a detected row ---------------------------------------------------
+def stage_attempts(ctx: JobContext, stage: str) -> Attempts | None:
+    out = ctx.config.output
+    return Attempts(ctx.storage, out, stage) if out and ctx.storage else None
+
+
 def ran(row: Mapping) -> bool:
     """Whether detection ran on this row (it has queries and was read)."""
     return row.get(DETECTIONS) is not None

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from batch_inpaint.errors import InpaintError
 from batch_inpaint.image.inpaint import region_seed
-from batch_inpaint.job.attempts import BATCH_TRIES, ROW_TRIES, Attempts, given_up
+from batch_inpaint.job.attempts import Attempts, counted, given_up
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.workitem import (
     CROP_MASKS,
@@ -95,23 +95,18 @@ class ModelStage:
         """_run with its starts recorded (job/attempts.py): a batch whose worker died
         BATCH_TRIES times runs row by row, and a row that killed it ROW_TRIES times alone
         becomes an out_of_memory error row without running the model again."""
-        if self.attempts is None:
-            return self._run(table, pending)
-        batch = [str(ids[i]) for i in pending]
-        if self.attempts.start("batch", batch) <= BATCH_TRIES:
-            outcome = self._run(table, pending)
-        else:
-            outcome = ModelOutcome()
-            for i in pending:
-                row = [str(ids[i])]
-                if self.attempts.start("row", row) > ROW_TRIES:
-                    outcome.failures[i] = given_up(row[0])  # its record stays: given up
-                    continue
-                one = self._run(table, [i])
-                outcome.failures.update(one.failures)
-                outcome.results.update(one.results)
-                self.attempts.done("row", row)
-        self.attempts.done("batch", batch)
+        outcome = ModelOutcome()
+
+        def run(rows: list[int]) -> None:
+            one = self._run(table, rows)
+            outcome.failures.update(one.failures)
+            outcome.results.update(one.results)
+
+        def given(k: int) -> None:
+            outcome.failures[pending[k]] = given_up(str(ids[pending[k]]))
+
+        counted(self.attempts, [str(ids[i]) for i in pending], lambda: run(pending),
+                lambda k: run([pending[k]]), given)  # fmt: skip
         return outcome
 
     def _run(self, table: pa.Table, pending: list[int]) -> ModelOutcome:

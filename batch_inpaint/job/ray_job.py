@@ -119,7 +119,7 @@ def build_dataset(
     block_rows = BLOCK_BATCHES * max(cfg.batch_size, 8)
     ds = ds.repartition(target_num_rows_per_block=block_rows)
     if detect is not None:  # only in jobs with queries: a job without keeps its graph
-        ds = _detect_stage(ds, ctx, detect)
+        ds = _detect_stage(ds, ctx, detect, block_rows)
     # Stages that run before prepare go here. Fused (job/fused.py, CPU models): prepare, model
     # and finish run in the model actors; only rows travel. Split: CPU tasks feed the GPU actors.
     if not cfg.fuse_stages:
@@ -155,11 +155,11 @@ def build_dataset(
         )
     # Stages that run after finish go here.
     if detect is not None and cfg.verify:  # the detector again, on the outputs it just wrote
-        ds = _detect_stage(ds, ctx, detect, VerifyStage)
+        ds = _detect_stage(ds, ctx, detect, block_rows, VerifyStage)
     return ds
 
 
-def _detect_stage(ds, ctx: JobContext, detect: DetectPlan, stage=DetectStage):
+def _detect_stage(ds, ctx: JobContext, detect: DetectPlan, block_rows: int, stage=DetectStage):
     """The detect stage's actor pool; with stage=VerifyStage, verify's (its own pool, alike)."""
     import ray
 
@@ -183,7 +183,7 @@ def _detect_stage(ds, ctx: JobContext, detect: DetectPlan, stage=DetectStage):
             num_gpus=detect.gpus or None,
             num_cpus=cfg.cpus_per_detect_actor,
             max_restarts=-1,
-            max_task_retries=3,
+            max_task_retries=attempts.task_retries(block_rows),  # as the model's: bounded
         )
 
 

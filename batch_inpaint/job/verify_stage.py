@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.image import codec
+from batch_inpaint.job.attempts import counted_table
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.results import output_rel
 from batch_inpaint.job.workitem import replace_columns
@@ -74,12 +75,22 @@ class VerifyStage:
             from batch_inpaint.job.detect_stage import load_provider
 
             self.provider = load_provider(ctx, queries)
+        from batch_inpaint.job.detect_stage import stage_attempts
+
+        self.attempts = stage_attempts(ctx, "verify")
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return verify_table(table, self.ctx, self.provider)
+        """Verified rows; a batch whose actor died runs row by row (job/attempts.py)."""
+        return counted_table(self.attempts, table, self._verified, "verify")
+
+    def _verified(self, table: pa.Table, given_up: Exception | None = None) -> pa.Table:
+        return verify_table(table, self.ctx, self.provider, given_up)
 
 
-def verify_table(table: pa.Table, ctx: JobContext, provider) -> pa.Table:
+def verify_table(
+    table: pa.Table, ctx: JobContext, provider, given_up: Exception | None = None
+) -> pa.Table:
+    """The rows verified; with `given_up`, each row to verify gets it as its failure instead."""
     cfg = ctx.config
     rows = table.select([c for c in ("id", "status", "output", "mask_used", "detect", "error_kind",
                                      "error", NOTE, SCORE) if c in table.column_names]).to_pylist()  # fmt: skip
@@ -95,6 +106,8 @@ def verify_table(table: pa.Table, ctx: JobContext, provider) -> pa.Table:
     pictures: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in todo:
         try:
+            if given_up is not None:
+                raise given_up
             pictures[i] = _read(rows[i], ctx)
         except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
             found[i] = exc

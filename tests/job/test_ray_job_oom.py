@@ -1,6 +1,7 @@
-"""A model actor killed every time it works on one row (as the host's OOM killer or Ray's memory
-monitor would) on local Ray: the job finishes in bounded time, that row is an `out_of_memory` error
-row, every other row is ok, and the terminal said what happened while it happened."""
+"""A model, detect or verify actor killed every time it works on one row (as the host's OOM killer
+or Ray's memory monitor would) on local Ray: the job finishes in bounded time, that row is an
+`out_of_memory` error row, every other row is ok, and the terminal said what happened while it
+happened."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inpaint.config import JobConfig
+from batch_inpaint.detect.base import BoxesDetector, Detection
+from batch_inpaint.detect.provider import MaskProvider
 from batch_inpaint.job.ray_job import run_job
 from batch_inpaint.models.opencv_backend import OpenCVInpainter
 from batch_inpaint.vocab import ErrorKind, ExitCode
-from tests.fixtures_ray import local_dataset, manifest_bytes
+from tests.fixtures_ray import local_dataset, manifest_bytes, png, sample_image
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +86,64 @@ def test_max_error_rate_end_to_end_exits_4(ray_local, tmp_path):
     assert job_exit_status(summary) == ExitCode.ERROR_RATE
     assert not (out / "_SUCCESS").exists()
     assert "max_error_rate 0.2" in (out / "run.json").read_text()
+
+
+POISON = (1, 2, 3)  # the top-left pixel of the image that kills the detector's process
+
+
+class _DetectorDiesOn(BoxesDetector):
+    """Known boxes, except that a call holding the poison image kills its process at once, every
+    time, in one stage: `detect` (the job's threshold, 0.5) or `verify` (threshold 0). The
+    poison pixel is outside the box, so the output keeps it for verify to see."""
+
+    def __init__(self, deaths: str, stage: str):
+        super().__init__([Detection("watermark", 0.9, (10.0, 8.0, 30.0, 28.0))])
+        self.deaths, self.stage = deaths, stage
+
+    def _detect(self, images, queries, threshold, max_detections):
+        stage = "verify" if threshold == 0.0 else "detect"
+        if stage == self.stage and any(tuple(im[0, 0]) == POISON for im in images):
+            with open(self.deaths, "a") as f:
+                f.write(f"{len(images)}\n")
+            os._exit(1)
+        return super()._detect(images, queries, threshold, max_detections)
+
+
+def _dies_on(deaths: str, stage: str, ctx) -> MaskProvider:
+    return MaskProvider(_DetectorDiesOn(deaths, stage), threshold=0.5)
+
+
+@pytest.mark.parametrize("stage", ["detect", "verify"])
+def test_a_row_that_always_kills_its_detector_ends_as_out_of_memory(ray_local, tmp_path, stage):
+    (tmp_path / "in").mkdir()
+    rows = []
+    for i in range(12):
+        image = sample_image(64, 48, i)
+        if i == 5:
+            image[0, 0] = POISON
+        (tmp_path / "in" / f"d{i:02d}.png").write_bytes(png(image))
+        rows.append({"id": f"d{i:02d}", "image": f"in/d{i:02d}.png"})
+    (tmp_path / "manifest.parquet").write_bytes(manifest_bytes(rows))
+    out, deaths = tmp_path / "out", tmp_path / "deaths"
+    said: list[str] = []
+    cfg = JobConfig(manifest=str(tmp_path / "manifest.parquet"), output=str(out),
+                    backend="opencv", detect=["watermark"], verify=True, detect_batch_size=4)  # fmt: skip
+    summary = run_job(cfg, echo=said.append,
+                      provider_factory=functools.partial(_dies_on, str(deaths), stage))  # fmt: skip
+    # two whole-batch deaths, then two deaths on the row alone; then it is given up
+    assert [int(x) for x in deaths.read_text().split()] == [4, 4, 1, 1]
+    meta = {r["id"]: r for r in pq.read_table(out / "metadata").to_pylist()}
+    assert len(meta) == 12
+    bad = meta["d05"]
+    assert (bad["status"], bad["error_kind"]) == ("error", ErrorKind.OUT_OF_MEMORY.value)
+    worker = {"detect": "the detector's worker", "verify": "the verifier's worker"}[stage]
+    assert "'d05'" in bad["error"] and f"{worker} died 2 times" in bad["error"], bad["error"]
+    if stage == "verify":  # the output was made: it stays, named, for review
+        assert (out / bad["output"]).is_file()
+    others = [r for i, r in meta.items() if i != "d05"]
+    assert {r["status"] for r in others} == {"ok"}
+    assert all(r["residual_score"] is not None and r["mask_used"] for r in others)
+    assert not summary["success"] and not (out / "_SUCCESS").exists()  # transient: redone next
+    notes = [s for s in said if f"{stage} actor died" in s]
+    assert any("given up: an out_of_memory error row" in s for s in notes), said
+    assert not [p for p in Path(out / "metadata").iterdir() if p.name.startswith("_attempt")]
