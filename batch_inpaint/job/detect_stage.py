@@ -11,6 +11,7 @@ the mask the job used under {output}/masks/ (`save_mask`); docs/masks.md has the
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ from batch_inpaint.job.workitem import (
     ERROR_KIND,
     NOTE,
     STATUS,
+    T_DETECT,
     replace_columns,
     row_error,
 )
@@ -138,6 +140,7 @@ class DetectStage:
         out[STATUS] = [Status.PENDING.value] * n
         todo: list[tuple[int, np.ndarray, list[str]]] = []
         for i, row in enumerate(rows):
+            t0 = time.perf_counter()
             try:
                 qs = queries_of(row, cfg.detect)
                 if qs and row.get("id") and row.get("image"):  # else prepare says what's wrong
@@ -146,9 +149,17 @@ class DetectStage:
                     todo.append((i, self._read(row), qs))
             except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
                 self._fail(out, i, row.get("id"), exc)
+            if out[STATUS][i] == Status.ERROR.value or (todo and todo[-1][0] == i):
+                out[T_DETECT][i] = time.perf_counter() - t0
         step = cfg.detect_batch_size
         for start in range(0, len(todo), step):
-            for (i, _, qs), res in self._detect(todo[start : start + step], rows, out):
+            chunk = todo[start : start + step]
+            t0 = time.perf_counter()
+            found = self._detect(chunk, rows, out)
+            share = (time.perf_counter() - t0) / len(chunk)
+            for i, _, _ in chunk:
+                out[T_DETECT][i] += share
+            for (i, _, qs), res in found:
                 out[DETECTIONS][i] = [d.to_dict() for d in res.detections]
                 if res.found:
                     out[DETECT_MASK][i] = encode_mask(res.mask)

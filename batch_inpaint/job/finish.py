@@ -32,6 +32,7 @@ from batch_inpaint.job.workitem import (
     RESULTS,
     SOFT,
     STATUS,
+    T_DETECT,
     P,
     pixels_from,
     region_from,
@@ -52,7 +53,7 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     # detection's columns (job/detect_stage.py), in jobs with queries
     found = {name: table.column(col).to_pylist() if col in table.column_names else None
              for name, col in (("detections", DETECTIONS), ("mask_used", MASK_USED),
-                               ("note", NOTE))}  # fmt: skip
+                               ("note", NOTE), ("detect_s", T_DETECT))}  # fmt: skip
     given = _given_detections(table)  # a `batch-inpaint detect` manifest's: not detected again
     if given is not None:
         mine = found["detections"] or [None] * len(given)

@@ -11,8 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-STAGES = (("prepare_s", "prepare (fetch, decode, mask, plan)"), ("model_s", "model"),
-          ("write_s", "write (paste, encode, store)"))  # fmt: skip
+STAGES = (("detect_s", "detect (fetch, decode, detect)"),
+          ("prepare_s", "prepare (fetch, decode, mask, plan)"), ("model_s", "model"),
+          ("write_s", "write (paste, encode, store)"),
+          ("verify_s", "verify (read the output, detect again)"))  # fmt: skip
+ONLY_WITH_ROWS = ("detect_s", "verify_s")  # a job without detection or verify leaves them out
 W, H, PAD = 640, 150, 36  # throughput chart size and left/bottom margin, px
 
 
@@ -37,6 +40,8 @@ def stage_stats(table: pa.Table) -> list[dict]:
     out = []
     for name, label in STAGES:
         v = _floats(table, name)
+        if not len(v) and name in ONLY_WITH_ROWS:
+            continue
         if not len(v):
             out.append({"stage": name, "label": label, "rows": 0})
             continue

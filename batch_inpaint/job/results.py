@@ -210,7 +210,8 @@ def summarize(table: pa.Table, started: float, ended: float, this_run_rows: int)
     kinds = _counts(table.column("error_kind").filter(pc.fill_null(errors, False)))
     secs = {
         c: float(pc.sum(table.column(c)).as_py() or 0.0)
-        for c in ("prepare_s", "model_s", "write_s")
+        for c in ("detect_s", "prepare_s", "model_s", "write_s", "verify_s")
+        if c in table.column_names
     }
     wall = max(ended - started, 1e-9)
     return {

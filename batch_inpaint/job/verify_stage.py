@@ -24,6 +24,7 @@ their own and no queries).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,13 +41,14 @@ from batch_inpaint.job.workitem import replace_columns
 from batch_inpaint.storage.uri import join
 from batch_inpaint.vocab import TRANSIENT_KINDS, ErrorKind, Status
 
-SCORE, NOTE = "residual_score", "note"
+SCORE, NOTE, SECONDS = "residual_score", "note", "verify_s"
 _COLUMNS = {  # what verify may change, with the types RESULT_SCHEMA gives them
     "status": pa.string(),
     "error_kind": pa.string(),
     "error": pa.string(),
     NOTE: pa.string(),
     SCORE: pa.float64(),
+    SECONDS: pa.float64(),
 }
 
 
@@ -104,6 +106,7 @@ def verify_table(
             queries.append(qs)
     found: dict[int, Residual | BaseException] = {}
     pictures: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    t0 = time.perf_counter()
     for i in todo:
         try:
             if given_up is not None:
@@ -114,6 +117,9 @@ def verify_table(
     ready = [(i, q) for i, q in zip(todo, queries, strict=True) if i in pictures]
     found.update(_detect(provider, [i for i, _ in ready], [q for _, q in ready], pictures))
     columns = {name: [row.get(name) for row in rows] for name in _COLUMNS}
+    share = (time.perf_counter() - t0) / max(len(todo), 1)  # reading and detecting, per row
+    for i in todo:
+        columns[SECONDS][i] = share
     for i, res in found.items():
         _apply(columns, i, rows[i], res, cfg.max_residual)
     return replace_columns(table, {n: pa.array(v, _COLUMNS[n]) for n, v in columns.items()})

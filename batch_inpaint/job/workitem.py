@@ -128,6 +128,7 @@ MODELLED = Declared(
 # the status columns (error rows: unreadable image, detector failure; prepare keeps them); prepare
 # reads the detected mask and sets the note and the mask it saved; finish copies them out.
 DETECTIONS, DETECT_MASK, NOTE = f"{P}detections", f"{P}detect_mask", f"{P}note"
+T_DETECT = f"{P}t_detect"
 MASK_USED = f"{P}mask_used"
 DETECTED = Declared(
     "detect",
@@ -139,6 +140,7 @@ DETECTED = Declared(
             (DETECTIONS, detections_arrow_type()),  # null: the row has no queries
             (DETECT_MASK, pa.large_binary()),  # PNG of the detected mask; null: nothing found
             (NOTE, pa.string()),
+            (T_DETECT, pa.float64()),  # fetch, decode and the row's share of its batch
         ]
     ),
     frozenset(s.value for s in (Status.PENDING, Status.ERROR)),

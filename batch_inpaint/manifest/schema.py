@@ -87,6 +87,17 @@ RESULT_SCHEMA = pa.schema(
             pa.float64(),
             "with verify: the highest score still found inside the mask",
         ),
+        _field(
+            "detect_s",
+            pa.float64(),
+            "seconds to fetch, decode and detect (this row's share of its detector batch); "
+            "null: the row did not detect",
+        ),  # fmt: skip
+        _field(
+            "verify_s",
+            pa.float64(),
+            "seconds to read the output and detect again (this row's share); null: not verified",
+        ),  # fmt: skip
     ],
     metadata={VERSION_KEY: str(SCHEMA_VERSION).encode()},
 )

@@ -202,7 +202,10 @@ def test_local_job_detects_inpaints_and_resumes(ray_local, tmp_path):
     assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(
         output_key(r, ".png") for r in ("found-1", "found-2", "union", "nothing-own-mask")
     )
+    assert all(meta[r]["detect_s"] > 0 for r in ("found-1", "found-2", "union", "nothing"))
+    assert meta["found-1"]["verify_s"] is None  # not verified in this job
     page = (out / "report.html").read_text()
+    assert "detect (fetch, decode, detect)" in page and "verify (read" not in page
     assert "thumbnail unavailable" not in page and page.count('alt="output"') >= 5
     again = run_job(cfg, echo=lambda *_: None, provider_factory=boxes_provider)
     assert again["rows_this_run"] == 0 and again["success"]

@@ -253,7 +253,12 @@ def test_job_verifies_turns_residuals_into_errors_reports_them_and_resumes(ray_l
         assert r["mask_used"] == f"masks/{rid}.png" and (out / r["mask_used"]).is_file()
     assert (got["logo"]["status"], got["logo"]["residual_score"]) == ("ok", 0.2)
     assert (got["own"]["status"], got["own"]["residual_score"]) == ("ok", None)
+    # time per stage: detect and verify for the rows that ran them, null for the one that didn't
+    assert all(got[r]["detect_s"] > 0 and got[r]["verify_s"] > 0 for r in ("wm-1", "logo"))
+    assert got["own"]["detect_s"] is None and got["own"]["verify_s"] is None
+    assert summary["stage_seconds_total"]["verify_s"] > 0
     page = (out / "report.html").read_text()
+    assert "verify (read the output, detect again)" in page.split('id="timings"', 1)[1]
     section = page.split('id="residuals"', 1)[1].split("<h2>", 1)[0]
     assert section.count('class="card"') == 3 and section.count("<img") == 9
     assert 'id="n-residual">above max_residual 0.5: 2<' in page

@@ -106,7 +106,8 @@ def test_result_schema_and_status():
     expected = [
         "id", "status", "error_kind", "error", "output", "sha256", "width", "height", "seed",
         "model", "revision", "backend", "params", "prepare_s", "model_s", "write_s",
-        "finished_at", "detections", "mask_used", "note", "residual_score",
+        "finished_at", "detections", "mask_used", "note", "residual_score", "detect_s",
+        "verify_s",
     ]  # fmt: skip
     assert RESULT_SCHEMA.names == expected
     assert RESULT_SCHEMA.field("finished_at").type == pa.timestamp("ms", tz="UTC")
