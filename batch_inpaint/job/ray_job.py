@@ -66,9 +66,8 @@ def _process(job: plan.Plan, inpainter_factory, provider_factory=None) -> None:
     # stderr (and to its log file): off the terminal unless verbose.
     stderr_log = None if cfg.verbose or not logs else os.path.join(logs, "batch-inpaint-driver.err")
     with native_stderr_to(stderr_log):
-        cfg_run, gpus, detect = plan_resources(
-            cfg, ray.cluster_resources(), run.storage, provider_factory, echo
-        )
+        cfg_run, gpus, detect = plan_resources(cfg, ray.cluster_resources(), run.storage,
+                                               provider_factory, echo, cluster.source == "local")  # fmt: skip
         ctx = JobContext(config=cfg_run, storage=run.storage, manifest_base=run.scan.base,
                          spec=job.spec)  # fmt: skip
         ds = build_dataset(cfg_run, ctx, run.storage, job.exclude, gpus, inpainter_factory,

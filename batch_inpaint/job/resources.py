@@ -13,6 +13,7 @@ import dataclasses
 import math
 
 from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import ConfigError
 from batch_inpaint.job import detect_stage
 
 READ_CPUS = 1.0  # Ray Data's listing and read tasks: one CPU each, not configurable
@@ -33,10 +34,13 @@ class DetectPlan:
     pools: int = 1  # 2 with verify: its pool is the detect pool's twin
 
 
-def plan_resources(cfg: JobConfig, resources: dict, storage, provider_factory=None, echo=print):
+def plan_resources(
+    cfg: JobConfig, resources: dict, storage, provider_factory=None, echo=print, fixed=False
+):
     """(config as this run uses it, GPUs per model actor, DetectPlan or None) for a cluster
     with `resources` (ray.cluster_resources()). The config has device, fuse_stages,
-    max_actors and the CPU shares resolved."""
+    max_actors and the CPU shares resolved. `fixed`: the cluster never grows (a private local
+    instance), so pools that can't all start are a ConfigError, not a wait."""
     gpus = gpus_per_actor(cfg, resources.get("GPU", 0), echo)
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     cfg = dataclasses.replace(cfg, device=device)
@@ -47,7 +51,7 @@ def plan_resources(cfg: JobConfig, resources: dict, storage, provider_factory=No
         gpus = max(1.0 - detect.gpus * detect.pools, 0.25)
     pools = detect.pools if detect else 0
     cfg = pool(cfg, gpus, resources.get("CPU", 0), resources.get("memory"), pools)
-    check_room(cfg, detect, gpus, resources, echo)
+    check_room(cfg, detect, gpus, resources, echo, fixed)
     return cfg, gpus, detect
 
 
@@ -148,9 +152,12 @@ def _reserve(cfg: JobConfig, fused: bool) -> float:
     return max(READ_CPUS, 0.0 if fused else cfg.cpus_per_task)
 
 
-def check_room(cfg: JobConfig, detect: DetectPlan | None, gpus: float, resources: dict, echo):
+def check_room(
+    cfg: JobConfig, detect: DetectPlan | None, gpus: float, resources: dict, echo, fixed=False
+):
     """Say so when the first actors of every pool and one read task can't all run at once: the
-    run would wait (for the autoscaler, or for ever)."""
+    run would wait for the autoscaler; on a `fixed` cluster it would wait for ever, so that is
+    a ConfigError (exit 2) before any row is read."""
     pools = detect.pools if detect else 0
     cpus = cfg.detection.cpus_per_detect_actor * pools + cfg.cpus_per_actor * cfg.min_actors
     cpus += _reserve(cfg, cfg.fuse_stages)
@@ -161,7 +168,12 @@ def check_room(cfg: JobConfig, detect: DetectPlan | None, gpus: float, resources
         ("GPU", need_gpus, "--gpus-per-actor / --gpus-per-detect-actor"),
     ):
         have = resources.get(what, 0)
-        if need > have + 1e-9 and (what == "CPU" or have > 0):
+        if need > have + 1e-9 and (what == "CPU" or have > 0 or fixed):
             extra = " and one read task" if what == "CPU" else ""
-            echo(f"batch-inpaint: {actors}{extra} need {need:g} {what}s, the cluster has "
-                 f"{have:g}: the job waits for more; lower {flags}")  # fmt: skip
+            said = f"{actors}{extra} need {need:g} {what}s, "
+            if fixed:
+                raise ConfigError(f"{said}this machine's private Ray instance has {have:g} and "
+                                  f"never gets more: lower {flags}, or leave the CPU shares "
+                                  "unset to fit them to the machine")  # fmt: skip
+            echo(f"batch-inpaint: {said}the cluster has {have:g}: the job waits for more; "
+                 f"lower {flags}")  # fmt: skip

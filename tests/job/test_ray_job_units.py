@@ -101,3 +101,18 @@ def test_a_private_instance_declares_at_least_two_cpus(monkeypatch, detected, de
 
     monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: detected)
     assert local_cpus() == declared
+
+
+def test_a_private_instance_that_can_never_fit_the_pools_is_a_config_error():
+    """A private local instance never gets more CPUs or GPUs: waiting would be for ever."""
+    from batch_inpaint.errors import ConfigError
+
+    cfg = pool(_cfg(cpus_per_detect_actor=4.0), 0.0, 2, detect_pools=2)
+    plan = DetectPlan(("logo",), 0.0, pools=2)
+    with pytest.raises(ConfigError, match="never gets more: lower --cpus-per-actor"):
+        check_room(cfg, plan, 0.0, {"CPU": 2}, print, fixed=True)
+    with pytest.raises(ConfigError, match="need 1 GPUs"):  # --gpus-per-actor 1 on a laptop
+        check_room(pool(_cfg(), 1.0, 8), None, 1.0, {"CPU": 8}, print, fixed=True)
+    said = []  # a cluster may autoscale: it waits, and says so
+    check_room(cfg, plan, 0.0, {"CPU": 2}, said.append, fixed=False)
+    assert "the job waits for more" in said[0]
