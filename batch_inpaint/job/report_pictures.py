@@ -64,6 +64,11 @@ def error_pictures(row: dict, storage, cfg) -> tuple[list[tuple[str, str]], str 
     try:
         pictures.append(("mask", thumb(_mask(row, rgb, alpha, storage, cfg))))
     except Exception as exc:  # noqa: BLE001 - the input alone, and why there is no mask
+        from batch_inpaint.manifest.schema import MASK_COLUMNS
+
+        own = any(row.get(c) for c in MASK_COLUMNS)
+        if not own and row.get("error_kind") not in (None, "no_mask"):  # e.g. detect failed
+            return pictures, "no mask picture: the row has no mask of its own and none was made"
         return pictures, f"no mask picture: {_short(exc)}"
     if row.get("output"):  # an error row with an output (e.g. residual): kept for review
         try:

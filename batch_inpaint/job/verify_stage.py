@@ -198,7 +198,7 @@ def _apply(columns: dict[str, list], i: int, row: dict, res, limit: float | None
             f"row {rid!r}: verify found {res.label!r} at {res.score:.3f} inside the mask, above "
             f"max_residual {limit:g}; the output is kept at {out} for review. Rerun with "
             "--retry-errors after changing what made it (e.g. a larger --detect-dilate, another "
-            "model), or raise --max-residual"
+            "model) or with a higher --max-residual"
         )
         return
     kind = error_kind(res)

@@ -165,6 +165,12 @@ def test_detector_failure_is_an_error_row_of_its_own_kind(tmp_path):
     assert out["found-2"]["status"] == "error" and out["found-2"]["error_kind"] == "detect"
     assert "'found-2'" in out["found-2"]["error"] and "blew up" in out["found-2"]["error"]
     assert out["found-1"]["status"] == "ok" and out["union"]["status"] == "ok"  # alone
+    # the report shows its input and says why there is no mask (not "give mask, mask_boxes")
+    from batch_inpaint.job.report_pictures import error_pictures
+
+    pictures, why = error_pictures(out["found-2"], ctx.storage, ctx.config)
+    assert [alt for alt, _ in pictures] == ["input"]
+    assert why == "no mask picture: the row has no mask of its own and none was made"
 
 
 def test_rows_without_queries_pass_through_unchanged(tmp_path):

@@ -183,7 +183,8 @@ def test_the_report_shows_the_highest_residuals_and_counts_those_above_the_limit
     table = stage(_table(rows))
     r = report.residual_summary(table, 0.5)
     assert r == {"verified": 3, "highest": 0.8, "mean": pytest.approx((0.8 + 0.4 + 0.1) / 3,
-                 abs=1e-6), "max_residual": 0.5, "over_max_residual": 1}  # fmt: skip
+                 abs=1e-6), "max_residual": 0.5, "over_max_residual": 1,
+                 "judged_earlier": 0}  # fmt: skip
     summary = {**results.summarize(_timed(table), 0.0, 1.0, 4), "residuals": r, "success": True}
     assert "3 row(s) verified, highest residual 0.800" in report.summary_text(summary, None)
     assert "1 above max_residual 0.5" in report.summary_text(summary, None)
@@ -291,3 +292,19 @@ def _results(out: Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     return pq.read_table(out / "metadata").to_pylist()
+
+
+def test_a_higher_limit_counts_only_scores_above_it_and_names_rows_judged_earlier():
+    """Residual error rows of an earlier, lower limit stay errors (finished work is not redone
+    silently); the summary says they were judged earlier instead of counting them as above."""
+    from batch_inpaint.job.report import residual_summary, residual_text
+
+    table = pa.table({"residual_score": [0.9, 0.95, 0.2, None],
+                      "error_kind": ["residual", "residual", None, None]})  # fmt: skip
+    r = residual_summary(table, 0.92)
+    assert (r["over_max_residual"], r["judged_earlier"]) == (1, 1)
+    assert "1 above max_residual 0.92; 1 residual error row(s) were judged" in residual_text(r)
+    near = residual_summary(pa.table({"residual_score": [0.999985], "error_kind": [None]}), 0.99999)
+    # not rounded up past the limit, as "highest residual 1.000; 0 above 0.99999" was
+    text = residual_text(near)
+    assert "highest residual 0.999985, mean 1.000; 0 above max_residual 0.99999" in text
