@@ -16,14 +16,19 @@ def add_parser(sub) -> None:
         "OUTPUT/masks/<id>.png and OUTPUT/manifest.parquet: the input rows with `mask` set to the "
         "mask (united with the row's own mask, if it has one), `mask_boxes` with the boxes, a "
         "`detections` column (label, score, box) and `detect_note` where nothing was found. "
-        "Review the masks, then `batch-inpaint run --manifest OUTPUT/manifest.parquet ...`.",
+        "Review the masks, then `batch-inpaint run --manifest OUTPUT/manifest.parquet ...`. "
+        "OUTPUT must lie apart from the manifest, its images and masks, and be new, empty or an "
+        "earlier detect's output (which a rerun replaces).",
     )
     a = p.add_argument
     a("--manifest", required=True, help="the manifest to detect on (file or folder, any URI)")
     a("--output", required=True, help="folder or prefix for masks/ and manifest.parquet")
-    a("--detect", metavar="QUERIES",
-      help="comma-separated things to find, e.g. 'watermark,text,logo' (a row's `detect` column "
-      "replaces it for that row)")  # fmt: skip
+    a("--detect", metavar="QUERIES", action="append",
+      help="things to find, comma-separated or repeated, e.g. 'watermark,text,logo' (a row's "
+      "`detect` column replaces them for that row)")  # fmt: skip
+    a("--allow-non-empty-output", action="store_true",
+      help="let a first detect write into a non-empty OUTPUT that no detect made, if none of "
+      "masks/, manifest.parquet, detect.json is there yet (it never overwrites anything)")  # fmt: skip
     m = p.add_argument_group("models (a Hub id, a local folder or an s3:// prefix; 'none': off)")
     add_model_flags(m, "default:")
     m.add_argument("--text-queries", default="text,caption,subtitles",
@@ -84,14 +89,19 @@ def _detect(args: argparse.Namespace) -> int:
     from batch_inpaint.cli.manifest import storage_from_args
     from batch_inpaint.detect.base import check_threshold, parse_queries
     from batch_inpaint.detect.provider import MaskProvider
-    from batch_inpaint.detect.rows import MANIFEST_NAME, QUERY_COLUMN, detect_manifest, row_queries
+    from batch_inpaint.detect.rows import (
+        QUERY_COLUMN,
+        check_output,
+        claim_output,
+        detect_manifest,
+        row_queries,
+    )
     from batch_inpaint.errors import ConfigError
     from batch_inpaint.manifest import Manifest
     from batch_inpaint.params import MaskOptions
-    from batch_inpaint.storage.uri import join, same_location
 
     # 1. Check every option before loading anything
-    queries = parse_queries(args.detect, "--detect")
+    queries = parse_queries(",".join(args.detect or []), "--detect")
     for name in ("threshold", "text_threshold"):
         if getattr(args, name) is not None:
             check_threshold(getattr(args, name), "--" + name.replace("_", "-"))
@@ -99,8 +109,6 @@ def _detect(args: argparse.Namespace) -> int:
         raise ConfigError("--max-detections and --batch-size must be >= 1, --box-dilate 0..512")
     mask_options = options_from_args(MaskOptions, _mask_flags(args))
     storage = storage_from_args(args)
-    if same_location(join(args.output, MANIFEST_NAME)) == same_location(args.manifest):
-        raise ConfigError(f"--output {args.output} would overwrite --manifest; choose another")
     manifest = Manifest.read(args.manifest, storage)
     wanted = set(queries)
     if QUERY_COLUMN in manifest.table.column_names:
@@ -109,21 +117,32 @@ def _detect(args: argparse.Namespace) -> int:
     if not wanted:
         raise ConfigError(f"nothing to detect: give --detect 'watermark,text' or a "
                           f"'{QUERY_COLUMN}' column in the manifest")  # fmt: skip
+    # never over the inputs or files detect did not write (run's rules, job/guard.py)
+    state = check_output(args.manifest, manifest, args.output, args.allow_non_empty_output)
 
-    # 2. Models, then the rows
-    provider = MaskProvider.load(
-        detector=args.detector, detector_revision=args.detector_revision,
-        text_detector=args.text_detector, text_detector_revision=args.text_detector_revision,
-        text_queries=parse_queries(args.text_queries, "--text-queries"),
-        text_threshold=args.text_threshold, segmenter=args.segmenter,
-        segmenter_revision=args.segmenter_revision, queries=sorted(wanted),
-        device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
-        storage=storage, cache_dir=args.cache_dir, threshold=args.threshold,
-        max_detections=args.max_detections, dilate=args.box_dilate,
-    )  # fmt: skip
-    t1 = time.perf_counter()
-    summary = detect_manifest(manifest, args.output, provider, queries,
-                              mask_options=mask_options, batch_size=args.batch_size)  # fmt: skip
+    # 2. Models, then the rows; transformers' warnings (e.g. a sequence longer than the text
+    # input, which fails that row alone and says so in its note) stay off the terminal
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        provider = MaskProvider.load(
+            detector=args.detector, detector_revision=args.detector_revision,
+            text_detector=args.text_detector, text_detector_revision=args.text_detector_revision,
+            text_queries=parse_queries(args.text_queries, "--text-queries"),
+            text_threshold=args.text_threshold, segmenter=args.segmenter,
+            segmenter_revision=args.segmenter_revision, queries=sorted(wanted),
+            device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
+            storage=storage, cache_dir=args.cache_dir, threshold=args.threshold,
+            max_detections=args.max_detections, dilate=args.box_dilate,
+        )  # fmt: skip
+        t1 = time.perf_counter()
+        claim_output(manifest.storage, args.output, state)
+        summary = detect_manifest(manifest, args.output, provider, queries,
+                                  mask_options=mask_options, batch_size=args.batch_size)  # fmt: skip
+    finally:
+        hf_logging.set_verbosity(was)
     c = summary["counts"]
     print(f"{c['rows']} rows: {c['found']} with a mask from detections, {c['nothing_found']} "
           f"with nothing found, {c['error']} errors, {c['no_queries']} without queries")  # fmt: skip

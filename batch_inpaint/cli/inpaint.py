@@ -42,10 +42,13 @@ def add_parser(sub) -> None:
 
     t = sub.add_parser(
         "make-tiny-model",
-        help="write the tiny random SD-inpainting checkpoint (tests, offline demos)",
-        description="Write a ~7 MB random Stable Diffusion inpainting checkpoint in diffusers "
-        "format to DIR (same bytes every time). Its output is noise: it exercises the plumbing. "
-        "Use it with --backend diffusers --model DIR.",
+        help="write a tiny random-weight model (inpainting or detection) for tests and "
+        "offline tries",
+        description="Write a random-weight checkpoint of the --kind to DIR (same bytes every "
+        "time): an inpainting model (diffusers: a ~7 MB Stable Diffusion inpainting checkpoint "
+        "for --backend diffusers --model DIR; lama: for --backend lama) or a detection model "
+        "(detector, text-detector, segmenter: for `detect` and `run --detect`). Its outputs are "
+        "noise: it exercises the plumbing.",
     )
     t.add_argument("dir", metavar="DIR", help="new or empty directory")
     t.add_argument("--kind", default="diffusers",
@@ -53,7 +56,7 @@ def add_parser(sub) -> None:
                    help="diffusers: the ~7 MB SD checkpoint; lama: a random-weight LaMa of the "
                    "real architecture (~100 MB), for --backend lama; detector, text-detector, "
                    "segmenter: tiny Grounding DINO, PP-OCR det and SAM for `batch-inpaint detect` "
-                   "(default: diffusers)")  # fmt: skip
+                   "and `run --detect` (default: diffusers)")  # fmt: skip
     t.set_defaults(func=_make_tiny)
 
 
@@ -141,8 +144,10 @@ def _make_tiny(args: argparse.Namespace) -> int:
 
         path = make_tiny(args.kind, args.dir)
         flag = {"detector": "--detector", "text-detector": "--text-detector"}.get(args.kind)
+        flag = f"{flag or '--segmenter'} {path}"
         print(f"wrote a tiny random {args.kind} to {path} ({time.perf_counter() - t0:.1f}s)")
-        print(f"use it with: batch-inpaint detect ... {flag or '--segmenter'} {path}")
+        print(f"use it with: batch-inpaint detect ... {flag}\n"
+              f"         or: batch-inpaint run --detect QUERIES ... {flag}")  # fmt: skip
         return 0
     if getattr(args, "kind", "diffusers") == "lama":
         from batch_inpaint.models.lama_tiny import make_tiny_lama

@@ -67,6 +67,10 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--workers", type=int, default=32, help="concurrent object checks")
     v.add_argument("--limit", type=int, default=50, help="problems listed (default 50)")
     v.add_argument("--report", help="also write every problem to this Parquet/CSV URI")
+    v.add_argument("--detect", metavar="QUERIES",
+                   help="as `run --detect`: what the job will detect in every row, e.g. "
+                   "'watermark,text'; rows without a mask of their own are then fine (a row's "
+                   "`detect` column is always read)")  # fmt: skip
     add_storage_flags(v)
     v.set_defaults(func=_validate)
 
@@ -98,20 +102,61 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from batch_inpaint.manifest.manifest import Manifest
+    from batch_inpaint.manifest.validation import validate_table
 
     storage = storage_from_args(args)
-    m = Manifest.read(args.uri, storage)
-    report = m.validate(
+    queries = [] if args.detect is None else _queries(args.detect)
+    m = _read(args.uri, storage, needs_mask=not queries)
+    report = validate_table(
+        m.table,
+        m.storage,
         check_objects=not args.no_objects,
         sample=args.sample,
         decode=args.decode,
         max_workers=args.workers,
+        base=m.base,
+        queries=queries,
     )
     print(report.format(limit=args.limit))
     if args.report:
         _write_report(report.to_table(), args.report, storage)
     return ExitCode.OK if report.ok else ExitCode.INCOMPLETE
+
+
+def _queries(value: str) -> list[str]:
+    """--detect's queries, by run's rule (an empty value is refused, as by run)."""
+    from batch_inpaint.detect.options import DetectionOptions
+    from batch_inpaint.errors import ConfigError
+    from batch_inpaint.option import OptionError
+
+    try:
+        return DetectionOptions(detect=value).detect
+    except OptionError as exc:
+        raise ConfigError(f"--detect {exc.reason}") from None
+
+
+def _read(uri: str, storage: Any, needs_mask: bool) -> Any:
+    """The manifest; with queries for every row (needs_mask False) it may have no mask column,
+    as `run --detect` accepts: then read as the job reads it, with an empty `detect` column."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    from batch_inpaint.errors import ManifestError
+    from batch_inpaint.manifest.manifest import Manifest
+    from batch_inpaint.manifest.schema import DETECT_COLUMN, MASK_COLUMNS
+    from batch_inpaint.storage.uri import manifest_base
+
+    try:
+        return Manifest.read(uri, storage)
+    except ManifestError:
+        if needs_mask:
+            raise
+        fs, path = storage.pyarrow_filesystem(uri)
+        table = pads.dataset(path, filesystem=fs, format="parquet").to_table()
+        if any(n in table.column_names for n in (*MASK_COLUMNS, DETECT_COLUMN)):
+            raise  # something else is wrong with it
+    table = table.append_column(DETECT_COLUMN, pa.nulls(table.num_rows, pa.string()))
+    return Manifest(table, storage, base=manifest_base(uri) or None)
 
 
 def _write_report(table: Any, uri: str, storage: Any) -> None:

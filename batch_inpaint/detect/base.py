@@ -21,6 +21,10 @@ from batch_inpaint.errors import ConfigError
 
 DEFAULT_MAX_DETECTIONS = 100  # per image and provider, best scores first
 NMS_IOU = 0.5  # boxes of one label overlapping more than this are one object
+# Longer side / shorter side a model's processor is given; thinner strips are padded to it.
+MAX_ASPECT = 8.0
+MAX_SIDE = 2048  # a strip's longer side before padding: above what the processors resize to
+PAD_RGB = (124, 116, 104)  # the ImageNet mean the processors subtract: ~0 after normalising
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,31 @@ def finalize(
         if max_detections is not None and len(out) >= max_detections:
             break
     return out
+
+
+def pad_to_aspect(
+    image: np.ndarray, max_aspect: float = MAX_ASPECT, max_side: int = MAX_SIDE
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """(image, (sx, sy)): a strip thinner than 1:max_aspect shrunk to a longer side of at most
+    max_side (the processors shrink it further anyway; this keeps the padding small), then padded
+    at the bottom or right to 1:max_aspect. The processors resize by the shorter side, so a
+    60000x10 strip would round a side to 0 and fail. A point (x, y) of the result is (x / sx,
+    y / sy) in the image; boxes from the padding are clipped away. Other images: as they are."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_aspect * min(h, w):
+        return image, (1.0, 1.0)
+    if max(h, w) > max_side:
+        import cv2
+
+        r = max_side / max(h, w)
+        size = (max(1, round(w * r)), max(1, round(h * r)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA).reshape(*size[::-1], 3)
+    sh, sw = image.shape[:2]
+    ph, pw = max(sh, math.ceil(sw / max_aspect)), max(sw, math.ceil(sh / max_aspect))
+    out = np.empty((ph, pw, 3), np.uint8)
+    out[:] = PAD_RGB
+    out[:sh, :sw] = image
+    return out, (sw / w, sh / h)
 
 
 def check_batch(images: Sequence[np.ndarray], queries: Sequence[Sequence[str]]) -> None:

@@ -2,8 +2,9 @@
 GroundingDinoProcessor; Apache-2.0 code and weights): text queries in, boxes with the query they
 answer out. docs/masks.md says why this model and not OWLv2.
 
-Each image is prepared on its own (no padding to a batch size), then images with the same input
-shape and the same queries run as one forward pass: a result never depends on the batch."""
+Each image is prepared on its own (no padding to a batch size; only a strip thinner than 1:8 is
+padded, alone, see base.pad_to_aspect), then images with the same input shape and the same
+queries run as one forward pass: a result never depends on the batch."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from batch_inpaint.detect.base import Detection, Detector, finalize
+from batch_inpaint.detect.base import Detection, Detector, finalize, pad_to_aspect
 from batch_inpaint.detect.loading import PretrainedProvider
 from batch_inpaint.errors import ConfigError, ModelError
 
@@ -50,7 +51,9 @@ class GroundingDinoDetector(PretrainedProvider, Detector):
         self._special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}
 
     def _prepare(self, image: np.ndarray, queries: list[str]) -> dict[str, Any]:
-        enc = self.processor(images=[image], text=[queries], return_tensors="pt")
+        # channels_last said, not guessed: a 1x1 or 1xN image would read as channels-first
+        enc = self.processor(images=[image], text=[queries], return_tensors="pt",
+                             input_data_format="channels_last")  # fmt: skip
         spans = self._spans(enc["input_ids"][0].tolist())
         if len(spans) < len(queries):
             raise ConfigError(
@@ -74,7 +77,8 @@ class GroundingDinoDetector(PretrainedProvider, Detector):
     def _detect(self, images, queries, threshold, max_detections):
         import torch
 
-        prepared = [self._prepare(im, q) for im, q in zip(images, queries, strict=True)]
+        padded = [pad_to_aspect(im) for im in images]  # thin strips: see pad_to_aspect
+        prepared = [self._prepare(p[0], q) for p, q in zip(padded, queries, strict=True)]
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(prepared):
             enc = p["enc"]
@@ -87,7 +91,9 @@ class GroundingDinoDetector(PretrainedProvider, Detector):
                 for k in prepared[idx[0]]["enc"]
             }
             batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
-            sizes = [images[i].shape[:2] for i in idx]
+            # the padded image's size in the original's pixels: boxes come out in those
+            sizes = [(padded[i][0].shape[0] / padded[i][1][1],
+                      padded[i][0].shape[1] / padded[i][1][0]) for i in idx]  # fmt: skip
             try:
                 with self._lock, torch.inference_mode():
                     outputs = self.model(**batch)

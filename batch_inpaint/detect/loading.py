@@ -6,6 +6,7 @@ always called with use_safetensors=True. No remote code runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -63,6 +64,21 @@ def check_safetensors(folder: Path, what: str = "model") -> None:
     raise ConfigError(f"{what} {folder}: no model.safetensors here; is this the model's folder?")
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' "Loading weights" progress bars off while a provider loads (they would fill
+    `detect`'s terminal), put back as they were after."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained(cls: Any, source: str, kwargs: dict[str, Any], *, device: str, dtype: Any,
                     model_id: str, revision: str | None, what: str) -> Any:  # fmt: skip
     """cls.from_pretrained with safetensors only, on `device` in `dtype`, in eval mode; a
@@ -70,7 +86,8 @@ def load_pretrained(cls: Any, source: str, kwargs: dict[str, Any], *, device: st
     from batch_inpaint.models.base import is_out_of_memory
 
     try:
-        model = cls.from_pretrained(source, use_safetensors=True, dtype=dtype, **kwargs)
+        with quiet_loading():
+            model = cls.from_pretrained(source, use_safetensors=True, dtype=dtype, **kwargs)
         return model.to(device).eval()
     except Exception as exc:
         if is_out_of_memory(exc) or isinstance(exc, ConfigError):
@@ -86,7 +103,8 @@ def load_pretrained(cls: Any, source: str, kwargs: dict[str, Any], *, device: st
 def load_processor(cls: Any, source: str, kwargs: dict[str, Any], *, model_id: str,
                    what: str) -> Any:  # fmt: skip
     try:
-        return cls.from_pretrained(source, **kwargs)
+        with quiet_loading():
+            return cls.from_pretrained(source, **kwargs)
     except Exception as exc:
         raise ModelError(
             f"could not load the processor of {what} {model_id!r}: {type(exc).__name__}: {exc}"

@@ -87,7 +87,11 @@ class DetectionOptions:
                 else [p for q in self.detect for p in (q.split(",") if isinstance(q, str) else [q])]
             )
             try:
-                object.__setattr__(self, "detect", parse_queries(flat))
+                queries = parse_queries(flat)
             except ConfigError as exc:
                 raise OptionError("detect", str(exc)) from None
+            if not queries and flat:  # given ('' or ' , '), yet nothing to find: a mistake
+                raise OptionError("detect", "has no query in it; give e.g. 'watermark,text', or "
+                                  "leave detect unset for a job without detection")  # fmt: skip
+            object.__setattr__(self, "detect", queries)
         check_fields(self)

@@ -20,17 +20,23 @@ import pyarrow as pa
 from batch_inpaint.detect.base import detections_arrow_type, parse_queries
 from batch_inpaint.detect.masks import detection_boxes
 from batch_inpaint.detect.provider import MaskProvider
-from batch_inpaint.errors import ConfigError, InpaintError, error_kind
+from batch_inpaint.errors import ConfigError, InpaintError, ModelError
 from batch_inpaint.image.codec import decode_image_with_alpha
 from batch_inpaint.job.prepare import given_mask
+from batch_inpaint.job.workitem import row_error
 from batch_inpaint.manifest import Manifest
 from batch_inpaint.params import MaskOptions
 from batch_inpaint.storage.uri import is_local, join, local_path, output_key, redact_uri, resolve
+from batch_inpaint.vocab import ErrorKind
 
 QUERY_COLUMN = "detect"  # per-row queries: 'a, b' or a list; replaces the command's for that row
 NOTE_COLUMN = "detect_note"
 DETECTIONS_COLUMN = "detections"
 MANIFEST_NAME = "manifest.parquet"
+# detect's own marker, not run's `_BATCH_INPAINT`: neither command takes the other's output
+# for its own (both write masks/), docs/masks.md
+MARKER = "_BATCH_INPAINT_DETECT"
+OWN_NAMES = (MANIFEST_NAME, "masks", "detect.json", MARKER)  # all detect writes in its output
 
 
 def absolute(uri: str) -> str:
@@ -46,14 +52,68 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def row_queries(row: dict[str, Any], default: Sequence[str]) -> list[str]:
+def row_queries(row: dict[str, Any], default: Sequence[str], *, named: bool = True) -> list[str]:
+    """The row's queries: its `detect` value, else (null, or a value with no query in it: '',
+    ' , ', [], ['']) the job's `default`. A value that is not a string or list of strings is a
+    ConfigError of kind bad_value, naming the row unless `named` is False (the caller does)."""
+    from batch_inpaint.vocab import ErrorKind
+
     value = row.get(QUERY_COLUMN)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return list(default)
+    if isinstance(value, list | tuple | np.ndarray):  # ['a', 'b,c'] as the job's detect reads it
+        value = [p for q in value for p in (q.split(",") if isinstance(q, str) else [q])]
     try:
-        return parse_queries(value, f"column '{QUERY_COLUMN}'")
+        return parse_queries(value, f"column '{QUERY_COLUMN}'") or list(default)
     except ConfigError as exc:
-        raise ConfigError(f"row {row.get('id')!r}: {exc}") from None
+        why = f"row {row.get('id')!r}: {exc}" if named else str(exc)
+        raise ConfigError(why, kind=ErrorKind.BAD_VALUE.value) from None
+
+
+def check_output(manifest_uri: str, manifest: Manifest, output: str,
+                 allow_non_empty: bool = False) -> str:  # fmt: skip
+    """`run`'s output checks (job/guard.py), for detect's output, before any model loads:
+    ConfigError when the output equals, contains or lies inside the manifest or a folder its
+    images or masks are in, when it is a `run` output, or when it is not empty and no detect
+    made it (allow_non_empty: share it, if none of OWN_NAMES is there yet). Returns 'ours' (an
+    earlier detect's: rerun into it), 'new' or 'adopted', for claim_output."""
+    import pyarrow.compute as pc
+
+    from batch_inpaint.job import guard
+
+    storage = manifest.storage
+    storage.check(output)
+    table = manifest.table
+    cols = [pc.cast(table.column(c), pa.string()) for c in ("image", "mask")
+            if c in table.column_names]  # fmt: skip
+    uris = pa.chunked_array([c for col in cols for c in col.chunks], pa.string())
+    guard.check_output_location(output, guard.input_locations(manifest_uri, manifest.base or "",
+                                                              uris))  # fmt: skip
+    if storage.exists(join(output, MARKER)):
+        return "ours"
+    state = guard.check_owner(storage, output, allow_non_empty)  # refuses a non-empty output
+    if state in ("ours", "legacy"):
+        raise ConfigError(
+            f"output {redact_uri(output)} is a `batch-inpaint run` output; detect would write "
+            "over its masks/. Choose another location"
+        )
+    clash = [n for n in OWN_NAMES if state == "adopted" and storage.exists(join(output, n))]
+    if clash:
+        raise ConfigError(
+            f"output {redact_uri(output)} already holds {clash}, names detect writes, and no "
+            "`batch-inpaint detect` made them; it will not overwrite them. Choose another location"
+        )
+    return state
+
+
+def claim_output(storage, output: str, state: str) -> None:
+    """Mark the output as detect's (once; a rerun into it finds the marker: check_output)."""
+    from batch_inpaint import __version__
+
+    if state == "ours":
+        return
+    body = {"tool": "batch-inpaint", "command": "detect", "version": __version__,
+            "created_at": time.time(), "adopted": state == "adopted"}  # fmt: skip
+    storage.write_bytes(join(output, MARKER), json.dumps(body).encode(), overwrite=False,
+                        root=output)  # fmt: skip
 
 
 def detect_manifest(
@@ -66,7 +126,8 @@ def detect_manifest(
     batch_size: int = 4,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Detect every row, write masks and {output}/manifest.parquet; returns a summary."""
+    """Detect every row, write masks and {output}/manifest.parquet; returns a summary. Check and
+    claim the output first (check_output, claim_output), as `batch-inpaint detect` does."""
     t0 = time.perf_counter()
     storage, base = manifest.storage, manifest.base
     if batch_size < 1:
@@ -110,7 +171,8 @@ def detect_manifest(
         "providers": provider.describe(),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    storage.write_bytes(join(output, "detect.json"), json.dumps(summary, indent=2).encode())
+    storage.write_bytes(join(output, "detect.json"), json.dumps(summary, indent=2).encode(),
+                        root=output)  # fmt: skip
     return summary
 
 
@@ -122,24 +184,44 @@ def _detect_chunk(chunk, default, provider, storage, base) -> list[dict[str, Any
         try:
             item["queries"] = row_queries(row, default)
             if item["queries"]:
-                uri = resolve(str(row["image"]), base)
-                try:
-                    item["image"], item["alpha"] = decode_image_with_alpha(storage.read_bytes(uri))
-                except InpaintError as exc:
-                    raise type(exc)(f"image {redact_uri(uri)}: {exc}", kind=exc.kind) from None
-        except InpaintError as exc:
+                item["image"], item["alpha"] = _read_image(row, storage, base)
+        except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
+            item.pop("image", None)
             item["error"] = exc
         items.append(item)
-    todo = [it for it in items if "image" in it]
-    if todo:
-        try:
-            found = provider.masks([it["image"] for it in todo], [it["queries"] for it in todo])
-            for it, res in zip(todo, found, strict=True):
-                it["detect"] = res
-        except InpaintError as exc:  # the batch failed: each of its rows says so
-            for it in todo:
-                it["error"] = exc
+    _detect_split([it for it in items if "image" in it], provider)
     return items
+
+
+def _read_image(row, storage, base) -> tuple[np.ndarray, np.ndarray | None]:
+    uri = resolve(str(row["image"]), base)
+    shown = redact_uri(uri)
+    try:
+        return decode_image_with_alpha(storage.read_bytes(uri))
+    except InpaintError as exc:  # name the image once: storage's messages start with it
+        msg = str(exc) if str(exc).startswith(shown) else f"{shown}: {exc}"
+        raise type(exc)(f"image {msg}", kind=exc.kind) from None
+
+
+def _detect_split(todo: list[dict[str, Any]], provider: MaskProvider) -> None:
+    """Detect a batch; when it fails (any exception), each row alone, so one bad image fails
+    alone with kind `detect`, as in the job's stage (job/detect_stage.py)."""
+    if not todo:
+        return
+    try:
+        found = provider.masks([it["image"] for it in todo], [it["queries"] for it in todo])
+        for it, res in zip(todo, found, strict=True):
+            it["detect"] = res
+    except Exception as exc:  # noqa: BLE001
+        if len(todo) > 1:
+            for it in todo:
+                _detect_split([it], provider)
+            return
+        # the providers' ModelErrors say which model failed already
+        msg = str(exc) if isinstance(exc, ModelError) else f"the detector failed: {exc}"
+        if not isinstance(exc, InpaintError):
+            msg = f"the detector failed: {type(exc).__name__}: {exc}"
+        todo[0]["error"] = InpaintError(msg, kind=ErrorKind.DETECT.value)
 
 
 def _finish_row(row, item, provider, storage, base, output, options) -> dict[str, Any]:
@@ -148,10 +230,7 @@ def _finish_row(row, item, provider, storage, base, output, options) -> dict[str
     out = {"image": image, "mask": mask, "mask_boxes": row.get("mask_boxes"),
            DETECTIONS_COLUMN: None, NOTE_COLUMN: None}  # fmt: skip
     if "error" in item:
-        exc = item["error"]
-        out[NOTE_COLUMN] = f"error ({error_kind(exc)}): {exc}"
-        out["_count"] = "error"
-        return out
+        return _error(out, row, item["error"])
     if not item["queries"]:
         out[NOTE_COLUMN] = f"no queries: give --detect or the row's '{QUERY_COLUMN}' column"
         out["_count"] = "no_queries"
@@ -171,13 +250,19 @@ def _finish_row(row, item, provider, storage, base, output, options) -> dict[str
         given = given_mask(row, size, item["alpha"], storage, base, options)
         union = res.mask if given is None else (res.mask | given)
         uri = absolute(join(output, "masks", output_key(str(row["id"]), ".png")))
-        storage.write_bytes(uri, encode_mask(union))
-    except InpaintError as exc:
-        out[NOTE_COLUMN] = f"error ({error_kind(exc)}): {exc}"
-        out["_count"] = "error"
-        return out
+        storage.write_bytes(uri, encode_mask(union), root=output)
+    except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
+        return _error(out, row, exc)
     out["mask"] = uri
     if not res.segmented:  # SAM's masks are finer than boxes: adding boxes would undo that
         out["mask_boxes"] = list(row.get("mask_boxes") or []) + detection_boxes(res.detections)
     out["_count"] = "found"
+    return out
+
+
+def _error(out: dict[str, Any], row: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    kind, msg = row_error(row.get("id"), exc)
+    if str(exc).startswith(f"row {row.get('id')!r}:"):  # row_queries' errors name it already
+        msg = str(exc)
+    out[NOTE_COLUMN], out["_count"] = f"error ({kind}): {msg}", "error"
     return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from batch_inpaint.detect.base import pad_to_aspect
 from batch_inpaint.detect.loading import PretrainedProvider
 from batch_inpaint.errors import ConfigError, ModelError
 
@@ -56,9 +57,11 @@ class SamSegmenter(PretrainedProvider):
         todo = [i for i, b in enumerate(boxes) if len(b)]
         if not todo:
             return out
+        # thin strips padded (base.pad_to_aspect; masks cropped back), channels_last said
+        padded = {i: pad_to_aspect(images[i]) for i in todo}
         encs = [
-            self.processor(images=[images[i]], input_boxes=[[[float(v) for v in b] for b in
-                                                              boxes[i]]], return_tensors="pt")
+            self.processor(images=[padded[i][0]], input_boxes=[_scaled(boxes[i], padded[i][1])],
+                           return_tensors="pt", input_data_format="channels_last")
             for i in todo
         ]  # fmt: skip
         try:
@@ -75,7 +78,8 @@ class SamSegmenter(PretrainedProvider):
                         res.pred_masks.float().cpu(), enc["original_sizes"],
                         enc["reshaped_input_sizes"],
                     )[0]  # fmt: skip
-                    out[i] = [m[0].numpy().astype(bool) for m in masks]
+                    out[i] = [_unpadded(m[0].numpy(), images[i].shape[:2], padded[i][1])
+                              for m in masks]  # fmt: skip
         except Exception as exc:
             from batch_inpaint.models.base import is_out_of_memory
 
@@ -83,3 +87,20 @@ class SamSegmenter(PretrainedProvider):
                 raise
             raise ModelError(f"segmenter failed: {type(exc).__name__}: {exc}") from exc
         return out
+
+
+def _scaled(boxes: Sequence[Sequence[float]], scale: tuple[float, float]) -> list[list[float]]:
+    sx, sy = scale
+    return [[float(b[0]) * sx, float(b[1]) * sy, float(b[2]) * sx, float(b[3]) * sy]
+            for b in boxes]  # fmt: skip
+
+
+def _unpadded(mask: np.ndarray, size: tuple[int, int], scale: tuple[float, float]) -> np.ndarray:
+    """A mask of pad_to_aspect's image back in the original's (h, w) pixels, as bool."""
+    h, w = size
+    if scale == (1.0, 1.0):
+        return mask[:h, :w].astype(bool)
+    import cv2
+
+    part = mask[: max(1, round(h * scale[1])), : max(1, round(w * scale[0]))].astype(np.uint8)
+    return cv2.resize(part, (w, h), interpolation=cv2.INTER_NEAREST).reshape(h, w).astype(bool)

@@ -22,6 +22,7 @@ from batch_inpaint.errors import ConfigError, InpaintError
 from batch_inpaint.image import codec
 from batch_inpaint.job.attempts import Attempts, counted_table
 from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.detect_checks import check_detection  # noqa: F401 - plan.check_run's
 from batch_inpaint.job.workitem import (
     DETECT_MASK,
     DETECTED,
@@ -44,19 +45,21 @@ ProviderFactory = Callable[[JobContext], MaskProvider]  # picklable: Ray ships i
 
 
 def queries_of(row: Mapping, default: Sequence[str]) -> list[str]:
-    """What to detect in this row: its `detect` column, else the job's. None for a row that
-    already carries detections (a manifest `batch-inpaint detect` wrote): its mask is given."""
+    """What to detect in this row: its `detect` column, else the job's. [] for a row that
+    already carries detections (a manifest `batch-inpaint detect` wrote): its mask is given.
+    A bad value raises ConfigError of kind bad_value; the detect stage makes it the row's error."""
     from batch_inpaint.detect.rows import row_queries  # imported late: it imports job.prepare
 
-    qs = row_queries(row, default)
+    qs = row_queries(row, default, named=False)
     return [] if row.get(DONE_COLUMN) is not None else qs
 
 
 def job_queries(storage, cfg) -> list[str]:
     """Every query the job will detect: the config's and the manifest rows' (`detect` column),
-    read on the driver; [] for a job without detection. A bad row value is a ConfigError naming
-    the row, so the run stops before any cluster work. Only the column's distinct values are
-    parsed (a 10 M-row manifest has few); the rows are walked only to name a bad one."""
+    read on the driver; [] for a job without detection. Only the column's distinct values are
+    parsed (a 10 M-row manifest has few). A value that does not parse is left to its row (the
+    detect stage makes it an error row); when no value parses and some don't, nothing would
+    detect: ConfigError naming the first bad row, before any cluster work."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
@@ -68,6 +71,7 @@ def job_queries(storage, cfg) -> list[str]:
     if not cfg.detect and QUERY_COLUMN not in names:
         return []
     found: list[str] = []
+    bad: tuple[pa.Table, Exception] | None = None  # the first batch with a bad value
     for batch in dataset.to_batches(columns=["id", *names]):
         table = pa.Table.from_batches([batch])
         if DONE_COLUMN in names:  # rows `batch-inpaint detect` already did
@@ -76,21 +80,31 @@ def job_queries(storage, cfg) -> list[str]:
             values = [None] if table.num_rows else []
         else:
             column = table.column(QUERY_COLUMN)
-            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-                values = {None if v is None else tuple(v) for v in column.to_pylist()}
-            else:
+            try:
                 values = pc.unique(column).to_pylist()
-        try:
-            for value in values:
-                value = list(value) if isinstance(value, tuple) else value
-                for q in queries_of({QUERY_COLUMN: value}, cfg.detect):
-                    if q not in found:
-                        found.append(q)
-        except ConfigError:  # name the row: walk this batch's rows
-            for row in table.to_pylist():
-                queries_of(row, cfg.detect)
-            raise
+            except pa.ArrowNotImplementedError:  # lists (and odder types): distinct by repr
+                values = list({repr(v): v for v in column.to_pylist()}.values())
+        for value in values:
+            try:
+                qs = queries_of({QUERY_COLUMN: value}, cfg.detect)
+            except ConfigError as exc:
+                bad = bad or (table, exc)
+                continue
+            found += [q for q in qs if q not in found]
+    if bad is not None and not found:
+        table, exc = bad
+        rid = next((r.get("id") for r in table.to_pylist() if _bad_row(r, cfg.detect)), None)
+        raise ConfigError(f"row {rid!r}: {exc}; no other row has queries to detect: fix the "
+                          f"'{QUERY_COLUMN}' column")  # fmt: skip
     return found
+
+
+def _bad_row(row: Mapping, default: Sequence[str]) -> bool:
+    try:
+        queries_of(row, default)
+    except ConfigError:
+        return True
+    return False
 
 
 def load_provider(ctx: JobContext, queries: Sequence[str] | None = None) -> MaskProvider:
@@ -262,42 +276,3 @@ def decode_mask(data: bytes) -> np.ndarray:
 
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("L")) > 127
-
-
-def check_detection(cfg, queries: Sequence[str]) -> None:
-    """Settings that can't work, found before any cluster work (ConfigError: exit 2)."""
-    from batch_inpaint.detect.provider import NONE
-
-    if cfg.max_residual is not None and not cfg.verify:
-        raise ConfigError("config field 'max_residual': needs verify (--verify / verify: true), "
-                          "or unset max_residual")  # fmt: skip
-    if not queries:
-        if cfg.verify:
-            raise ConfigError("config field 'verify': nothing to verify: give detect "
-                              "(--detect 'watermark') or a 'detect' column in the manifest")  # fmt: skip
-        return
-    off = [n for n in ("detector", "text_detector")
-           if str(getattr(cfg, n) or "").strip().lower() in NONE and getattr(cfg, n) is not None]  # fmt: skip
-    if len(off) == 2:
-        raise ConfigError("config fields 'detector' and 'text_detector' are both 'none': "
-                          f"nothing can detect {', '.join(queries)}; give one of them")  # fmt: skip
-    for name in ("detector", "text_detector", "segmenter"):
-        check_local_folder(cfg, name)
-
-
-def check_local_folder(cfg, name: str) -> None:
-    """A local model folder that is not on this machine, when the actors run here too."""
-    import os
-    from pathlib import Path
-
-    value = getattr(cfg, name) or ""
-    looks_local = value.startswith(("/", "./", "../", "~", "file://"))
-    here = not cfg.address and not os.environ.get("RAY_ADDRESS") or cfg.address == "local"
-    if looks_local and here:
-        path = Path(os.path.expanduser(value.removeprefix("file://")))
-        if not path.is_dir():
-            raise ConfigError(
-                f"config field '{name}': {value} is not a folder on this machine (where the "
-                "detect actors would load it); check the path, or build a test one with "
-                "`batch-inpaint make-tiny-model --kind detector DIR`"
-            )

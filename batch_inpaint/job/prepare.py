@@ -92,7 +92,8 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
         given = given_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
         raw = ds.row_mask(row, (w, h), given)
         if raw is None:  # no queries and no mask of its own
-            raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+            raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask,
+                             detecting=True)  # fmt: skip
         detected[NOTE] = ds.row_note(row, given)
     prep = prepare(rgb, raw, opts, ctx.spec.native_size, ctx.spec.size_multiple)
     check_memory(prep.regions, ctx)  # a size that can't fit fails here, not in a killed worker
@@ -118,15 +119,24 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
 
 
 def build_mask(
-    row: Mapping, size: tuple[int, int], alpha, storage, manifest_base: str, options: MaskOptions
+    row: Mapping,
+    size: tuple[int, int],
+    alpha,
+    storage,
+    manifest_base: str,
+    options: MaskOptions,
+    *,
+    detecting: bool = False,
 ) -> np.ndarray:
-    """The union of every mask source the row gives; a row with none is an error."""
+    """The union of every mask source the row gives; a row with none is an error. `detecting`:
+    the job detects, so queries would have been a mask source too (the message says so)."""
     mask = given_mask(row, size, alpha, storage, manifest_base, options)
     if mask is None:
-        raise MaskError(
-            "row has no mask: give mask, mask_boxes, mask_polygons or mask_from_alpha",
-            kind=ErrorKind.NO_MASK.value,
-        )
+        give = "mask, mask_boxes, mask_polygons or mask_from_alpha"
+        if detecting:
+            give = ("mask, mask_boxes, mask_polygons, mask_from_alpha or what to detect in it "
+                    "(its 'detect' column, or --detect for every row)")  # fmt: skip
+        raise MaskError(f"row has no mask: give {give}", kind=ErrorKind.NO_MASK.value)
     return mask
 
 

@@ -10,6 +10,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, error_kind
-from batch_inpaint.manifest.schema import MASK_COLUMNS, OVERRIDE_COLUMNS
+from batch_inpaint.manifest.schema import DETECT_COLUMN, MASK_COLUMNS, OVERRIDE_COLUMNS
 from batch_inpaint.params import GenerationParams, row_generation
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.storage.uri import redact_uri, resolve
@@ -173,8 +174,24 @@ def _check_geometry(rid: Any, row: dict, problems: list[Problem]) -> None:
             problems.append(Problem(rid, "mask_polygons", ErrorKind.BAD_POLYGON.value, msg))
 
 
-def _check_row(rid: Any, row: dict, storage: Storage, problems: list[Problem]) -> bool:
-    """Row-only checks; True when the row's URIs may be fetched."""
+def _detects(rid: Any, row: dict, queries: Sequence[str], problems: list[Problem]) -> bool:
+    """Whether `run` would detect a mask for the row (its `detect` value, else the job's
+    `queries`); a bad value is the row's problem, as it would be its error row in the job."""
+    if not queries and DETECT_COLUMN not in row:
+        return False
+    from batch_inpaint.job.detect_stage import queries_of  # the job's own rule
+
+    try:
+        return bool(queries_of(row, queries))
+    except ConfigError as exc:
+        problems.append(Problem(rid, DETECT_COLUMN, error_kind(exc), str(exc)))
+        return True  # its problem is said: no `no_mask` on top
+
+
+def _check_row(
+    rid: Any, row: dict, storage: Storage, problems: list[Problem], queries: Sequence[str] = ()
+) -> bool:
+    """Row-only checks; True when the row's URIs may be fetched. `queries`: the job's."""
     fetchable = True
     if not row.get("image"):
         problems.append(Problem(rid, "image", ErrorKind.MISSING_IMAGE.value, "no image URI"))
@@ -189,8 +206,9 @@ def _check_row(rid: Any, row: dict, storage: Storage, problems: list[Problem]) -
     has_mask = bool(row.get("mask") or row.get("mask_boxes") or row.get("mask_polygons")) or bool(
         row.get("mask_from_alpha")
     )
-    if not has_mask:
-        msg = f"no mask: set one of {', '.join(MASK_COLUMNS)}"
+    if not _detects(rid, row, queries, problems) and not has_mask:
+        msg = (f"no mask: set one of {', '.join(MASK_COLUMNS)}, or queries to detect (its "
+               f"'{DETECT_COLUMN}' column, or --detect for every row)")  # fmt: skip
         problems.append(Problem(rid, "mask", ErrorKind.NO_MASK.value, msg))
     _check_geometry(rid, row, problems)
     for col in OVERRIDE_COLUMNS:  # one column at a time, so every bad column is reported
@@ -212,10 +230,16 @@ def validate_table(
     max_workers: int = 32,
     seed: int = 0,
     base: str | None = None,
+    queries: Sequence[str] = (),
 ) -> ValidationReport:
+    """`queries`: the job's (`run --detect`): a row without a mask of its own is then fine."""
+    from batch_inpaint.detect.base import parse_queries
+
     start = time.monotonic()
     problems: list[Problem] = []
-    cols = [c for c in ("id", "image", *MASK_COLUMNS, *OVERRIDE_COLUMNS) if c in table.column_names]
+    queries = parse_queries(list(queries), "--detect")
+    wanted = ("id", "image", *MASK_COLUMNS, *OVERRIDE_COLUMNS, DETECT_COLUMN, "detections")
+    cols = [c for c in wanted if c in table.column_names]
     rows = table.select(cols).to_pylist()
     if base:  # as the job does: relative URIs are relative to the manifest's folder
         for row in rows:
@@ -232,7 +256,7 @@ def validate_table(
         elif counts[rid] > 1:
             msg = f"id {rid!r} appears {counts[rid]} times (row {i})"
             problems.append(Problem(rid, "id", ErrorKind.DUPLICATE_ID.value, msg))
-        if _check_row(rid, row, storage, problems):
+        if _check_row(rid, row, storage, problems, queries):
             fetch.append(i)
     if not check_objects:
         fetch = []

@@ -206,3 +206,79 @@ def test_row_generation_applies_only_the_rows_non_null_overrides():
     assert got.eta == 0.3  # not an override column: a row can't change it
     assert isinstance(row_generation({"num_inference_steps": 3.0}, base).num_inference_steps, int)
     assert row_generation({}, base) == base
+
+
+# --- queries instead of masks (docs/masks.md): validate judges rows as `run` would -------------
+def _detect_manifest(tmp_path, detect) -> str:
+    """Rows whose only mask source is their `detect` value (and one done by `detect`)."""
+    import pyarrow.parquet as pq
+
+    from batch_inpaint.detect.base import detections_arrow_type
+
+    (tmp_path / "a.png").write_bytes(png())
+    ids = ["own", "empty", "blank", "null", "bad", "done"]
+    done = [None] * 5 + [[]]  # `batch-inpaint detect` found nothing there: no mask, no queries
+    table = pa.table({"id": ids, "image": ["a.png"] * 6, "detect": detect,
+                      "detections": pa.array(done, detections_arrow_type())})  # fmt: skip
+    pq.write_table(table, tmp_path / "m.parquet")
+    return str(tmp_path / "m.parquet")
+
+
+@pytest.mark.parametrize(
+    "detect",
+    [
+        pa.array([["logo"], [], ["  "], None, [None], ["logo"]], pa.list_(pa.string())),
+        pa.array(["logo", "", " , ", None, None, "logo"]),
+        pa.array([None, None, None, None, 5, None], pa.int64()),  # a column of the wrong type
+    ],
+    ids=["lists", "strings", "ints"],
+)
+def test_validate_counts_a_rows_queries_as_its_mask_source(tmp_path, detect):
+    as_lists, ints = pa.types.is_list(detect.type), pa.types.is_integer(detect.type)
+    m = Manifest.read(_detect_manifest(tmp_path, detect))
+
+    def problems(queries=()):
+        report = validate_table(m.table, m.storage, base=m.base, queries=queries)
+        return {(p.row_id, p.column, p.kind) for p in report}, report
+
+    found, report = problems()
+    bad = {("bad", "detect", ErrorKind.BAD_VALUE.value)} if as_lists or ints else set()
+    no_mask = {(rid, "mask", ErrorKind.NO_MASK.value) for rid in ("empty", "blank", "null")}
+    no_mask |= {("own", "mask", ErrorKind.NO_MASK.value)} if ints else set()
+    no_mask |= set() if bad else {("bad", "mask", ErrorKind.NO_MASK.value)}  # a null string
+    done = {("done", "mask", ErrorKind.NO_MASK.value)}
+    assert found == bad | done | no_mask
+    assert "'detect' column" in next(p.message for p in report if p.row_id == "null")
+    if bad:
+        assert "column 'detect'" in next(p.message for p in report if p.row_id == "bad")
+    # with the job's queries (run --detect), empty values take them: only the bad row is left,
+    # and the row `detect` already did (its mask is the manifest's, and it has none)
+    assert problems(["watermark"])[0] == bad | done
+
+
+def test_manifest_validate_takes_run_s_detect(tmp_path, capsys):
+    from batch_inpaint.cli import main
+
+    (tmp_path / "a.png").write_bytes(png())
+    only_queries = tmp_path / "q.parquet"
+    Manifest.from_records([{"id": "a", "image": "a.png", "detect": "logo, text"}]).write(
+        str(only_queries)
+    )
+    assert main(["manifest", "validate", str(only_queries)]) == 0, capsys.readouterr()
+    no_mask_column = tmp_path / "plain.parquet"
+    Manifest.from_records([{"id": "a", "image": "a.png", "detect": None}]).write(
+        str(no_mask_column)
+    )
+    assert main(["manifest", "validate", str(no_mask_column)]) == 1  # no_mask: nothing to detect
+    assert "no_mask" in capsys.readouterr().out
+    assert main(["manifest", "validate", str(no_mask_column), "--detect", "watermark"]) == 0
+    # no mask column at all: as `run --detect` takes it
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"], "image": ["a.png"]}), tmp_path / "bare.parquet")
+    assert main(["manifest", "validate", str(tmp_path / "bare.parquet")]) == 2
+    capsys.readouterr()
+    assert main(["manifest", "validate", str(tmp_path / "bare.parquet"), "--detect", "logo"]) == 0
+    assert "OK: 1 rows" in capsys.readouterr().out
+    assert main(["manifest", "validate", str(only_queries), "--detect", " , "]) == 2
+    assert "--detect has no query" in capsys.readouterr().err
