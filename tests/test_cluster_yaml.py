@@ -1,5 +1,5 @@
 """cluster.yaml must be able to run what the job asks for: its GPU worker type fits one model actor
-(GPU and CPUs) plus a read/write task, the head runs no inference, and setup installs this package."""
+(GPU and CPUs), a detect and a verify actor, plus a read/write task, the head runs no inference, and setup installs this package."""
 
 from pathlib import Path
 
@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from batch_inpaint.config import JobConfig
+from batch_inpaint.job.resources import pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,11 @@ def test_gpu_worker_fits_the_default_job():
         gpus_per_actor = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else 1.0
         assert gpus_per_actor <= res["GPU"]
         assert (res["GPU"] / gpus_per_actor) == int(res["GPU"] / gpus_per_actor)
-        assert cfg.cpus_per_actor + cfg.cpus_per_task <= res["CPU"]
+        # the shares as a run on one such worker resolves them (job/resources.py)
+        used = pool(cfg, gpus_per_actor, res["CPU"], detect_pools=2)
+        assert (used.cpus_per_actor, used.cpus_per_detect_actor) == (1.0, 1.0)  # room for all
+        need = used.cpus_per_actor + 2 * used.cpus_per_detect_actor + used.cpus_per_task
+        assert need <= res["CPU"]  # model, detect and verify actors, and a read/write task
         assert t["min_workers"] == 0 and t["max_workers"] >= 1  # autoscaling from zero
         assert t["max_workers"] <= c["max_workers"]
 
