@@ -51,17 +51,25 @@ def model_source(
 
 def check_safetensors(folder: Path, what: str = "model") -> None:
     """ConfigError when a model folder has pickled weights and no .safetensors file."""
-    names = [p.name for p in folder.rglob("*") if p.is_file()]
+    why = safetensors_problem([p.name for p in folder.rglob("*") if p.is_file()])
+    if why:
+        raise ConfigError(f"{what} {folder}: {why}")
+
+
+def safetensors_problem(names: list[str]) -> str | None:
+    """Why a model's files (names or paths) can't be loaded: pickled weights only, or no weights
+    at all; None when a .safetensors file is there. Shared with the driver's check
+    (job/detect_checks.py), which lists s3:// prefixes too."""
     if any(n.endswith(".safetensors") for n in names):
-        return
+        return None
     pickled = sorted(n for n in names if n.endswith(PICKLED))
     if pickled:
-        raise ConfigError(
-            f"{what} {folder}: only safetensors weights are loaded, and this folder holds "
+        return (
+            f"only safetensors weights are loaded, and this folder holds "
             f"{', '.join(pickled[:3])}. Convert them to safetensors (model.save_pretrained(DIR) "
             "with transformers writes model.safetensors) or use a checkpoint that ships them."
         )
-    raise ConfigError(f"{what} {folder}: no model.safetensors here; is this the model's folder?")
+    return "no model.safetensors here; is this the model's folder?"
 
 
 @contextlib.contextmanager

@@ -102,7 +102,7 @@ def check_model_files(cfg, name: str, storage=None) -> None:
     A Hub id is left to the actors (the driver may have no network)."""
     import json
 
-    from batch_inpaint.detect.loading import PICKLED
+    from batch_inpaint.detect.loading import safetensors_problem
     from batch_inpaint.detect.provider import NONE
 
     value = getattr(cfg, name)
@@ -126,12 +126,9 @@ def check_model_files(cfg, name: str, storage=None) -> None:
     hint = f"`batch-inpaint make-tiny-model --kind {MODEL_KINDS[name]} DIR` builds a test one"
     if not files:
         raise ConfigError(f"{where}: no files there; check the path ({hint})")
-    if not any(f.endswith(".safetensors") for f in files):
-        pickled = sorted(f for f in files if f.endswith(PICKLED))
-        why = (f"holds only pickled weights ({', '.join(pickled[:3])}); only safetensors are "
-               "loaded: convert them (save_pretrained writes model.safetensors)" if pickled
-               else "has no model.safetensors; is this the model's folder?")  # fmt: skip
-        raise ConfigError(f"{where} {why} ({hint})")
+    why = safetensors_problem(files)
+    if why:
+        raise ConfigError(f"{where}: {why} ({hint})")
     if "config.json" not in files:
         raise ConfigError(f"{where} has no config.json; is this the model's folder? ({hint})")
     try:
