@@ -86,7 +86,7 @@ def add_model_flags(group, word: str) -> None:
 def _detect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from batch_inpaint.cli.flags import options_from_args
-    from batch_inpaint.cli.manifest import storage_from_args
+    from batch_inpaint.cli.manifest import read_manifest, storage_from_args
     from batch_inpaint.detect.base import check_threshold, parse_queries
     from batch_inpaint.detect.provider import MaskProvider
     from batch_inpaint.detect.rows import (
@@ -97,7 +97,6 @@ def _detect(args: argparse.Namespace) -> int:
         row_queries,
     )
     from batch_inpaint.errors import ConfigError
-    from batch_inpaint.manifest import Manifest
     from batch_inpaint.params import MaskOptions
 
     # 1. Check every option before loading anything
@@ -109,7 +108,8 @@ def _detect(args: argparse.Namespace) -> int:
         raise ConfigError("--max-detections and --batch-size must be >= 1, --box-dilate 0..512")
     mask_options = options_from_args(MaskOptions, _mask_flags(args))
     storage = storage_from_args(args)
-    manifest = Manifest.read(args.manifest, storage)
+    # no mask column is fine: the detections are the masks (a row without queries says so)
+    manifest = read_manifest(args.manifest, storage, needs_mask=False)
     wanted = set(queries)
     if QUERY_COLUMN in manifest.table.column_names:
         for row in manifest.table.select(["id", QUERY_COLUMN]).to_pylist():

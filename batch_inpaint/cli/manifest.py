@@ -106,7 +106,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     storage = storage_from_args(args)
     queries = [] if args.detect is None else _queries(args.detect)
-    m = _read(args.uri, storage, needs_mask=not queries)
+    m = read_manifest(args.uri, storage, needs_mask=not queries)
     report = validate_table(
         m.table,
         m.storage,
@@ -135,9 +135,10 @@ def _queries(value: str) -> list[str]:
         raise ConfigError(f"--detect {exc.reason}") from None
 
 
-def _read(uri: str, storage: Any, needs_mask: bool) -> Any:
+def read_manifest(uri: str, storage: Any, needs_mask: bool) -> Any:
     """The manifest; with queries for every row (needs_mask False) it may have no mask column,
-    as `run --detect` accepts: then read as the job reads it, with an empty `detect` column."""
+    as `run --detect` accepts: then read as the job reads it, with an empty `detect` column.
+    Used by `validate --detect` and `detect` (images without masks are what it is for)."""
     import pyarrow as pa
     import pyarrow.dataset as pads
 
