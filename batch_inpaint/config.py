@@ -65,8 +65,8 @@ class JobConfig:
                          help="where the model runs: auto (a GPU if there is one), cpu or cuda; "
                          "`inpaint` also takes cuda:N")
     dtype: str = option("auto", group="model", choices=DTYPES,
-                        help="auto: fp16 on CUDA, fp32 on CPU (the model card's rule); "
-                        "fp16 needs CUDA")
+                        help="auto: fp16 on CUDA (lama: bf16 where the GPU has it, else "
+                        "fp32), fp32 on CPU (the model card's rule); fp16 needs CUDA")
     attention: str = option("slicing", group="model", choices=ATTENTION,
                             help="slicing: least GPU memory (the model card's); sdpa: torch's "
                             "fused attention, faster; auto")
@@ -208,6 +208,10 @@ class JobConfig:
         if self.device == "cpu" and self.dtype in ("fp16", "bf16"):
             raise ConfigError("config field 'dtype': fp16/bf16 need a GPU; on CPU use fp32 "
                               "(as the model card says)")  # fmt: skip
+        if self.backend == "lama" and self.dtype == "fp16":
+            from batch_inpaint.models.lama_backend import FP16_REFUSED
+
+            raise ConfigError(f"config field 'dtype': {FP16_REFUSED}")
         return self
 
     def require_io(self) -> JobConfig:

@@ -23,7 +23,7 @@ WORKLOADS = {
     "c3": ("c3:c3", False, "scale: 100k rows through local Ray; driver memory; planning 10 M"),
     "sd2-job": ("sd2_job:sd2_job", False, "full-size SD2 (random) through run_job on the CPU"),
     "l1": ("lama:l1", False, "LaMa on the CPU: images/s per core at 512² and 1024²"),
-    "l2": ("lama:l2", True, "LaMa 512² batch sweep fp32/fp16/bf16; 100 images/s goal; vs w1"),
+    "l2": ("lama:l2", True, "LaMa 512² batch sweep fp32/bf16; 100 images/s goal; vs w1"),
     "d1": ("detect:d1", False, "detection on the CPU: seconds per 512² row per provider"),
     "d2": ("detect:d2", True, "detection throughput at 512²: Grounding DINO, PP-OCR, SAM"),
 }

@@ -28,8 +28,14 @@ from batch_inpaint.params import GenerationParams
 NATIVE_SIZE: int | None = None
 SIZE_MULTIPLE = 8
 MIN_SIDE = 16  # the residual blocks' reflect padding needs a 2x2 bottleneck
-# 'auto' on CUDA. fp32 until the GPU workload (python -m bench l2) measures fp16/bf16 against it.
-CUDA_DEFAULT_DTYPE = "fp32"
+# 'auto' on a CUDA device with native bf16 (Ampere and later); others run fp32. `python -m bench
+# l2` measures bf16 against fp32 (speed, largest pixel difference): set this to "fp32" to revert.
+CUDA_DEFAULT_DTYPE = "bf16"
+FP16_REFUSED = (
+    "dtype fp16 is refused for backend lama: LaMa's FFT layers overflow and lose precision in "
+    "fp16 (spandrel's LaMa declares supports_half=False); use bf16 (the default on GPUs that "
+    "support it) or fp32"
+)
 # On the CPU a batch runs in chunks of at most this many pixels: batching gains nothing there
 # and a 1024² image already needs about 1.5 GB of activations.
 CPU_PIXELS_PER_PASS = 2 * 1024 * 1024
@@ -52,12 +58,34 @@ def lama_model_spec(model: str | os.PathLike | None, revision: str | None = None
     return ModelSpec("lama", shown, revision, NATIVE_SIZE, SIZE_MULTIPLE, FILL_IGNORES)
 
 
+def lama_dtype_name(dtype: Any, device: str, bf16_supported: bool) -> str:
+    """The rule, without torch: None/'auto' is CUDA_DEFAULT_DTYPE on a CUDA device with native
+    bf16, else fp32; an explicit fp16 is a ConfigError (FP16_REFUSED); anything else is
+    returned as given, for resolve_dtype to check."""
+    name = str(dtype).strip().lower().removeprefix("torch.") if dtype is not None else "auto"
+    if name == "auto":
+        cuda = str(device).startswith("cuda")
+        return CUDA_DEFAULT_DTYPE if cuda and bf16_supported else "fp32"
+    if name in ("fp16", "float16", "half"):
+        raise ConfigError(FP16_REFUSED)
+    return name
+
+
+def bf16_supported(device: str) -> bool:
+    """Whether `device` (cuda or cuda:N) computes bf16 natively; False for the CPU."""
+    if not str(device).startswith("cuda"):
+        return False
+    import torch
+
+    index = int(device[5:]) if device.startswith("cuda:") else torch.cuda.current_device()
+    with torch.cuda.device(index):
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
 def resolve_lama_dtype(dtype: Any, device: str):
-    """None/'auto': fp32 on the CPU, CUDA_DEFAULT_DTYPE on CUDA; fp16/bf16 only on CUDA, where
-    they run under autocast (weights stay fp32; torch keeps the FFTs in fp32)."""
-    if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
-        dtype = CUDA_DEFAULT_DTYPE if device.startswith("cuda") else "fp32"
-    return resolve_dtype(dtype, device)
+    """The torch dtype lama runs in on `device` (lama_dtype_name's rule); bf16 only on CUDA,
+    where it runs under autocast (weights stay fp32; torch keeps the FFTs in fp32)."""
+    return resolve_dtype(lama_dtype_name(dtype, device, bf16_supported(device)), device)
 
 
 class LamaInpainter(SourcedModel, Inpainter):
