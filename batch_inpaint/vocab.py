@@ -77,4 +77,5 @@ class ExitCode(IntEnum):
     CONFIG = 2  # bad configuration, manifest or output location, before any cluster work
     LOCKED = 3  # another run holds the output's lock
     ERROR_RATE = 4  # error rows of bad input exceeded max_error_rate: no _SUCCESS
+    STORAGE = 5  # the output's storage failed past the retries (down, full): stopped cleanly
     INTERRUPTED = 130  # Ctrl-C

@@ -31,8 +31,14 @@ def job_exit_status(summary: Mapping[str, Any]) -> ExitCode:
 
 def error_exit_status(exc: InpaintError) -> ExitCode:
     """The status for an error raised before or instead of the work: LOCKED when another run
-    holds the output's lock, CONFIG for everything else (a bad setting, manifest or location)."""
-    return ExitCode.LOCKED if exc.kind == ErrorKind.LOCKED.value else ExitCode.CONFIG
+    holds the output's lock (or this run lost it), STORAGE when the storage failed past its
+    retries (a rerun finishes), CONFIG for everything else (a bad setting, manifest or
+    location)."""
+    if exc.kind == ErrorKind.LOCKED.value:
+        return ExitCode.LOCKED
+    if exc.kind == ErrorKind.STORAGE_TRANSIENT.value:
+        return ExitCode.STORAGE
+    return ExitCode.CONFIG
 
 
 def build_parser() -> argparse.ArgumentParser:

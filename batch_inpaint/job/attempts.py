@@ -25,7 +25,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 
-from batch_inpaint.errors import ModelError, NotFoundError
+from batch_inpaint.errors import ModelError, NotFoundError, TransientStorageError
 from batch_inpaint.storage.uri import join
 from batch_inpaint.vocab import ErrorKind
 
@@ -65,13 +65,20 @@ class Attempts:
             before = json.loads(self.storage.read_bytes(uri))["attempt"]
         except NotFoundError:
             before = 0
+        except TransientStorageError:  # storage down or full: the work goes on uncounted
+            return 1
         body = {"what": what, "stage": self.stage, "attempt": before + 1, "rows": len(ids),
                 "ids": ids[:1] + ids[-1:]}  # fmt: skip
-        self.storage.write_bytes(uri, json.dumps(body).encode(), root=self.output)
+        # A record is bookkeeping: if it can't be written (a full disk, a 503 storm past the
+        # retries), the work runs uncounted and its rows meet the same storage when they write
+        # their images (storage_transient error rows), instead of failing the whole run.
+        with contextlib.suppress(TransientStorageError):
+            self.storage.write_bytes(uri, json.dumps(body).encode(), root=self.output)
         return before + 1
 
     def done(self, what: str, ids: list[str]) -> None:
-        self.storage.delete(self._uri(self._name(what, ids)), root=self.output)
+        with contextlib.suppress(TransientStorageError):  # cleared again at the run's end
+            self.storage.delete(self._uri(self._name(what, ids)), root=self.output)
 
     def records(self) -> dict[str, dict]:
         """Every record present: name -> its body (a record removed meanwhile is left out)."""
@@ -182,7 +189,8 @@ def watch(storage, output: str, echo: Callable[[str], object], every_s: float = 
     """While the rows stream: clear old records, then say each retry as it happens (a thread
     polling the records); at the end, clear them so the next run starts counting afresh."""
     attempts = Attempts(storage, output)
-    attempts.clear()
+    with contextlib.suppress(TransientStorageError):  # old records only slow a retry count
+        attempts.clear()
     stop = threading.Event()
     said: set[tuple[str, int]] = set()
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from batch_inpaint.errors import InpaintError, ManifestError, NotFoundError
+from batch_inpaint.errors import InpaintError, ManifestError, NotFoundError, TransientStorageError
 from batch_inpaint.job.done import (  # noqa: F401 - the names callers know from here
     done_ids,
     finished_ids,
@@ -38,7 +38,12 @@ from batch_inpaint.vocab import Status
 
 class MetadataWriter:
     """Buffers result rows and writes them as Parquet parts, each written atomically, so a driver
-    killed mid-run loses at most the rows of its last unwritten part (which a rerun redoes)."""
+    killed mid-run loses at most the rows of its last unwritten part (which a rerun redoes).
+
+    A part that can't be written for a transient reason (a full disk, storage down past the
+    retries) keeps its rows in memory and the run goes on: the next flush writes them all. The
+    final flush (`flush()` at the end) raises TransientStorageError, saying how many rows it
+    could not write, so the run stops cleanly and a rerun redoes them."""
 
     def __init__(self, storage, output: str, run_id: str, flush_rows: int, flush_s: float):
         self.storage, self.output, self.run_id = storage, output, run_id
@@ -48,13 +53,20 @@ class MetadataWriter:
         self.seq = 0
         self.last_flush = time.monotonic()
         self.parts: list[str] = []
+        self.failed: TransientStorageError | None = None
 
     def add(self, table: pa.Table) -> None:
+        lease = getattr(self.storage, "lease", None)  # job/lock.LeasedStorage: the driver's
+        if lease is not None:
+            lease.check()  # a run that lost its lock stops at its next batch, not its next part
         if table.num_rows:
             self.buffer.append(table)
             self.buffered += table.num_rows
         if self.buffered >= self.flush_rows or time.monotonic() - self.last_flush > self.flush_s:
-            self.flush()
+            try:
+                self.flush()
+            except TransientStorageError as exc:
+                self.failed = exc  # the rows stay buffered; the next flush tries them again
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
@@ -62,10 +74,17 @@ class MetadataWriter:
             return
         table = pa.concat_tables(self.buffer, promote_options="permissive")
         uri = join(self.output, "metadata", f"part-{self.run_id}-{self.seq:05d}.parquet")
-        self.storage.write_bytes(uri, table_bytes(table))
+        try:
+            self.storage.write_bytes(uri, table_bytes(table), root=self.output)
+        except TransientStorageError as exc:
+            raise TransientStorageError(
+                f"the run stopped: {table.num_rows} result row(s) could not be written to "
+                f"{redact_uri(join(self.output, 'metadata'))} ({exc}). Nothing was lost that a "
+                "rerun can't redo: rerun once the storage is back (or has room) to finish"
+            ) from exc
         self.parts.append(uri)
         self.seq += 1
-        self.buffer, self.buffered = [], 0
+        self.buffer, self.buffered, self.failed = [], 0, None
 
 
 def table_bytes(table: pa.Table) -> bytes:

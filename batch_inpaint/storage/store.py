@@ -210,6 +210,23 @@ class Storage:
 
         return self._retry("writing", uri, create)
 
+    def swap(
+        self, uri: str, expected: bytes, data: bytes | None, *, root: str | None = None
+    ) -> bool:
+        """Replace the object with `data` (delete it when None) only while it holds `expected`:
+        False when it holds anything else or is gone (storage/swap.py says how, per store)."""
+        from batch_inpaint.storage import swap
+
+        fs, path = self.filesystem(uri)
+        if is_local(uri):
+            confine = self._root(uri, root)
+            op = lambda: swap.swap_local(path, expected, data, confine)  # noqa: E731
+        elif uri_scheme(uri) == "s3":
+            op = lambda: swap.swap_s3(fs, path, expected, data)  # noqa: E731
+        else:
+            op = lambda: swap.swap_other(fs, path, expected, data)  # noqa: E731
+        return bool(self._retry("replacing", uri, op))
+
     def exists(self, uri: str) -> bool:
         """True if there is an object; a location we may not look into raises (access denied)."""
         fs, path = self.filesystem(uri)
