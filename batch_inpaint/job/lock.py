@@ -14,6 +14,7 @@ compare-and-swap writes (Storage.swap), so they can never overwrite each other."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -125,7 +126,11 @@ class OutputLock:
     def _hold(self, body: bytes, started: float) -> None:
         self.held = True
         self._acquired_at = time.time()
-        self._written, self._lease_end, self._lost = body, started + self.stale_s - self.margin, None
+        self._written, self._lease_end, self._lost = (
+            body,
+            started + self.stale_s - self.margin,
+            None,
+        )
         self._stop.clear()
         self._beat = threading.Thread(target=self._renew_loop, name="output-lock", daemon=True)
         self._beat.start()
@@ -167,7 +172,6 @@ class OutputLock:
                 "next run) finishes the rows"
             )
 
-
     def _read_raw(self) -> bytes | None:
         try:
             return self.storage.read_bytes(self.uri)
@@ -187,10 +191,9 @@ class OutputLock:
         if self._beat is not None:
             self._beat.join(timeout=10)
         if self.held and self._lost is None:
-            try:
+            # left behind when the store fails: stale after ttl_s, or at once on this host
+            with contextlib.suppress(InpaintError):
                 self.storage.swap(self.uri, self._written, None)
-            except InpaintError:  # left behind: stale after ttl_s, or at once on this host
-                pass
         self.held = False
 
     def __enter__(self) -> OutputLock:
