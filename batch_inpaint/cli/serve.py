@@ -88,6 +88,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host not in LOOPBACK:
         print(f"serve: binding {args.host}: anyone who can reach this port can use the model and "
               "write manifests under --manifest-root", file=sys.stderr)  # fmt: skip
+    from batch_inpaint.models.availability import check_model_available
+
+    check_model_available(args.backend, args.model, args.revision)  # seconds, not Hub retries
     print(f"serve: loading the {args.backend} model...", file=sys.stderr)
     inpainter = load_inpainter(args.backend, args.model, revision=args.revision, device=args.device)
     if args.backend == "tiny":

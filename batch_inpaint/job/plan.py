@@ -148,3 +148,7 @@ def check_local_model(cfg: JobConfig) -> None:
                 f"config field 'model': {model} not found (no such file or folder on this "
                 "machine, where the run's model actors would load it); check the path"
             )
+    if on_this_machine:  # a Hub id: cached, or a Hub that answers (else minutes of retries)
+        from batch_inpaint.models.availability import check_model_available
+
+        check_model_available(cfg.backend, cfg.model, cfg.revision)

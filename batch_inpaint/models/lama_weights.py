@@ -131,6 +131,12 @@ def _hub_file(given: str, revision: str | None, cache_dir, local_files_only: boo
     if cache_dir:
         kwargs["cache_dir"] = str(cache_dir)
     rev = f" at revision {revision}" if revision else ""
+    if not local_files_only:  # offline and not cached: say so now, not after Hub retries
+        from batch_inpaint.models.availability import model_problem
+
+        why = model_problem("lama", given, revision, cache_dir and str(cache_dir))
+        if why:
+            raise ModelError(why)
     try:
         if filename:
             return Path(hf_hub_download(repo, filename, **kwargs))

