@@ -287,17 +287,31 @@ def paste(
         touched = mask_bbox(s > 0)
         if touched is None:
             continue
-        res = resize_image(result, (x1 - x0, y1 - y0))
+        same = result.shape[:2] == (y1 - y0, x1 - x0)  # only read: no copy at the box's size
+        res = result if same else resize_image(result, (x1 - x0, y1 - y0))
         # Blend (and make weights) only in the window the soft mask touches: a small mark on a
         # 4K frame costs its own size, not the frame's.
         tx0, ty0, tx1, ty1 = touched
         wy, wx = slice(ty0, ty1), slice(tx0, tx1)
-        s = _weights(s[wy, wx])[..., None]
         base = out[y0:y1, x0:x1][wy, wx]
+        hard = _hard(s[wy, wx])
+        if hard is not None:  # no feather: weights 0 or 1, so the blend is the result itself
+            np.copyto(base, res[wy, wx], where=hard[..., None])
+            continue
+        s = _weights(s[wy, wx])[..., None]
         blend = base.astype(np.float32) * (1.0 - s) + res[wy, wx].astype(np.float32) * s
         blend = np.clip(np.rint(blend, out=blend), 0, 255, out=blend).astype(np.uint8)
         out[y0:y1, x0:x1][wy, wx] = np.where(s > 0, blend, base)
     return out
+
+
+def _hard(soft: np.ndarray) -> np.ndarray | None:
+    """`soft > 0` when every nonzero weight is full (bool, uint8 255 or 1.0), else None."""
+    if soft.dtype == bool:
+        return soft
+    full = 255 if soft.dtype == np.uint8 else 1.0
+    touched = soft > 0
+    return touched if np.count_nonzero(touched) == np.count_nonzero(soft == full) else None
 
 
 def _weights(soft: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ class FusedStage:
     whose actor died runs row by row as in the split graph."""
 
     def __init__(self, ctx: JobContext, inpainter_factory: InpainterFactory | None = None):
-        _limit_threads(ctx.config.cpus_per_actor)
+        _limit_threads(ctx.config.cpus_per_actor or 1.0)  # unset outside a resolved run
         self.ctx = ctx
         self.model = ModelStage(ctx, inpainter_factory=inpainter_factory)
 

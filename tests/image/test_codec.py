@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch_inpaint.errors import ConfigError, DecodeError, NotFoundError
+from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, NotFoundError
 from batch_inpaint.image.codec import (
+    check_png,
     decode_image,
     decode_image_with_alpha,
     encode_image,
@@ -256,3 +257,57 @@ def test_encode_rejects_bad_arguments():
         encode_image(noise(), "jpeg", quality=0)
     with pytest.raises(ConfigError, match="RGB uint8"):
         encode_image(noise().astype(np.float32), "png")
+
+
+# --- PNG through OpenCV and its check -------------------------------------------------------
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    pos, out = 8, []
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "big")
+        out.append(data[pos + 4 : pos + 8])
+        pos += 12 + n
+    return out
+
+
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_png_is_lossless_rgb_with_no_metadata_at_every_level(level):
+    a = noise(37, 53, seed=level)
+    out = encode_image(a, "png", png_compress_level=level)
+    assert np.array_equal(decode_image(out), a)  # RGB order kept through OpenCV's BGR
+    with Image.open(io.BytesIO(out)) as im:
+        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (53, 37))
+    kinds = set(_chunks(out))
+    assert kinds <= {b"IHDR", b"IDAT", b"IEND"}, kinds
+    check_png(out, (53, 37))
+
+
+def test_png_with_kept_exif_still_carries_it():
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    out = encode_image(noise(8, 8), "png", exif=exif.tobytes())
+    with Image.open(io.BytesIO(out)) as im:
+        assert im.getexif()[0x010F] == "CameraMaker"
+    assert np.array_equal(decode_image(out), noise(8, 8))
+
+
+def test_check_png_refuses_cut_damaged_and_wrong_outputs():
+    out = encode_image(noise(40, 60), "png")
+    check_png(out, (60, 40))
+    kinds = {"encode"}
+    damaged = bytearray(out)
+    damaged[len(out) // 2] ^= 0x55  # inside an IDAT: its CRC no longer matches
+    bad = {
+        "cut short": out[: len(out) - 30],
+        "incomplete": out[: len(out) - 12],  # IEND dropped
+        "bad CRC": bytes(damaged),
+        "not a PNG": encode_image(noise(40, 60), "jpeg"),
+    }
+    for words, data in bad.items():
+        with pytest.raises(InpaintError, match=words) as info:
+            check_png(data, (60, 40))
+        kinds.add(info.value.kind)
+    with pytest.raises(InpaintError, match="is 60x40 .*expected 40x60"):
+        check_png(out, (40, 60))
+    assert kinds == {"encode"}

@@ -4,7 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch_inpaint.errors import ModelError, SizeMismatchError
-from batch_inpaint.image.geometry import Region, cut, paste, plan_regions
+from batch_inpaint.image.geometry import Region, cut, paste, plan_regions, resize_image
 from batch_inpaint.image.masks import finish_mask
 from batch_inpaint.params import GeometryOptions, MaskOptions
 
@@ -151,3 +151,38 @@ def test_paste_never_changes_a_pixel_outside_the_soft_mask(case):
     for r in regions:
         covered[r.box[1] : r.box[3], r.box[0] : r.box[2]] = True
     assert covered[soft > 0].all()
+
+
+def _blend(original, soft_u8, result):
+    """What paste's soft blend gives: float weights, rounded once (the feathered path)."""
+    s = soft_u8.astype(np.float32)[..., None] / 255.0
+    b = original.astype(np.float32) * (1.0 - s) + result.astype(np.float32) * s
+    return np.clip(np.rint(b), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.float32])
+def test_paste_of_a_hard_mask_copies_the_result_where_masked(dtype):
+    """No feather (weights 0 or full): the masked pixels are the result's, bit for bit, and the
+    rest the original's, the same pixels the blend gives, for each dtype a soft mask comes in."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    result = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = box_mask(40, 50, (5, 6, 20, 30), (30, 2, 45, 9))
+    soft = {bool: mask, np.uint8: mask.astype(np.uint8) * 255, np.float32: mask * 1.0}[dtype]
+    out = paste(image, np.asarray(soft, dtype), [(Region((0, 0, 50, 40), (50, 40)), result)])
+    assert np.array_equal(out[mask], result[mask])
+    assert np.array_equal(out[~mask], image[~mask])
+    assert np.array_equal(out, _blend(image, mask.astype(np.uint8) * 255, result))
+    assert not np.shares_memory(out, image)
+
+
+def test_paste_blends_a_feathered_mask_and_copies_its_full_weights():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    result = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)  # resized up to the box
+    soft = np.zeros((32, 32), np.uint8)
+    soft[8:24, 8:24] = 255
+    soft[6:8, 6:26] = 128  # a partial-weight ring on one side
+    out = paste(image, soft, [(Region((0, 0, 32, 32), (16, 16)), result)])
+    assert np.array_equal(out, _blend(image, soft, resize_image(result, (32, 32))))
+    assert np.array_equal(out[soft == 0], image[soft == 0])
