@@ -30,6 +30,7 @@ SMOKE = {
     "l2": ["--size", "64", "--batch", "2"],
     "d1": ["--tiny", "--size", "64", "--warmup", "0", "--repeats", "1"],
     "d2": ["--size", "64", "--batch", "2", "--repeats", "1"],
+    "e1": ["--size", "64", "--rows", "4", "--repeats", "1", "--executors", "local"],
 }
 # Not in a smoke run: it starts Ray and loads a 1.3 B-parameter model (tests/test_bench.py runs
 # it, marked slow).
@@ -107,7 +108,9 @@ def parser() -> argparse.ArgumentParser:
     )
     a("--cpus-per-actor", type=float, help="c2: Ray CPUs per model actor (job default)")
     a("--cpus-per-task", type=float, help="c2: Ray CPUs per prepare/finish task (job default)")
-    a("--plain-only", action="store_true", help="c2: the plain loop only (no Ray)")
+    a("--plain-only", action="store_true", help="c2: the lean and stage loops only (no job)")
+    a("--executor", choices=["auto", "local", "ray"], help="c2: the job's executor (its default)")
+    a("--executors", help="e1: comma-separated executors to time (default local,ray)")
     a("--split-stages", action="store_true",
       help="c2: the job with fuse_stages false (the GPU graph), to compare")  # fmt: skip
     a("--results-dir", help="where records go (default bench/results/, smoke: results/smoke/)")
