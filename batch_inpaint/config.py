@@ -85,8 +85,9 @@ class JobConfig:
     min_actors: int = option(1, group="execution", lo=1, help="smallest model actor pool")
     max_actors: int | None = option(None, group="execution", lo=1,
                                     help="largest model actor pool (autoscaling between the "
-                                    "two); unset: 1 for GPU actors, one per cpus_per_actor "
-                                    "CPUs of the cluster when the stages run fused on CPUs")
+                                    "two); unset: as many GPU actors as the cluster's GPUs "
+                                    "hold at start (at least 1; they all start at once), one "
+                                    "per cpus_per_actor CPUs when the stages run fused on CPUs")
     fuse_stages: bool | None = option(None, group="execution",
                                       help="run read/decode, model and paste/encode/write in "
                                       "one actor, passing only rows between stages; unset: "

@@ -5,7 +5,10 @@ Ray Data starts every actor pool at its smallest size when the run begins, and i
 read tasks ask for one CPU each (fixed in Ray 2.60). If the first actors of the model, detect and
 verify pools take every CPU, the read task never starts and the run waits for ever. So the CPU
 shares left unset are 1 where the cluster has room, else an equal part of what is left after one
-CPU for the read tasks."""
+CPU for the read tasks.
+
+A GPU pool starts at the size the cluster's GPUs allow (`initial_actors`): Ray Data grows a pool
+one actor at a time from its minimum, so a pool of min_size 1 began on one GPU of many."""
 
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ def plan_resources(
         # else on a one-GPU node they would wait on each other for ever.
         gpus = max(1.0 - detect.gpus * detect.pools, 0.25)
     pools = detect.pools if detect else 0
-    cfg = pool(cfg, gpus, resources.get("CPU", 0), resources.get("memory"), pools)
+    held = gpu_actors(gpus, resources.get("GPU", 0), detect)
+    cfg = pool(cfg, gpus, resources.get("CPU", 0), resources.get("memory"), pools, held)
     check_room(cfg, detect, gpus, resources, echo, fixed)
     return cfg, gpus, detect
 
@@ -77,6 +81,35 @@ def gpus_per_actor(cfg: JobConfig, cluster_gpus: float, echo=print) -> float:
     return 0.0
 
 
+def gpu_actors(gpus: float, cluster_gpus: float, detect: DetectPlan | None = None) -> int:
+    """Model actors of `gpus` GPUs each that the cluster's GPUs hold now, beside the first detect
+    (and verify) actors' shares; 0 for CPU actors or a cluster with no GPU yet. A fractional
+    share packs within one GPU (Ray never splits an actor across two), so 0.75 holds one per GPU.
+    Nodes are not looked at: an actor that does not fit waits, as any other would."""
+    if gpus <= 0 or cluster_gpus <= 0:
+        return 0
+    free = cluster_gpus - (detect.gpus * detect.pools if detect else 0.0)
+    held = math.floor(free / gpus + 1e-9)
+    if gpus < 1:
+        held = min(held, math.floor(cluster_gpus + 1e-9) * math.floor(1 / gpus + 1e-9))
+    return max(held, 0)
+
+
+def initial_actors(cfg: JobConfig, held: int) -> int:
+    """The model pool's starting size: every actor the GPUs hold (`gpu_actors`), within
+    min_actors and max_actors; a CPU pool, or a cluster whose GPUs are still to come, starts at
+    min_actors and grows as Ray Data sees fit."""
+    most = cfg.max_actors if cfg.max_actors is not None else max(held, cfg.min_actors)
+    return max(cfg.min_actors, min(held, most))
+
+
+def start_size(cfg: JobConfig, gpus: float, resources: dict, detect: DetectPlan | None) -> int:
+    """ActorPoolStrategy's initial_size for the model pool of a config plan_resources resolved,
+    on a cluster with `resources` (never above its max_actors)."""
+    held = gpu_actors(gpus, resources.get("GPU", 0), detect)
+    return min(initial_actors(cfg, held), cfg.max_actors or cfg.min_actors)
+
+
 def detect_plan(
     cfg: JobConfig, storage, provider_factory, resources: dict, echo=print
 ) -> DetectPlan | None:
@@ -99,18 +132,21 @@ def pool(
     cluster_cpus: float,
     cluster_memory: float | None = None,
     detect_pools: int = 0,
+    gpu_actors: int = 0,
 ) -> JobConfig:
     """The config with fuse_stages, max_actors and the CPU shares as this run uses them.
 
     Unset, stages fuse when the model runs on CPU actors, and a fused CPU pool grows to one
     actor per cpus_per_actor CPUs (1 if unset) of what the detect pools leave (a laptop's cores
     all work), as far as half the cluster's memory (bytes, Ray's "memory" resource) holds
-    them; a GPU pool stays at 1. Unset CPU shares: see shares()."""
+    them; a GPU pool grows to the `gpu_actors` the cluster's GPUs hold now (at least 1).
+    Unset CPU shares: see shares(), counting every actor the pool starts with."""
     fuse = cfg.fuse_stages if cfg.fuse_stages is not None else gpus == 0
-    actor_cpus, detect_cpus = shares(cfg, cluster_cpus, detect_pools, fuse)
+    starting = initial_actors(cfg, gpu_actors if gpus > 0 else 0)
+    actor_cpus, detect_cpus = shares(cfg, cluster_cpus, detect_pools, fuse, starting)
     most = cfg.max_actors
     if most is None:
-        most = 1
+        most = gpu_actors if gpus > 0 else 1
         if fuse and gpus == 0:
             most = int((cluster_cpus - detect_cpus * detect_pools) // (cfg.cpus_per_actor or 1.0))
             if cluster_memory:
@@ -127,15 +163,15 @@ def pool(
 
 
 def shares(
-    cfg: JobConfig, cluster_cpus: float, detect_pools: int, fused: bool
+    cfg: JobConfig, cluster_cpus: float, detect_pools: int, fused: bool, actors: int = 0
 ) -> tuple[float, float]:
     """(cpus_per_actor, cpus_per_detect_actor) for this run. A share set is kept. Unset shares
-    are 1 when the first actors of every pool fit beside the read tasks' CPU; else they split
-    what is left equally (2 CPUs, detect and verify: a third each). Where nothing is left (a
-    cluster still to autoscale, or set shares that take it all) they stay 1, and check_room
-    says the run waits."""
-    wanted = [(cfg.cpus_per_actor, cfg.min_actors), (cfg.detection.cpus_per_detect_actor,
-                                                     detect_pools)]  # fmt: skip
+    are 1 when the first actors of every pool (`actors` model actors, else min_actors) fit
+    beside the read tasks' CPU; else they split what is left equally (2 CPUs, detect and
+    verify: a third each). Where nothing is left (a cluster still to autoscale, or set shares
+    that take it all) they stay 1, and check_room says the run waits."""
+    wanted = [(cfg.cpus_per_actor, actors or cfg.min_actors),
+              (cfg.detection.cpus_per_detect_actor, detect_pools)]  # fmt: skip
     room = cluster_cpus - _reserve(cfg, fused)
     room -= sum(share * n for share, n in wanted if share is not None)
     unset = sum(n for share, n in wanted if share is None)

@@ -1,5 +1,5 @@
 """Multi-node scenarios of the job on one machine, each as a subprocess of the tests (pytest holds
-its own Ray instance): `python -m tests.multinode.driver cluster|autoscale --work DIR`.
+its own Ray instance): `python -m tests.multinode.driver cluster|autoscale|initial_pool --work DIR`.
 
 `cluster`: a head (1 CPU, no GPU), a CPU worker node and two worker nodes that advertise one GPU
 each (the model runs on CPU: device cpu, gpus_per_actor 1, so Ray's placement is real) from
@@ -9,6 +9,8 @@ each (the model runs on CPU: device cpu, gpus_per_actor 1, so Ray's placement is
   CPU), and the CPU worker node removed once metadata parts exist;
 - actor_node_loss: one model actor; its node removed once parts exist, so it must come back on
   the other GPU node.
+
+`initial_pool`: a head and two 1-GPU nodes; the pool's size unset, so it starts at two actors.
 
 `autoscale`: see autoscale.py. Prints `MULTINODE_SESSION <session dir> <temp dir>` as soon as the
 Ray session exists (the test stops what is left of it whatever happens) and
@@ -108,9 +110,10 @@ def outcome(out: Path, ids: list[str], summary: dict) -> dict:
     }
 
 
-def run(work: Path, name: str, address: str, *, rows: int, actors: int, delay_s: float,
+def run(work: Path, name: str, address: str, *, rows: int, actors: int | None, delay_s: float,
         fault=None, min_rows: int = 8) -> dict:  # fmt: skip
-    """One run_job on the cluster at `address`; `fault()` fires once `min_rows` rows are done."""
+    """One run_job on the cluster at `address`; `fault()` fires once `min_rows` rows are done.
+    `actors`: the model pool's min and max size; None leaves both unset (the job sizes it)."""
     from batch_inpaint.config import JobConfig
     from batch_inpaint.job.ray_job import run_job
 
@@ -118,9 +121,10 @@ def run(work: Path, name: str, address: str, *, rows: int, actors: int, delay_s:
     manifest, manifest_rows = local_dataset(root / "in", rows)
     out, record = root / "out", root / "records"
     record.mkdir(parents=True)
+    size = {"min_actors": actors, "max_actors": actors} if actors else {}
     cfg = JobConfig(manifest=str(manifest), output=str(out), backend="opencv", device="cpu",
-                    gpus_per_actor=1, min_actors=actors, max_actors=actors, batch_size=4,
-                    cpus_per_actor=1, flush_rows=4, address=address)  # fmt: skip
+                    gpus_per_actor=1, **size, batch_size=4, cpus_per_actor=1, flush_rows=4,
+                    address=address)  # fmt: skip
     thread = Fault(out, min_rows, fault) if fault else None
     if thread:
         thread.start()
@@ -200,14 +204,46 @@ def cluster_scenarios(work: Path) -> dict:
     return result
 
 
+def initial_pool_scenario(work: Path) -> dict:
+    """A head of 1 CPU and two nodes of 1 CPU and 1 (fake) GPU each; one run with the pool's
+    size left unset, whose model calls take 1.5 s, so a block (2 calls) takes 3 s."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    quiet_ray_address_file()
+    temp = tempfile.mkdtemp(prefix="bi-ip-", dir="/tmp")
+    t0 = time.time()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0, "temp_dir": temp, "include_dashboard": False,
+        "dashboard_port": free_port()})  # fmt: skip
+    print(f"{SESSION} {cluster.head_node.get_session_dir_path()} {temp}", flush=True)
+    result: dict = {}
+    try:
+        gpu = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        result["start_s"] = round(time.time() - t0, 1)
+        result["nodes"] = {"head": cluster.head_node.node_id, "gpu": [g.node_id for g in gpu]}
+        result["run"] = run(work, "initial_pool", cluster.address, rows=32, actors=None,
+                            delay_s=1.5, fault=lambda: {"first_part_t": time.time()},
+                            min_rows=1)  # fmt: skip
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    result["total_s"] = round(time.time() - t0, 1)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("scenario", choices=["cluster", "autoscale"])
+    ap.add_argument("scenario", choices=["cluster", "autoscale", "initial_pool"])
     ap.add_argument("--work", required=True)
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.scenario == "cluster":
         result = cluster_scenarios(work)
+    elif args.scenario == "initial_pool":
+        result = initial_pool_scenario(work)
     else:
         from tests.multinode.autoscale import autoscale_scenario
 

@@ -11,8 +11,9 @@ from batch_inpaint.models.opencv_backend import OpenCVInpainter
 
 
 class RecordingInpainter(OpenCVInpainter):
-    """Appends one JSON line per model call to `{record_dir}/model-<pid>.jsonl`: the node id, the
-    GPU ids Ray gave the actor and how many pieces the call got."""
+    """Appends JSON lines to `{record_dir}/model-<pid>.jsonl`: at load, as a model call starts
+    and as it ends (event load, call, done), each with the node id, the GPU ids Ray gave the
+    actor, its pid and the time; calls say how many pieces they got."""
 
     def __init__(self, record_dir: str, delay_s: float):
         super().__init__()
@@ -26,14 +27,17 @@ class RecordingInpainter(OpenCVInpainter):
         self._write({"event": "load"})
 
     def _write(self, body: dict) -> None:
-        line = json.dumps({**body, "node": self.node_id, "gpus": self.gpus, "t": time.time()})
+        line = json.dumps({**body, "node": self.node_id, "gpus": self.gpus, "pid": os.getpid(),
+                           "t": time.time()})  # fmt: skip
         with open(self.path, "a") as f:
             f.write(line + "\n")
 
     def inpaint(self, images, *args, **kwargs):
         self._write({"event": "call", "pieces": len(images)})
         time.sleep(self.delay_s)  # keeps rows in flight long enough for the fault
-        return super().inpaint(images, *args, **kwargs)
+        out = super().inpaint(images, *args, **kwargs)
+        self._write({"event": "done", "pieces": len(images)})
+        return out
 
 
 def recording(record_dir: str, delay_s: float, ctx) -> RecordingInpainter:
