@@ -6,11 +6,18 @@
   `_BATCH_INPAINT` there. A first run into a location that holds anything else is refused unless
   `allow_non_empty_output` is set, and even then only when none of the names the job writes exists
   yet: the job then writes only its own names, so it can never overwrite or delete the user's files.
+- Locations compare as written and resolved: local paths with every symlink resolved, object URIs
+  with empty, '.' and '..' segments folded, so a symlink can't hide an output over its inputs.
+- A `_LOCK` that is not a lock of the job (JSON with its owner and times) is a user's file: the
+  run is refused, naming it, so it is never taken over as a stale lock (job/lock.py) and deleted.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
+import re
 import time
 
 import pyarrow as pa
@@ -21,6 +28,11 @@ from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
 from batch_inpaint.storage.uri import is_local, join, local_path, redact_uri, resolve
 
 MARKER = "_BATCH_INPAINT"
+LOCK = "_LOCK"
+# lock.py's create-only takeover markers: `_LOCK.takeover-` and 16 hex digits
+_TAKEOVER = re.compile(r"_LOCK\.takeover-[0-9a-f]{16}")
+# a lock body of the job has an owner and a time (acquired_at and expires_at before 0.3)
+_LOCK_TIMES = ("renewed_at", "acquired_at", "expires_at")
 # Every name the job writes directly under its output (clean.py adds manifests/).
 OWN_NAMES = (
     "images", "metadata", "manifests", "job.json", "run.json", "report.html", "_SUCCESS", "_LOCK",
@@ -28,12 +40,18 @@ OWN_NAMES = (
 )  # fmt: skip
 
 
-def _key(uri: str) -> str:
-    """A comparable form of a location: absolute path for local ones, scheme://bucket/key for
-    object storage, always with one trailing '/' so that prefixes compare by whole segments."""
+def _keys(uri: str) -> tuple[str, str]:
+    """Two comparable forms of a location, each with one trailing '/' so that prefixes compare by
+    whole segments: for local ones the absolute path as written and the path with every symlink
+    resolved; for object storage the URI as given and with empty, '.' and '..' segments folded
+    (a store may or may not fold them: both forms are checked)."""
     if is_local(uri):
-        return local_path(uri).rstrip("/") + "/"
-    return uri.rstrip("/") + "/"
+        path = local_path(uri)
+        return path.rstrip("/") + "/", os.path.realpath(path).rstrip("/") + "/"
+    scheme, _, rest = uri.partition("://")
+    bucket, _, key = rest.partition("/")
+    folded = posixpath.normpath("/" + key).strip("/")
+    return uri.rstrip("/") + "/", f"{scheme.lower()}://{bucket}/{folded}".rstrip("/") + "/"
 
 
 def input_locations(manifest: str, base: str, uris: pa.ChunkedArray | pa.Array) -> list[str]:
@@ -51,25 +69,31 @@ def input_locations(manifest: str, base: str, uris: pa.ChunkedArray | pa.Array) 
 def check_output_location(output: str, inputs: list[str]) -> None:
     """ConfigError naming both locations when the output equals, contains or lies inside one of
     the inputs; writing there could overwrite or delete what the job reads."""
-    out = _key(output)
-    own_manifests = _key(join(output, "manifests"))  # jobs/clean.py writes its manifests there
+    outs = _keys(output)
+    own_manifests = _keys(join(output, "manifests"))  # jobs/clean.py writes its manifests there
     for loc in inputs:
-        key = _key(loc)
-        if loc == inputs[0] and key.startswith(own_manifests):
+        keys = _keys(loc)
+        if loc == inputs[0] and any(
+            k.startswith(m) for k, m in zip(keys, own_manifests, strict=True)
+        ):
             continue
-        if out == key:
-            how = "is"
-        elif key.startswith(out):
-            how = "contains"
-        elif out.startswith(key):
-            how = "lies inside"
-        else:
-            continue
-        raise ConfigError(
-            f"output {redact_uri(output)} {how} {redact_uri(loc)}, which the manifest reads; "
-            "writing there could overwrite or delete inputs. Choose an output location apart from "
-            "the manifest and its images and masks"
-        )
+        for n, (out, key) in enumerate(zip(outs, keys, strict=True)):
+            if out == key:
+                how = "is"
+            elif key.startswith(out):
+                how = "contains"
+            elif out.startswith(key):
+                how = "lies inside"
+            else:
+                continue
+            via = ""
+            if n and is_local(output):
+                via = f" (through a symbolic link: {out.rstrip('/')} {how} {key.rstrip('/')})"
+            raise ConfigError(
+                f"output {redact_uri(output)} {how} {redact_uri(loc)}{via}, which the manifest "
+                "reads; writing there could overwrite or delete inputs. Choose an output location "
+                "apart from the manifest and its images and masks"
+            )
 
 
 def check_owner(storage, output: str, allow_non_empty: bool) -> str:
@@ -79,6 +103,7 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
     non-empty location; ConfigError otherwise. Listing failures other than 'not found' stop here."""
     marker = join(output, MARKER)
     if storage.exists(marker):
+        check_lock_file(storage, output)
         return "ours"
     try:
         found = storage.list(output)
@@ -87,8 +112,12 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
     if not found:
         return "new"
     root = output.rstrip("/") + "/"
-    names = sorted({_top_name(u, root, output) for u in found})
-    names = [n for n in names if not n.startswith("_LOCK")]  # another run's lock: it decides
+    rels = {_rel(u, root, output) for u in found}
+    names = sorted({r.split("/", 1)[0] for r in rels})
+    if LOCK in names:
+        check_lock_file(storage, output, folder=any(r.startswith(LOCK + "/") for r in rels))
+    # another run's lock and takeover markers: the lock decides
+    names = [n for n in names if n != LOCK and not _TAKEOVER.fullmatch(n)]
     if not names:
         return "new"
     if _legacy_output(storage, output, names):
@@ -110,6 +139,35 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
     return "adopted"
 
 
+def check_lock_file(storage, output: str, folder: bool = False) -> None:
+    """ConfigError when `{output}/_LOCK` exists and is not a lock that a run of the job wrote
+    (or is a folder): a user's file of that name would be taken over as a stale lock
+    (overwritten), then deleted."""
+    uri = join(output, LOCK)
+    try:
+        raw = storage.read_bytes(uri)
+    except NotFoundError:
+        if not folder:
+            return
+        raw = b""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if (
+        isinstance(body, dict)
+        and isinstance(body.get("owner"), str)
+        and any(isinstance(body.get(k), (int, float)) for k in _LOCK_TIMES)
+    ):
+        return
+    what = "a folder" if folder else f"{len(raw)} bytes"
+    raise ConfigError(
+        f"output {redact_uri(output)} holds {LOCK} ({what}), which is not a lock that "
+        "a run of batch-inpaint wrote; the job takes its lock under that name and would overwrite, "
+        f"then delete it. Move or rename {redact_uri(uri)}, or choose another output location"
+    )
+
+
 def claim(storage, output: str, run_id: str, state: str) -> None:
     """Write the ownership marker (once: it is never rewritten)."""
     body = {"tool": "batch-inpaint", "version": __version__, "run_id": run_id,
@@ -117,12 +175,10 @@ def claim(storage, output: str, run_id: str, state: str) -> None:
     storage.write_bytes(join(output, MARKER), json.dumps(body).encode(), overwrite=False)
 
 
-def _top_name(uri: str, root: str, output: str) -> str:
+def _rel(uri: str, root: str, output: str) -> str:
     if is_local(output):
-        rel = local_path(uri)[len(local_path(output).rstrip("/")) + 1 :]
-    else:
-        rel = uri[len(root) :]
-    return rel.split("/", 1)[0]
+        return local_path(uri)[len(local_path(output).rstrip("/")) + 1 :]
+    return uri[len(root) :]
 
 
 def _legacy_output(storage, output: str, names: list[str]) -> bool:

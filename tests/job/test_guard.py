@@ -117,3 +117,95 @@ def test_owner_checks_on_s3(s3_server, s3_bucket, s3_storage_options):
     # a sibling prefix that merely starts with the same letters is not inside the output
     put_objects(s3_server, s3_bucket, {"out2/x.bin": b"x"})
     assert guard.check_owner(storage, f"s3://{s3_bucket}/out2", allow_non_empty=True) == "adopted"
+
+
+def test_output_over_inputs_through_a_symlink_is_refused(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(data)
+    # the output reached through a symlink to the inputs' folder
+    inputs = guard.input_locations(str(data / "m.parquet"), str(data), _uris("images/a.png"))
+    with pytest.raises(ConfigError, match="through a symbolic link") as err:
+        guard.check_output_location(str(tmp_path / "link" / "images"), inputs)
+    assert f"link/images is {data}/images" in str(err.value)
+    with pytest.raises(ConfigError, match="contains"):
+        guard.check_output_location(str(tmp_path / "link"), inputs)
+    # the inputs read through a symlink into the output (a finished output's images)
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (tmp_path / "out-link").symlink_to(out)
+    via = guard.input_locations(
+        str(tmp_path / "m.parquet"), str(tmp_path), _uris("out-link/images/a.png")
+    )
+    with pytest.raises(ConfigError, match="contains .*out-link/images .*through a symbolic link"):
+        guard.check_output_location(str(out), via)
+    guard.check_output_location(str(tmp_path / "elsewhere"), via)  # apart: still fine
+
+
+def test_s3_locations_compare_with_empty_and_dot_segments_folded():
+    inputs = ["s3://bucket/m.parquet", "s3://bucket//raw/./images"]
+    with pytest.raises(ConfigError, match="contains"):
+        guard.check_output_location("s3://bucket/raw", inputs)
+    with pytest.raises(ConfigError, match="is"):
+        guard.check_output_location("s3://bucket/x/../raw/images/", inputs)
+    guard.check_output_location("s3://bucket/raw/images-cleaned", inputs)
+
+
+def _job_lock(**fields) -> bytes:
+    body = {"owner": "h:1:abcd", "host": "h", "pid": 1, "acquired_at": 1.0, "renewed_at": 1.0}
+    return json.dumps({**body, **fields}).encode()
+
+
+@pytest.mark.parametrize("content", [b"", b"my notes", b'{"owner": 3}', b"[1, 2]"])
+def test_a_users_lock_file_is_refused_naming_it(tmp_path, content):
+    storage = Storage()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_LOCK").write_bytes(content)
+    for allow in (False, True):
+        with pytest.raises(ConfigError, match="holds _LOCK .*not a lock that a run of batch-inp"):
+            guard.check_owner(storage, str(out), allow_non_empty=allow)
+    (out / "notes.txt").write_text("user's")  # beside other files, with the flag: the same
+    with pytest.raises(ConfigError, match="_LOCK"):
+        guard.check_owner(storage, str(out), allow_non_empty=True)
+    guard.claim(storage, str(out), "run-1", "adopted")  # even in an output of the job
+    with pytest.raises(ConfigError, match="_LOCK"):
+        guard.check_owner(storage, str(out), allow_non_empty=False)
+    assert (out / "_LOCK").read_bytes() == content
+
+
+def test_a_lock_folder_is_a_users_too(tmp_path):
+    out = tmp_path / "out"
+    (out / "_LOCK").mkdir(parents=True)
+    (out / "_LOCK" / "x").write_text("user's")
+    with pytest.raises(ConfigError, match="holds _LOCK \\(a folder\\)"):
+        guard.check_owner(Storage(), str(out), allow_non_empty=True)
+
+
+def test_the_jobs_own_locks_and_takeover_markers_are_recognised(tmp_path):
+    storage = Storage()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_LOCK").write_bytes(_job_lock())
+    (out / "_LOCK.takeover-0123456789abcdef").write_text("h:1:abcd")
+    assert guard.check_owner(storage, str(out), allow_non_empty=False) == "new"
+    old = {"owner": "x", "acquired_at": 1.0, "expires_at": 2.0}  # an older version's lock
+    (out / "_LOCK").write_text(json.dumps(old))
+    assert guard.check_owner(storage, str(out), allow_non_empty=False) == "new"
+    guard.claim(storage, str(out), "run-1", "new")
+    assert guard.check_owner(storage, str(out), allow_non_empty=False) == "ours"
+    (out / "_LOCK.bak").write_text("user's")  # another _LOCK* name: an ordinary user file
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    (out2 / "_LOCK.bak").write_text("user's")
+    with pytest.raises(ConfigError, match="not empty \\(_LOCK.bak\\)"):
+        guard.check_owner(storage, str(out2), allow_non_empty=False)
+    assert guard.check_owner(storage, str(out2), allow_non_empty=True) == "adopted"
+
+
+def test_a_users_lock_on_s3_is_refused(s3_server, s3_bucket, s3_storage_options):
+    storage = Storage(s3_storage_options)
+    put_objects(s3_server, s3_bucket, {"out/_LOCK": b"user's", "ok/_LOCK": _job_lock()})
+    with pytest.raises(ConfigError, match="holds _LOCK \\(6 bytes\\)"):
+        guard.check_owner(storage, f"s3://{s3_bucket}/out", allow_non_empty=True)
+    assert guard.check_owner(storage, f"s3://{s3_bucket}/ok", allow_non_empty=False) == "new"
