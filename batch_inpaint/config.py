@@ -137,10 +137,11 @@ class JobConfig:
     flush_interval_s: float = option(30.0, group="outputs", lo=0, help="…or every N seconds")
     progress_interval_s: float = option(10.0, group="outputs", lo=0,
                                         help="log a progress line every N seconds")
-    max_error_rate: float | None = option(None, group="outputs", lo=0, hi=1,
+    max_error_rate: float | None = option(0.5, group="outputs", lo=0, hi=1,
                                           help="exit 4, no _SUCCESS, when error rows of bad input "
                                           "exceed this fraction of the manifest's rows (transient "
-                                          "errors counted apart); unset: no limit")
+                                          "errors counted apart): most rows failing means a "
+                                          "setting is wrong; 1 turns it off")
     report_sample: int = option(24, group="outputs", lo=0,
                                 help="rows shown in report.html's contact sheet")
     # credentials come from the environment or profile and are never stored

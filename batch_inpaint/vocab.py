@@ -66,16 +66,31 @@ class ErrorKind(str, Enum):
         return self.value in TRANSIENT_KINDS
 
 
+class MaskConcern(str, Enum):
+    """A mask that is probably not what was meant (image/masks.mask_concerns): flagged by
+    `manifest validate` and the dry run, noted in the row's `note`, counted in run.json."""
+
+    EMPTY = "empty_mask"  # nothing to fill: the row is skipped
+    COVERS_MOST = "mask_covers_most"  # over 90% of the image: inverted?
+    GREY = "grey_mask"  # mostly neither black nor white: a photo or a soft mask?
+    SIZE = "mask_size"  # another size than its image (an error unless mask_resize)
+
+    def __str__(self) -> str:
+        return self.value
+
+
 TRANSIENT_KINDS = frozenset({ErrorKind.STORAGE_TRANSIENT.value, ErrorKind.OUT_OF_MEMORY.value})
 
 
 class ExitCode(IntEnum):
     """Exit statuses of `batch-inpaint`, `jobs/inpaint.py` and `jobs/clean.py`."""
 
-    OK = 0  # the job finished and wrote _SUCCESS (error rows may exist: they are data)
+    OK = 0  # the job finished, wrote _SUCCESS, and no row is an error
     INCOMPLETE = 1  # rows are missing or outputs failed their checks: no _SUCCESS
     CONFIG = 2  # bad configuration, manifest or output location, before any cluster work
     LOCKED = 3  # another run holds the output's lock
     ERROR_RATE = 4  # error rows of bad input exceeded max_error_rate: no _SUCCESS
     STORAGE = 5  # the output's storage failed past the retries (down, full): stopped cleanly
+    ROW_ERRORS = 6  # finished with errors: _SUCCESS written, some rows are errors (within
+    # max_error_rate: their results are data, and --retry-errors redoes them)
     INTERRUPTED = 130  # Ctrl-C

@@ -20,10 +20,12 @@ COMMAND_MODULES = ("inpaint", "manifest", "run", "serve", "demo", "detect", "rep
 
 
 def job_exit_status(summary: Mapping[str, Any]) -> ExitCode:
-    """A finished job's status: OK when it wrote _SUCCESS; ERROR_RATE when error rows of bad
-    input exceeded max_error_rate (a rerun can't fix that); INCOMPLETE otherwise."""
+    """A finished job's status: OK when it wrote _SUCCESS and no row is an error; ROW_ERRORS
+    when it wrote _SUCCESS with error rows (within max_error_rate); ERROR_RATE when error rows
+    of bad input exceeded max_error_rate (a rerun can't fix that); INCOMPLETE otherwise."""
     if summary.get("success"):
-        return ExitCode.OK
+        errors = (summary.get("counts") or {}).get("error")
+        return ExitCode.ROW_ERRORS if errors else ExitCode.OK
     if (summary.get("error_rate") or {}).get("exceeded"):
         return ExitCode.ERROR_RATE
     return ExitCode.INCOMPLETE

@@ -71,6 +71,13 @@ def add_parser(sub: Any) -> None:
                    help="as `run --detect`: what the job will detect in every row, e.g. "
                    "'watermark,text'; rows without a mask of their own are then fine (a row's "
                    "`detect` column is always read)")  # fmt: skip
+    from batch_inpaint.cli.flags import add_flag
+    from batch_inpaint.params import MaskOptions
+
+    g = v.add_argument_group("reading masks (as `run` reads them; suspicious ones are flagged)")
+    for f in MaskOptions.__dataclass_fields__.values():
+        if f.name in ("threshold", "invert"):
+            add_flag(g, f)
     add_storage_flags(v)
     v.set_defaults(func=_validate)
 
@@ -116,11 +123,21 @@ def _validate(args: argparse.Namespace) -> int:
         max_workers=args.workers,
         base=m.base,
         queries=queries,
+        mask_options=_mask_options(args),
     )
     print(report.format(limit=args.limit))
     if args.report:
         _write_report(report.to_table(), args.report, storage)
     return ExitCode.OK if report.ok else ExitCode.INCOMPLETE
+
+
+def _mask_options(args: argparse.Namespace) -> Any:
+    """The mask options validate reads masks with (its flags; the others at their defaults)."""
+    from batch_inpaint.cli.flags import options_from_args
+    from batch_inpaint.params import MaskOptions
+
+    unset = {"dilate": None, "feather": None, "mask_resize": None}
+    return options_from_args(MaskOptions, argparse.Namespace(**{**unset, **vars(args)}))
 
 
 def _queries(value: str) -> list[str]:

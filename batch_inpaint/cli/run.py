@@ -94,6 +94,10 @@ def format_plan(d: dict) -> str:
             ", ".join(f"{k} {n}" for k, n in v["by_kind"].items())  # fmt: skip
         lines.append(f"validation of {v['rows_checked']} sampled rows: {found}")
         lines += [f"  e.g. {e}" for e in v["examples"][:3]]
+        if v.get("suspicious_masks"):
+            odd = ", ".join(f"{k} {n}" for k, n in v["suspicious_masks"].items())
+            lines.append(f"suspicious masks in the sample (look at them): {odd}")
+            lines += [f"  e.g. {e}" for e in v["suspicious_examples"][:3]]
     if p["sampled"]:
         st = p["status"]
         lines.append(f"plan of {p['sampled']} sampled rows: {st.get('ok', 0)} to inpaint, "

@@ -1,6 +1,8 @@
 """Masks: from images, alpha, boxes and polygons to the hard and soft masks the pipeline uses.
 
-Convention everywhere: True / white = pixels to inpaint.
+Convention everywhere: True / white = pixels to inpaint. A mask image's pixel is filled when any
+of its colour channels is above the threshold (red strokes on black count), times its alpha
+where it has one (transparent = keep). docs/masks.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from batch_inpaint.errors import MaskError, SizeMismatchError
 from batch_inpaint.image.codec import DEFAULT_MAX_PIXELS, open_image
 from batch_inpaint.params import MaskOptions
 
-_LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, what Pillow's convert("L") uses
 _MAX_COORD = 1_000_000  # keeps coordinates inside OpenCV's fixed-point range
 
 
@@ -26,12 +27,14 @@ def mask_from_image(
     size: tuple[int, int] | None = None,
     options: MaskOptions = MaskOptions(),
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    concerns: list[str] | None = None,
 ) -> np.ndarray:
     """A bool HxW mask from mask-image bytes, a PIL image or an array; `size` is the image's (w, h).
 
-    Pixels brighter than `threshold` of full scale are masked (luminance, like diffusers' mask
-    handling). Where the mask has alpha, transparent counts as black, so a painted layer with
-    white strokes on a transparent background works.
+    A pixel is masked when its brightest channel is above `threshold` of full scale, so a mask
+    painted in any colour on black works (luminance would read pure red as 0.3, below 0.5).
+    Where the mask has alpha, transparent counts as black, so a painted layer with strokes on a
+    transparent background works. `concerns` (a list): the mask_concerns found are appended.
     """
     if isinstance(data, (bytes, bytearray, memoryview)):
         data = open_image(data, max_pixels)  # EXIF-transposed, like its image
@@ -39,7 +42,40 @@ def mask_from_image(
     mask = frac > options.threshold
     if options.invert:
         mask = ~mask
+    if concerns is not None:
+        concerns += mask_concerns(mask, frac, size)
     return fit_mask(mask, size, options.resize)
+
+
+GREY_SHARE = 0.5  # a mask with more grey pixels than this is a photo or a soft mask, not a mask
+COVERS_MOST = 0.9  # a mask filling more than this share of its image is probably inverted
+
+
+def mask_concerns(mask: np.ndarray, frac: np.ndarray | None = None,
+                  size: tuple[int, int] | None = None) -> list[str]:  # fmt: skip
+    """Notes (each '<MaskConcern value>: why', no '; ' inside) on a mask that is probably not what was meant:
+    empty, covering more than COVERS_MOST of the image, mostly grey (intensity between 0.1 and
+    0.9: `frac`, the mask image's), or of another size than its image (w, h)."""
+    from batch_inpaint.vocab import MaskConcern
+
+    out = []
+    share = float(mask.mean()) if mask.size else 0.0
+    if not mask.any():
+        out.append(f"{MaskConcern.EMPTY}: nothing to fill, the output is the input (a mask "
+                   "image fills pixels whose brightest channel is above mask_threshold, black "
+                   "strokes on white need --invert-mask)")  # fmt: skip
+    elif share > COVERS_MOST:
+        out.append(f"{MaskConcern.COVERS_MOST}: it covers {share:.0%} of the image (white = "
+                   "inpaint; inverted? --invert-mask)")  # fmt: skip
+    if frac is not None and frac.size:
+        grey = float(((frac > 0.1) & (frac < 0.9)).mean())
+        if grey > GREY_SHARE:
+            out.append(f"{MaskConcern.GREY}: {grey:.0%} of its pixels are grey, neither black "
+                       "nor white (a photo, or a soft mask cut at mask_threshold?)")  # fmt: skip
+    if size is not None and (mask.shape[1], mask.shape[0]) != (int(size[0]), int(size[1])):
+        out.append(f"{MaskConcern.SIZE}: it is {mask.shape[1]}x{mask.shape[0]}, its image "
+                   f"{int(size[0])}x{int(size[1])} (resized only with --mask-resize)")  # fmt: skip
+    return out
 
 
 def fit_mask(mask: np.ndarray, size: tuple[int, int] | None, resize: bool = False) -> np.ndarray:
@@ -53,7 +89,8 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int] | None, resize: bool = Fals
     if not resize:
         hint = " (rotated? EXIF orientation is applied to both)" if (mh, mw) == (w, h) else ""
         raise SizeMismatchError(
-            f"mask is {mw}x{mh} but the image is {w}x{h}{hint}; fix the mask or enable mask resize"
+            f"mask is {mw}x{mh} but the image is {w}x{h}{hint}; fix the mask, or resize it with "
+            "--mask-resize (mask_resize: true)"
         )
     small = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     return small > 0
@@ -70,7 +107,9 @@ def _image_fraction(im: Image.Image) -> np.ndarray:
         return _array_fraction(np.asarray(im))
     if mode in ("LA", "La", "PA", "RGBA", "RGBa") or (mode == "P" and "transparency" in im.info):
         return _array_fraction(np.asarray(im.convert("RGBA")))
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    if mode == "L":
+        return np.asarray(im, dtype=np.float32) / 255.0
+    return _array_fraction(np.asarray(im.convert("RGB")))  # palette, CMYK...: brightest channel
 
 
 def _array_fraction(a: np.ndarray) -> np.ndarray:
@@ -93,9 +132,9 @@ def _array_fraction(a: np.ndarray) -> np.ndarray:
         v = a.astype(np.float32) / (255.0 if hi <= 255 else 65535.0 if hi <= 65535 else hi)
     else:
         raise MaskError(f"mask array dtype {a.dtype} is not supported")
-    if v.ndim == 3:
-        luma = v[:, :, :3] @ _LUMA.astype(np.float32)
-        v = luma * v[:, :, 3] if a.shape[2] == 4 else luma
+    if v.ndim == 3:  # any channel above the threshold counts: the brightest one
+        top = v[:, :, :3].max(axis=2)
+        v = top * v[:, :, 3] if a.shape[2] == 4 else top
     return v
 
 

@@ -57,7 +57,8 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
     at = random.Random(seed).sample(range(len(todo)), min(sample, len(todo)))  # as sample(todo)
     picked = sorted(todo.take(pa.array(at, pa.int64())).to_pylist())
     rows = _manifest_rows(storage, cfg, picked)
-    report = validate_table(rows, storage, base=scan.base) if rows.num_rows else None
+    report = (validate_table(rows, storage, base=scan.base, mask_options=cfg.mask)
+              if rows.num_rows else None)  # fmt: skip
     ctx = JobContext(cfg, storage, manifest_base=scan.base, spec=spec)
     planned = plan_sample(rows, ctx)
     held = lock_holder(storage, cfg.output, cfg.lock_ttl_s)
@@ -215,7 +216,9 @@ def _settings(cfg: JobConfig) -> dict:
 def _validation(report) -> dict:
     if report is None:
         return {"rows_checked": 0, "objects_checked": 0, "problems": 0, "by_kind": {},
-                "examples": []}  # fmt: skip
+                "examples": [], "suspicious_masks": {}, "suspicious_examples": []}  # fmt: skip
     examples = [f"{p.row_id!r} {p.column}: {p.message}" for p in list(report)[:5]]
+    odd = [f"{p.row_id!r} {p.kind}: {p.message}" for p in report.warnings[:5]]
     return {"rows_checked": report.rows, "objects_checked": report.rows_checked,
-            "problems": len(report), "by_kind": report.counts(), "examples": examples}  # fmt: skip
+            "problems": len(report), "by_kind": report.counts(), "examples": examples,
+            "suspicious_masks": report.warning_counts(), "suspicious_examples": odd}  # fmt: skip

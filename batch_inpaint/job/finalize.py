@@ -97,6 +97,8 @@ def finalize(run: RunState) -> dict:
         rows_pruned=pruned,
         error_rate=rate,
         residuals=report.residual_summary(rows, cfg.max_residual),
+        top_errors=report.top_errors(rows),
+        mask_concerns=report.mask_concern_counts(rows),
     )
     report_uri = report.write_report(storage, cfg, rows, summary)
     success_uri = join(cfg.output, "_SUCCESS")

@@ -17,6 +17,7 @@ from batch_inpaint.job import detect_stage, guard, results
 from batch_inpaint.job.finalize import RunState
 from batch_inpaint.job.lock import OutputLock
 from batch_inpaint.job.scan import has_id, scan_manifest
+from batch_inpaint.models.availability import check_job_model
 from batch_inpaint.models.spec import ModelSpec, model_spec
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.storage.uri import join
@@ -85,6 +86,7 @@ def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState
     detect_stage.check_detection(cfg, detect_stage.job_queries(storage, cfg))
     guard.check_output_location(cfg.output, scan.inputs)
     state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
+    check_job_model(cfg)  # a Hub id: cached, or a Hub that answers (not minutes of retries)
     return RunState(cfg, storage, scan, results.new_run_id(), time.time(), echo=echo), state
 
 
@@ -148,7 +150,3 @@ def check_local_model(cfg: JobConfig) -> None:
                 f"config field 'model': {model} not found (no such file or folder on this "
                 "machine, where the run's model actors would load it); check the path"
             )
-    if on_this_machine:  # a Hub id: cached, or a Hub that answers (else minutes of retries)
-        from batch_inpaint.models.availability import check_model_available
-
-        check_model_available(cfg.backend, cfg.model, cfg.revision)

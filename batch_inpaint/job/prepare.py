@@ -54,7 +54,8 @@ def prepare_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
         found.append(extra)
     columns = prepared_columns(items)
     if detecting:
-        columns[NOTE] = pa.array([f[NOTE] for f in found], pa.string())
+        notes = [_with_detection(f[NOTE], it.note) for f, it in zip(found, items, strict=True)]
+        columns[NOTE] = pa.array(notes, pa.string())
         columns[MASK_USED] = pa.array([f[MASK_USED] for f in found], pa.string())
     return PREPARED.check(replace_columns(table, columns))
 
@@ -84,12 +85,15 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
     except InpaintError as exc:
         raise type(exc)(f"image {redact_uri(image_uri)}: {exc}", kind=exc.kind) from None
     h, w = rgb.shape[:2]
+    concerns: list[str] = []  # the mask image's; the final mask's are added below
     if detected is None:
-        raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+        raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask,
+                         concerns=concerns)  # fmt: skip
     else:
         from batch_inpaint.job import detect_stage as ds
 
-        given = given_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask)
+        given = given_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask,
+                           concerns)  # fmt: skip
         raw = ds.row_mask(row, (w, h), given)
         if raw is None:  # no queries and no mask of its own
             raw = build_mask(row, (w, h), alpha, ctx.storage, ctx.manifest_base, opts.mask,
@@ -109,6 +113,7 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
         params=params,
         regions=prep.regions,
         exif=_exif_bytes(data) if ctx.config.keep_exif else None,
+        note=_note(raw, concerns),
     )
     if prep.regions:
         item.soft = [_soft_bytes(prep.soft[r.box[1] : r.box[3], r.box[0] : r.box[2]])
@@ -127,10 +132,11 @@ def build_mask(
     options: MaskOptions,
     *,
     detecting: bool = False,
+    concerns: list[str] | None = None,
 ) -> np.ndarray:
     """The union of every mask source the row gives; a row with none is an error. `detecting`:
     the job detects, so queries would have been a mask source too (the message says so)."""
-    mask = given_mask(row, size, alpha, storage, manifest_base, options)
+    mask = given_mask(row, size, alpha, storage, manifest_base, options, concerns)
     if mask is None:
         give = "mask, mask_boxes, mask_polygons or mask_from_alpha"
         if detecting:
@@ -141,16 +147,24 @@ def build_mask(
 
 
 def given_mask(
-    row: Mapping, size: tuple[int, int], alpha, storage, manifest_base: str, options: MaskOptions
+    row: Mapping,
+    size: tuple[int, int],
+    alpha,
+    storage,
+    manifest_base: str,
+    options: MaskOptions,
+    concerns: list[str] | None = None,
 ) -> np.ndarray | None:
     """The union of the mask sources the row gives (mask image, boxes, polygons, alpha), or
-    None when it gives none. Also what `batch-inpaint detect` adds its detections to."""
+    None when it gives none. Also what `batch-inpaint detect` adds its detections to.
+    `concerns`: the mask image's mask_concerns are appended (grey, another size)."""
     parts = []
     if row.get("mask"):
         mask_uri = resolve(str(row["mask"]), manifest_base)
         data = storage.read_bytes(mask_uri)
         try:
-            parts.append(masks.mask_from_image(data, size=size, options=options))
+            parts.append(masks.mask_from_image(data, size=size, options=options,
+                                               concerns=concerns))  # fmt: skip
         except InpaintError as exc:
             raise type(exc)(f"mask {redact_uri(mask_uri)}: {exc}", kind=exc.kind) from None
     if row.get("mask_boxes"):
@@ -170,6 +184,26 @@ def given_mask(
     for p in parts[1:]:
         out = out | p
     return out
+
+
+def _note(raw: np.ndarray, concerns: list[str]) -> str | None:
+    """The row's note: the final mask's concerns (empty: why it is skipped; covering most of
+    the image), then the mask image's own grey or size concerns."""
+    from batch_inpaint.vocab import MaskConcern
+
+    own = (MaskConcern.GREY.value, MaskConcern.SIZE.value)
+    notes = masks.mask_concerns(raw) + [c for c in concerns if c.startswith(own)]
+    return "; ".join(notes) or None
+
+
+def _with_detection(found: str | None, own: str | None) -> str | None:
+    """Detection's note, then the row's concerns; an empty mask is said by "nothing found"."""
+    from batch_inpaint.vocab import MaskConcern
+
+    parts = [p for p in (own or "").split("; ") if p]
+    if found:
+        parts = [found] + [p for p in parts if not p.startswith(MaskConcern.EMPTY.value)]
+    return "; ".join(parts) or None
 
 
 def _soft_bytes(soft: np.ndarray) -> bytes:

@@ -5,7 +5,9 @@ sample. `regenerate` rebuilds both for any finished output (`batch-inpaint repor
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,16 +19,35 @@ from batch_inpaint.storage.uri import is_local, join, local_path
 from batch_inpaint.vocab import DONE
 
 
+def headline(summary: dict) -> str:
+    """SUCCESS, FINISHED WITH ERRORS (_SUCCESS written, some rows are errors), FAILED (too many
+    error rows: max_error_rate) or INCOMPLETE; what the exit status says too (cli.job_exit_status)."""
+    if summary.get("success"):
+        return "FINISHED WITH ERRORS" if summary.get("counts", {}).get("error") else "SUCCESS"
+    if (summary.get("error_rate") or {}).get("exceeded"):
+        return "FAILED"
+    return "INCOMPLETE"
+
+
 def summary_text(summary: dict, report_uri: str | None) -> str:
     c = summary.get("counts", {})
+    n = summary.get("rows_this_run", 0)
+    pace = (f"{n} rows this run, {summary.get('rows_per_s', 0)} rows/s" if n
+            else "nothing to do: every row was finished by an earlier run")  # fmt: skip
     lines = [
-        f"batch-inpaint: {'SUCCESS' if summary.get('success') else 'INCOMPLETE'} - "
-        f"{c.get('ok', 0)} ok, {c.get('error', 0)} error, {c.get('skipped', 0)} skipped "
-        f"({summary.get('rows_this_run', 0)} rows this run, {summary.get('rows_per_s', 0)} rows/s)",
+        f"batch-inpaint: {headline(summary)} - {c.get('ok', 0)} ok, {c.get('error', 0)} error, "
+        f"{c.get('skipped', 0)} skipped ({pace})",
     ]
     if summary.get("errors_by_kind"):
         kinds = ", ".join(f"{k}: {n}" for k, n in summary["errors_by_kind"].items())
         lines.append(f"  errors by kind: {kinds}")
+    for kind, top in (summary.get("top_errors") or {}).items():
+        if top:
+            lines.append(f"  e.g. {kind} ({top[0]['count']} rows): {top[0]['message']}")
+    if summary.get("mask_concerns"):
+        odd = ", ".join(f"{k}: {n}" for k, n in summary["mask_concerns"].items())
+        lines.append(f"  masks:    {odd} (suspicious: each row's `note` says why; "
+                     "docs/masks.md)")  # fmt: skip
     if summary.get("residuals"):
         lines.append(f"  verify:   {residual_text(summary['residuals'])}")
     for p in summary.get("problems", []):
@@ -46,6 +67,48 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     if report_uri:
         lines.append(f"  report:   {report_uri}")
     return "\n".join(lines)
+
+
+TOP_ERRORS = 5  # messages kept per error kind in run.json, most frequent first
+_PATHS = re.compile(r"\S*/\S*")  # a path or URI within a message
+_ROW_PREFIX = re.compile(r"""^row (?:None|'.*?'|".*?"): """)  # row_error's: the row's name
+
+
+def top_errors(table: pa.Table, per_kind: int = TOP_ERRORS) -> dict[str, list[dict]]:
+    """Per error kind, its most frequent messages (the row's name taken off, messages that
+    differ only in a path or URI counted together, 300 characters at most) with their counts: {kind: [{"message", "count"}]}, at most `per_kind` each."""
+    import pyarrow.compute as pc
+
+    from batch_inpaint.vocab import Status
+
+    if not table.num_rows or "error" not in table.column_names:
+        return {}
+    errors = table.filter(pc.fill_null(pc.equal(table.column("status"), Status.ERROR.value), False))
+    counts: dict[str, Counter] = {}
+    first: dict[str, str] = {}  # a group's first message, as it was
+    for kind, msg in zip(errors.column("error_kind").to_pylist(),
+                         errors.column("error").to_pylist(), strict=True):  # fmt: skip
+        text = _ROW_PREFIX.sub("", msg or "")[:300]
+        key = _PATHS.sub("…", text)  # the same failure on other files is one message
+        first.setdefault(key, text)
+        counts.setdefault(str(kind), Counter())[key] += 1
+    return {k: [{"message": first[m], "count": n} for m, n in c.most_common(per_kind)]
+            for k, c in sorted(counts.items())}  # fmt: skip
+
+
+def mask_concern_counts(table: pa.Table) -> dict[str, int]:
+    """Rows per suspicious-mask concern, from the rows' notes (image/masks.mask_concerns)."""
+    import pyarrow.compute as pc
+
+    from batch_inpaint.vocab import MaskConcern
+
+    if "note" not in table.column_names:
+        return {}
+    known = {c.value for c in MaskConcern}
+    found: Counter = Counter()
+    for note in pc.drop_null(table.column("note")).to_pylist():
+        found.update({part.split(": ", 1)[0] for part in note.split("; ")} & known)
+    return {c.value: found[c.value] for c in MaskConcern if found[c.value]}
 
 
 def residual_summary(table: pa.Table, max_residual: float | None) -> dict | None:

@@ -81,7 +81,8 @@ def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
     c = summary.get("counts", {})
     n_err = c.get(Status.ERROR.value, 0)
     if not summary.get("success"):
-        state, cls = "incomplete", "incomplete"
+        failed = (summary.get("error_rate") or {}).get("exceeded")  # most rows: a wrong setting
+        state, cls = ("failed: too many errors" if failed else "incomplete"), "incomplete"
     elif n_err:
         state, cls = f"complete, {n_err:,} error{'s' if n_err != 1 else ''}", "errors"
     else:
@@ -99,6 +100,7 @@ def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
         f'<span id="n-error">error: {n_err:,}</span>'
         f'<span id="n-skipped">skipped: {c.get("skipped", 0):,}</span>'
         f"{_residual_count(summary)}"
+        f"{_mask_count(summary)}"
         f"<span>rows: {summary.get('rows', table.num_rows):,}</span></div>",
         f'<div class="panel problems" id="problems"><b>Why this run is incomplete</b><ul>'
         f"{problems}</ul></div>"
@@ -271,6 +273,17 @@ def _residual_count(summary: dict) -> str:
         return ""
     return (f'<span id="n-residual">above max_residual {r["max_residual"]:g}: '
             f'{r.get("over_max_residual", 0):,}</span>')  # fmt: skip
+
+
+def _mask_count(summary: dict) -> str:
+    """Rows whose mask looks wrong (empty, covering most of the image, grey, resized): each
+    row's note says why (docs/masks.md)."""
+    found = summary.get("mask_concerns") or {}
+    if not found:
+        return ""
+    kinds = ", ".join(f"{k} {n:,}" for k, n in found.items())
+    return (f'<span id="n-suspicious" title="each row\'s note says why">suspicious masks: '
+            f"{sum(found.values()):,} ({e(kinds)})</span>")  # fmt: skip
 
 
 def _residual_line(row: dict) -> str:

@@ -105,6 +105,7 @@ _PREPARED_FIELDS = [
     (PARAMS, PARAMS_TYPE),
     (EXIF, pa.binary()),
     (T_PREPARE, pa.float64()),
+    (f"{P}note", pa.string()),  # NOTE: why a row is skipped, a suspicious mask (mask_concerns)
 ]
 PREPARED = Declared("prepare", pa.schema(_PREPARED_FIELDS), _IN_FLIGHT)
 # What the model stage reads; it writes MODELLED: crops gone, results (per region, RGB uint8 at
@@ -168,6 +169,7 @@ class WorkItem:
     params: GenerationParams | None = None
     exif: bytes | None = None
     t_prepare: float = 0.0
+    note: str | None = None
 
     @classmethod
     def failed(cls, row_id, exc: BaseException) -> WorkItem:

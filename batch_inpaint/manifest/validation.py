@@ -45,6 +45,8 @@ class ValidationReport:
     rows: int = 0
     rows_checked: int = 0  # rows whose objects were checked
     seconds: float = 0.0
+    # suspicious masks (kind: a MaskConcern value): probably not what was meant, yet not errors
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -76,20 +78,34 @@ class ValidationReport:
             ),
         )
 
+    def warning_counts(self) -> dict[str, int]:
+        return dict(Counter(p.kind for p in self.warnings))
+
     def summary(self) -> str:
         checked = f"objects checked for {self.rows_checked} of {self.rows} rows"
+        warned = ""
+        if self.warnings:
+            kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.warning_counts().items()))
+            warned = f"; {len(self.warnings)} suspicious mask(s) ({kinds}): look at them"
         if self.ok:
-            return f"OK: {self.rows} rows, no problems ({checked}, {self.seconds:.1f}s)"
+            return f"OK: {self.rows} rows, no problems ({checked}, {self.seconds:.1f}s){warned}"
         kinds = ", ".join(f"{k}={n}" for k, n in sorted(self.counts().items()))
         return (
             f"{len(self.problems)} problems in {len(self.bad_ids)} of {self.rows} rows "
-            f"({kinds}; {checked})"
+            f"({kinds}; {checked}){warned}"
         )
 
     def format(self, limit: int = 50) -> str:
         lines = [self.summary()]
-        if self.problems:
-            shown = self.problems[:limit]
+        for found in (self.problems, self.warnings):
+            if found:
+                lines += self._rows(found, limit)
+        return "\n".join(lines)
+
+    def _rows(self, found: list[Problem], limit: int) -> list[str]:
+        lines = []
+        if found:
+            shown = found[:limit]
             w_id = min(40, max(6, *(len(str(p.row_id)) for p in shown)))
             w_col = max(6, *(len(p.column) for p in shown))
             w_kind = max(7, *(len(p.kind) for p in shown))
@@ -99,9 +115,9 @@ class ValidationReport:
                     str(p.row_id) if len(str(p.row_id)) <= w_id else str(p.row_id)[: w_id - 1] + "…"
                 )
                 lines.append(f"{rid:{w_id}}  {p.column:{w_col}}  {p.kind:{w_kind}}  {p.message}")
-            if len(self.problems) > limit:
-                lines.append(f"... and {len(self.problems) - limit} more (report.to_table())")
-        return "\n".join(lines)
+            if len(found) > limit:
+                lines.append(f"... and {len(found) - limit} more (report.to_table())")
+        return lines
 
     __str__ = format
 
@@ -231,8 +247,11 @@ def validate_table(
     seed: int = 0,
     base: str | None = None,
     queries: Sequence[str] = (),
+    mask_options: Any = None,
 ) -> ValidationReport:
-    """`queries`: the job's (`run --detect`): a row without a mask of its own is then fine."""
+    """`queries`: the job's (`run --detect`): a row without a mask of its own is then fine.
+    Mask images of the checked rows are decoded (by `mask_options`, the job's) and suspicious
+    ones are the report's `warnings` (image/masks.mask_concerns)."""
     from batch_inpaint.detect.base import parse_queries
 
     start = time.monotonic()
@@ -264,6 +283,7 @@ def validate_table(
         fetch = sorted(random.Random(seed).sample(fetch, sample))
     uris = {rows[i][c] for i in fetch for c in ("image", "mask") if rows[i].get(c)}
     results: dict[str, Any] = {}
+    concerns: dict[str, list[str]] = {}
     if uris:
 
         def probe(uri: str) -> tuple[str, Any]:
@@ -272,8 +292,18 @@ def validate_table(
             except Exception as exc:  # reported per row below
                 return uri, exc
 
+        mask_uris = {rows[i]["mask"] for i in fetch if rows[i].get("mask")}
+
+        def look(uri: str) -> tuple[str, Any]:
+            try:
+                return uri, _mask_concerns(storage, uri, mask_options)
+            except Exception:  # noqa: BLE001 - the probe says what is wrong with it
+                return uri, []
+
         with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(uris)))) as pool:
             results = dict(pool.map(probe, sorted(uris)))
+            concerns = dict(pool.map(look, sorted(mask_uris)))
+    warnings: list[Problem] = []
     for i in fetch:
         row, rid = rows[i], rows[i]["id"]
         info = {}
@@ -283,6 +313,9 @@ def validate_table(
                 problems.append(Problem(rid, col, error_kind(got), str(got)))
             elif got is not None:
                 info[col] = got
+        for note in concerns.get(row.get("mask") or "", []):
+            kind, _, why = note.partition(": ")
+            warnings.append(Problem(rid, "mask", kind, why))
         img, msk = info.get("image"), info.get("mask")
         if img and msk and img["size"] != msk["size"]:
             (iw, ih), (mw, mh) = img["size"], msk["size"]
@@ -291,4 +324,14 @@ def validate_table(
         if img and row.get("mask_from_alpha") and not img["alpha"]:
             msg = "mask_from_alpha is set but the image has no alpha channel"
             problems.append(Problem(rid, "mask_from_alpha", ErrorKind.NO_ALPHA.value, msg))
-    return ValidationReport(problems, len(rows), len(fetch), time.monotonic() - start)
+    return ValidationReport(problems, len(rows), len(fetch), time.monotonic() - start, warnings)
+
+
+def _mask_concerns(storage: Storage, uri: str, options: Any) -> list[str]:
+    """The mask image's concerns by the job's rule (empty, covering most, grey)."""
+    from batch_inpaint.image.masks import mask_from_image
+    from batch_inpaint.params import MaskOptions
+
+    found: list[str] = []
+    mask_from_image(storage.read_bytes(uri), None, options or MaskOptions(), concerns=found)
+    return found

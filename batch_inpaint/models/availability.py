@@ -111,3 +111,11 @@ def check_model_available(backend: str, model: str | None, revision: str | None 
     why = model_problem(backend, model, revision, cache_dir)
     if why:
         raise ConfigError(why)
+
+
+def check_job_model(cfg) -> None:
+    """check_model_available for a job (a JobConfig) whose model actors run on this machine (a
+    private local Ray instance); on a cluster the workers may reach what this machine can't."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "local":
+        check_model_available(cfg.backend, cfg.model, cfg.revision)

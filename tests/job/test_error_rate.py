@@ -58,10 +58,10 @@ def test_error_rate_above_the_limit_exits_4_without_success(tmp_path):
 def test_error_rate_within_the_limit_or_unset_succeeds(tmp_path):
     rows = _half_undecodable(tmp_path / "a")
     summary = _run(tmp_path / "a", rows, max_error_rate=0.5)  # 50% is not above 50%
-    assert summary["success"] and job_exit_status(summary) == ExitCode.OK
+    assert summary["success"] and job_exit_status(summary) == ExitCode.ROW_ERRORS
     assert not summary["error_rate"]["exceeded"]
     rows = _half_undecodable(tmp_path / "b")
-    summary = _run(tmp_path / "b", rows)  # unset: no limit
+    summary = _run(tmp_path / "b", rows, max_error_rate=None)  # none: no limit
     assert summary["success"] and summary["error_rate"]["max"] is None
 
 

@@ -246,6 +246,7 @@ def s3_run(ray_local, s3_server, tiny_model_dir):
             backend="tiny",
             model=str(tiny_model_dir),
             endpoint_url=s3_server,
+            max_error_rate=1.0,  # the mixed manifest is mostly bad rows, on purpose
         )
         echo: list[str] = []
         summary = run_job(cfg, echo=echo.append)
@@ -260,7 +261,7 @@ def test_s3_every_manifest_row_has_exactly_one_result(s3_run):
     run = json.loads(s3_run.read(f"s3://{s3_run.bucket}/out/run.json"))
     assert run["counts"] == {"ok": 3, "error": 8, "skipped": 1}
     assert run["rows_this_run"] == 10  # the two duplicate rows are never processed
-    assert "SUCCESS - 3 ok, 8 error, 1 skipped" in "\n".join(s3_run.echo)
+    assert "FINISHED WITH ERRORS - 3 ok, 8 error, 1 skipped" in "\n".join(s3_run.echo)
 
 
 def test_s3_outputs_decode_and_keep_unmasked_pixels(s3_run):

@@ -240,7 +240,7 @@ def test_report_command_rebuilds_the_page_and_side_by_side_pictures(tmp_path, ca
     (out / "report.html").unlink()
     assert main(["report", "--output", str(out)]) == 0
     said = capsys.readouterr().out
-    assert "SUCCESS - 4 ok, 1 error" in said and "4 side-by-side" in said
+    assert "FINISHED WITH ERRORS - 4 ok, 1 error" in said and "4 side-by-side" in said
     page = (out / "report.html").read_text()
     assert "complete, 1 error<" in page and summary["run_id"] in page
     sheets = sorted((out / "side_by_side").glob("*.png"))
