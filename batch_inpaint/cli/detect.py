@@ -33,18 +33,22 @@ def add_parser(sub) -> None:
     add_model_flags(m, "default:")
     m.add_argument("--text-queries", default="text,caption,subtitles",
                    help="queries that go to the text detector (default: %(default)s)")  # fmt: skip
-    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    m.add_argument("--device", default="auto",
+                   help="auto | cpu | cuda | cuda:N (default: %(default)s)")  # fmt: skip
     m.add_argument("--dtype", default="auto",
                    help="auto (fp16 on CUDA, fp32 on the CPU) | fp16 | bf16 | fp32")  # fmt: skip
     m.add_argument("--cache-dir", help="where downloaded weights are kept")
+    from batch_inpaint.detect import grounding, text
+
     d = p.add_argument_group("detections and masks")
     d.add_argument("--threshold", type=float,
-                   help="keep the detector's boxes scoring at least this, 0..1 (default: 0.3; "
-                   "with --detector none, the text detector's)")  # fmt: skip
+                   help="keep the detector's boxes scoring at least this, 0..1 (default: "
+                   f"{grounding.DEFAULT_THRESHOLD}; with --detector none, the text detector's)")  # fmt: skip
     d.add_argument(
         "--text-threshold",
         type=float,
-        help="keep text boxes whose mean text probability is at least this (default: 0.6)",
+        help="keep text boxes whose mean text probability is at least this (default: "
+        f"{text.DEFAULT_THRESHOLD})",
     )
     d.add_argument(
         "--max-detections",
@@ -54,8 +58,9 @@ def add_parser(sub) -> None:
     )
     d.add_argument("--box-dilate", type=int, default=0, metavar="N",
                    help="grow each detection's mask by N px before writing it (run's own "
-                   "--dilate applies again at run time; default: 0)")  # fmt: skip
-    d.add_argument("--batch-size", type=int, default=4, help="images per forward pass (4)")
+                   "--dilate applies again at run time; default: %(default)s)")  # fmt: skip
+    d.add_argument("--batch-size", type=int, default=4,
+                   help="images per forward pass (default: %(default)s)")  # fmt: skip
 
     from batch_inpaint.cli.flags import add_flag
     from batch_inpaint.cli.manifest import add_storage_flags
@@ -72,11 +77,14 @@ def add_parser(sub) -> None:
 def add_model_flags(group, word: str) -> None:
     """--detector, --text-detector, --segmenter and their revisions (`detect` and `serve`);
     `word`: "default:" where the named models load when unset, "e.g." where nothing does."""
+    from batch_inpaint.detect.grounding import DEFAULT_DETECTOR
+    from batch_inpaint.detect.text import DEFAULT_TEXT_DETECTOR
+
     group.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
-                       f"({word} IDEA-Research/grounding-dino-tiny)")  # fmt: skip
+                       f"({word} {DEFAULT_DETECTOR})")  # fmt: skip
     group.add_argument("--detector-revision", help="Hub commit to pin the detector to")
     group.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
-                       f"checkpoint ({word} PaddlePaddle/PP-OCRv6_medium_det_safetensors)")  # fmt: skip
+                       f"checkpoint ({word} {DEFAULT_TEXT_DETECTOR})")  # fmt: skip
     group.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
     group.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
                        "(e.g. facebook/sam-vit-base; default: none, the boxes are the mask)")  # fmt: skip

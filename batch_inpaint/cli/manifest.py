@@ -20,7 +20,11 @@ def add_storage_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--allowed-buckets", help="comma-separated buckets; URIs in any other bucket are refused"
     )
-    g.add_argument("--retries", type=int, help="attempts for transient errors (default 5)")
+    from batch_inpaint.storage.options import StorageOptions
+
+    retries = StorageOptions.__dataclass_fields__["retries"].default
+    g.add_argument("--retries", type=int, metavar="N",
+                   help=f"attempts for transient errors, the first included (default: {retries})")  # fmt: skip
 
 
 def storage_from_args(args: argparse.Namespace) -> Any:
@@ -49,7 +53,7 @@ def add_parser(sub: Any) -> None:
         "--mask-pattern",
         default="{stem}.*",
         help="mask path relative to --masks; {stem} = image path without extension "
-        "(default '{stem}.*'; e.g. '{stem}_mask.png')",
+        "(default: %(default)s; e.g. '{stem}_mask.png')",
     )
     b.add_argument("--mask-from-alpha", action="store_true", help="no masks: use image alpha")
     b.add_argument("--prompt", help="prompt column for every row")
@@ -64,8 +68,9 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--sample", type=int, help="check objects of N random rows only")
     v.add_argument("--no-objects", action="store_true", help="check rows only, fetch nothing")
     v.add_argument("--decode", action="store_true", help="decode images fully, not headers")
-    v.add_argument("--workers", type=int, default=32, help="concurrent object checks")
-    v.add_argument("--limit", type=int, default=50, help="problems listed (default 50)")
+    v.add_argument("--workers", type=int, default=32,
+                   help="concurrent object checks (default: %(default)s)")  # fmt: skip
+    v.add_argument("--limit", type=int, default=50, help="problems listed (default: %(default)s)")
     v.add_argument("--report", help="also write every problem to this Parquet/CSV URI")
     v.add_argument("--detect", metavar="QUERIES",
                    help="as `run --detect`: what the job will detect in every row, e.g. "
@@ -83,7 +88,7 @@ def add_parser(sub: Any) -> None:
 
     s = msub.add_parser("show", help="print a manifest's schema and first rows")
     s.add_argument("uri", help="manifest URI")
-    s.add_argument("-n", type=int, default=10, help="rows to print (default 10)")
+    s.add_argument("-n", type=int, default=10, help="rows to print (default: %(default)s)")
     add_storage_flags(s)
     s.set_defaults(func=_show)
 
