@@ -13,6 +13,7 @@ from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
 from batch_inpaint.job.done import repeated
 from batch_inpaint.job.finish import redact_columns
 from batch_inpaint.job.guard import input_locations
+from batch_inpaint.manifest.ids import collision_note, generated_ids
 from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
 from batch_inpaint.storage.store import Storage, access_error
 from batch_inpaint.storage.uri import manifest_base, redact_uri
@@ -58,15 +59,17 @@ def duplicate_ids(ids) -> pa.Array:
 
 def result_ids(ids, duplicates: pa.Array | None = None):
     """One unique result id per manifest row: the id itself; 'id#2', 'id#3', ... for later
-    occurrences of a duplicated id; '#row-N' for a row with no id (N counts from 0). A list in,
-    a list out; an Arrow array in, an array out (only the bad rows are touched in Python)."""
+    occurrences of a duplicated id; '#row-N' for a row with no id (N counts from 0); '#' appended
+    while such an id is another row's (manifest/ids.py). A list in, a list out; an Arrow array
+    in, an array out (only the bad rows are touched in Python)."""
     as_list = not isinstance(ids, (pa.Array, pa.ChunkedArray))
     ids = _strings(ids)
     bad = _bad_mask(ids, duplicate_ids(ids) if duplicates is None else duplicates)
     out = pc.fill_null(ids, "")
     if pc.any(bad).as_py():
         positions, named = bad_positions(ids, bad)
-        out = pc.replace_with_mask(out, bad, pa.array(_bad_result_ids(positions, named)))
+        made = generated_ids(positions, named, _taken_in(ids))
+        out = pc.replace_with_mask(out, bad, pa.array(made, pa.string()))
     return out.to_pylist() if as_list else out
 
 
@@ -84,16 +87,14 @@ def bad_positions(ids: pa.Array, bad: pa.Array) -> tuple[list[int], list[str | N
     return positions.to_pylist(), named
 
 
-def _bad_result_ids(positions: list[int], named: list[str | None]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n, i in zip(positions, named, strict=True):
-        if i is None:
-            out.append(f"#row-{n}")
-            continue
-        seen[i] = seen.get(i, 0) + 1
-        out.append(i if seen[i] == 1 else f"{i}#{seen[i]}")
-    return out
+def _taken_in(ids: pa.Array):
+    """Which of a few candidate ids are among `ids`: one pass over the ids per call."""
+
+    def taken(candidates: list[str]) -> set[str]:
+        hit = pc.fill_null(pc.is_in(ids, value_set=pa.array(candidates, pa.string())), False)
+        return set(pc.unique(ids.filter(hit)).to_pylist())
+
+    return taken
 
 
 def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
@@ -131,7 +132,8 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
     bad = _bad_mask(scan.ids, scan.duplicates)
     if pc.any(bad).as_py():
         positions, named = bad_positions(scan.ids, bad)
-        scan.bad_rows = _unusable_rows(dataset, positions, named)
+        made = scan.result_ids.take(pa.array(positions, pa.int64())).to_pylist()
+        scan.bad_rows = _unusable_rows(dataset, positions, named, made)
     scan.base = manifest_base(cfg.manifest)
     uris = pa.chunked_array(folders, pa.string())
     scan.inputs = input_locations(cfg.manifest, scan.base, uris)
@@ -165,15 +167,17 @@ def check_parts(dataset, where: str, needs_mask: bool = True) -> None:
                 )
 
 
-def _unusable_rows(dataset, positions: list[int], named: list[str | None]) -> pa.Table:
+def _unusable_rows(
+    dataset, positions: list[int], named: list[str | None], made: list[str]
+) -> pa.Table:
     """Error rows (with their pass-through columns) for duplicated ids and rows without an id;
-    `positions` and `named` are those rows' numbers and ids, in manifest order."""
+    `positions`, `named` and `made` are those rows' numbers, ids and result ids, in order."""
     import datetime as dt
 
     rows_of: dict[str | None, list[int]] = {}
     for n, i in zip(positions, named, strict=True):
         rows_of.setdefault(i, []).append(n)
-    result_at = dict(zip(positions, _bad_result_ids(positions, named), strict=True))
+    result_at = dict(zip(positions, made, strict=True))
     ids = sorted(i for i in rows_of if i is not None)
     where = pc.field("id").isin(ids) if ids else None
     if None in rows_of:
@@ -182,13 +186,14 @@ def _unusable_rows(dataset, positions: list[int], named: list[str | None]) -> pa
     table = redact_columns(dataset.to_table(filter=where))
     # The filter keeps file order, so the k-th row of an id here is its k-th position overall.
     taken: dict[str | None, int] = {}
-    out_ids, msgs = [], []
+    out_ids, msgs, kinds = [], [], []
     for i in pc.cast(table.column("id"), pa.string()).to_pylist():
         key = i or None
         k = taken.get(key, 0)
         taken[key] = k + 1
         pos = rows_of[key][k]
         out_ids.append(result_at[pos])
+        kinds.append((ErrorKind.MISSING_ID if key is None else ErrorKind.DUPLICATE_ID).value)
         if key is None:
             msgs.append(
                 f"manifest row {pos} has no id (null or empty); every row needs a unique id "
@@ -201,11 +206,8 @@ def _unusable_rows(dataset, positions: list[int], named: list[str | None]) -> pa
                 f"ids must be unique (they name the output object and drive resume), so none of "
                 f"these rows was processed"
             )
+        msgs[-1] += collision_note(out_ids[-1])
     n = table.num_rows
-    kinds = [
-        (ErrorKind.MISSING_ID if r.startswith("#row-") else ErrorKind.DUPLICATE_ID).value
-        for r in out_ids
-    ]
     table = table.set_column(
         table.schema.get_field_index("id"), "id", pa.array(out_ids, pa.string())
     )

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, error_kind
+from batch_inpaint.manifest.ids import bad_row_ids, collision_note
 from batch_inpaint.manifest.schema import DETECT_COLUMN, MASK_COLUMNS, OVERRIDE_COLUMNS
 from batch_inpaint.params import GenerationParams, row_generation
 from batch_inpaint.storage.store import Storage
@@ -266,14 +267,15 @@ def validate_table(
                 if row.get(c):
                     row[c] = resolve(row[c], base)
     counts = Counter(r["id"] for r in rows)
+    made = bad_row_ids([r["id"] for r in rows])  # their result ids, unlike any row's id
     fetch: list[int] = []
     for i, row in enumerate(rows):
         rid = row["id"]
         if rid is None or rid == "":
-            msg = f"row {i}: id is null or empty"
+            msg = f"row {i}: id is null or empty" + collision_note(made[i])
             problems.append(Problem(None, "id", ErrorKind.MISSING_ID.value, msg))
         elif counts[rid] > 1:
-            msg = f"id {rid!r} appears {counts[rid]} times (row {i})"
+            msg = f"id {rid!r} appears {counts[rid]} times (row {i})" + collision_note(made[i])
             problems.append(Problem(rid, "id", ErrorKind.DUPLICATE_ID.value, msg))
         if _check_row(rid, row, storage, problems, queries):
             fetch.append(i)
