@@ -8,6 +8,8 @@
   yet: the job then writes only its own names, so it can never overwrite or delete the user's files.
 - Locations compare as written and resolved: local paths with every symlink resolved, object URIs
   with empty, '.' and '..' segments folded, so a symlink can't hide an output over its inputs.
+- An object-storage output with an empty, '.' or '..' segment ('s3://b//p') is refused
+  (storage/uri.py, output_uri_problem): listings fold them, so it could never resume.
 - A `_LOCK` that is not a lock of the job (JSON with its owner and times) is a user's file: the
   run is refused, naming it, so it is never taken over as a stale lock (job/lock.py) and deleted.
 """
@@ -25,7 +27,14 @@ import pyarrow.compute as pc
 
 from batch_inpaint import __version__
 from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
-from batch_inpaint.storage.uri import is_local, join, local_path, redact_uri, resolve
+from batch_inpaint.storage.uri import (
+    is_local,
+    join,
+    local_path,
+    output_uri_problem,
+    redact_uri,
+    resolve,
+)
 
 MARKER = "_BATCH_INPAINT"
 LOCK = "_LOCK"
@@ -101,6 +110,9 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
     the marker did: claimed like a new one, so its whole listing happens once), 'new' when it
     is empty or absent (the marker is written by `claim`), 'adopted' when allow_non_empty lets a first run share a
     non-empty location; ConfigError otherwise. Listing failures other than 'not found' stop here."""
+    why = output_uri_problem(output)
+    if why:
+        raise ConfigError(f"output {why}")
     marker = join(output, MARKER)
     if storage.exists(marker):
         check_lock_file(storage, output)

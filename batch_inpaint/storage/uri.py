@@ -144,6 +144,27 @@ def check_uri(uri: str, options: StorageOptions | None = None) -> str:
     return uri
 
 
+def output_uri_problem(uri: str) -> str | None:
+    """Why an object-storage URI can't be an output: an empty, '.' or '..' segment in its key
+    ('s3://b//p'). The store keeps such a key as written ('/p/...') but listings show it folded,
+    so a run there never finds its own results and never resumes. Refused rather than folded:
+    folding would write somewhere else than the URI says. None when the URI is fine (local paths
+    always are: the OS folds them the same way for every call)."""
+    if uri_scheme(uri) not in OBJECT_SCHEMES:
+        return None
+    key = uri.split("://", 1)[1].partition("/")[2]
+    key = key[:-1] if key.endswith("/") else key
+    if not key or not any(seg in ("", ".", "..") for seg in key.split("/")):
+        return None
+    scheme, bucket = uri_scheme(uri), uri.split("://", 1)[1].partition("/")[0]
+    folded = "/".join(seg for seg in key.split("/") if seg not in ("", "."))
+    return (
+        f"{redact_uri(uri)} has an empty, '.' or '..' segment in its key: object storage keeps it "
+        "in the key, but listings show it folded, so a run could never find its own results "
+        f"(nor resume). Write it without them, e.g. {scheme}://{bucket}/{folded}"
+    )
+
+
 def blocked_host(host: str) -> bool:
     if host in _BLOCKED_HOSTS:
         return True

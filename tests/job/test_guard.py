@@ -209,3 +209,42 @@ def test_a_users_lock_on_s3_is_refused(s3_server, s3_bucket, s3_storage_options)
     with pytest.raises(ConfigError, match="holds _LOCK \\(6 bytes\\)"):
         guard.check_owner(storage, f"s3://{s3_bucket}/out", allow_non_empty=True)
     assert guard.check_owner(storage, f"s3://{s3_bucket}/ok", allow_non_empty=False) == "new"
+
+
+@pytest.mark.parametrize(
+    "uri, problem",
+    [
+        ("s3://b//prefix", True),
+        ("s3://b/a//b/", True),
+        ("s3://b/a/./b", True),
+        ("gs://b/a/../b", True),
+        ("s3://b/prefix/", False),
+        ("s3://b", False),
+        ("s3://b/", False),
+        ("/tmp//out", False),  # local: the OS folds it the same way for every call
+    ],
+)
+def test_output_uris_with_empty_or_dot_segments_are_named(uri, problem):
+    from batch_inpaint.storage.uri import output_uri_problem
+
+    assert bool(output_uri_problem(uri)) is problem
+
+
+def test_an_s3_output_with_an_empty_segment_is_refused_before_any_write(
+    s3_server, s3_bucket, tmp_path, capsys
+):
+    """s3://bucket//prefix wrote keys starting with '/', which listings fold away: every run
+    found 0 done, redid every row and ended INCOMPLETE. It is refused, saying how to write it."""
+    from batch_inpaint.cli import main
+    from batch_inpaint.vocab import ExitCode
+    from tests.fixtures_ray import local_dataset
+    from tests.fixtures_s3 import s3_client
+
+    manifest, _ = local_dataset(tmp_path, 2)
+    args = ["run", "--manifest", str(manifest), "--output", f"s3://{s3_bucket}//prefix",
+            "--backend", "opencv", "--endpoint-url", s3_server]  # fmt: skip
+    assert main(args) == ExitCode.CONFIG
+    err = capsys.readouterr().err
+    assert f"s3://{s3_bucket}//prefix has an empty" in err and f"s3://{s3_bucket}/prefix" in err
+    assert "Contents" not in s3_client(s3_server).list_objects_v2(Bucket=s3_bucket)
+    assert main([*args[:-4], "--dry-run", *args[-4:]]) == ExitCode.CONFIG  # the dry run too
