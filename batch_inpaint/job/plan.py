@@ -95,14 +95,10 @@ def lock_for(run: RunState) -> OutputLock:
 
 
 def open_run(run: RunState, state: str) -> Plan:
-    """Under the lock: claim the output, withdraw `_SUCCESS` (this run may change what it
-    vouched for), read what earlier runs finished, write job.json and the driver's error rows."""
+    """Under the lock: read what earlier runs finished (every refusal comes before any write: a
+    refused run changes nothing), then claim the output, withdraw `_SUCCESS` (this run may change
+    what it vouched for), write job.json and the driver's error rows."""
     cfg, storage, scan = run.config, run.storage, run.scan
-    if state != "ours":
-        guard.claim(storage, cfg.output, run.run_id, state)
-    success = join(cfg.output, "_SUCCESS")
-    if storage.exists(success):
-        storage.delete(success, root=cfg.output)
     if not cfg.resume:  # no resume still reads the results: a damaged part stops the run
         results.read_results(storage, cfg.output, results.PLAN_COLUMNS)
     decision = decide(run)
@@ -112,6 +108,11 @@ def open_run(run: RunState, state: str) -> Plan:
         f"{scan.bad_rows.num_rows} with a duplicate or missing id, {todo} to process -> {cfg.output}"
     )
     spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
+    if state != "ours":
+        guard.claim(storage, cfg.output, run.run_id, state)
+    success = join(cfg.output, "_SUCCESS")
+    if storage.exists(success):
+        storage.delete(success, root=cfg.output)
     storage.write_bytes(join(cfg.output, "job.json"), results.dumps(results.job_json(cfg, run.run_id)),
                         root=cfg.output)  # fmt: skip
     writer = results.MetadataWriter(
@@ -150,3 +151,7 @@ def check_local_model(cfg: JobConfig) -> None:
                 f"config field 'model': {model} not found (no such file or folder on this "
                 "machine, where the run's model actors would load it); check the path"
             )
+    if cfg.backend == "lama" and model and on_this_machine:
+        from batch_inpaint.models.lama_weights import check_local_weights
+
+        check_local_weights(model)  # damaged, or refused unpickling: exit 2, before Ray starts

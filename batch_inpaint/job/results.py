@@ -124,6 +124,9 @@ def read_results(
         except (pa.ArrowException, OSError, ValueError) as exc:
             damaged.append((uri, set_aside(storage, output, uri, data), exc))
     if damaged:
+        success = join(output, "_SUCCESS")  # rows went aside: the output is no longer complete
+        if storage.exists(success):
+            storage.delete(success, root=output)
         lines = "; ".join(f"{redact_uri(u)} ({e}) moved to {redact_uri(m)}" for u, m, e in damaged)
         raise ResultsDamagedError(
             f"{len(damaged)} results file(s) under {redact_uri(prefix)} can't be read: {lines}. "

@@ -151,6 +151,30 @@ def _hub_file(given: str, revision: str | None, cache_dir, local_files_only: boo
 
 
 # -- reading it ----------------------------------------------------------------------------
+def check_local_weights(model: str | os.PathLike) -> None:
+    """A weights file on this machine (or a folder holding one) read as the model actors read
+    it (read_state_dict: safetensors, or torch's weights-only unpickler; no code runs), so that a
+    damaged or refused file stops a run on the driver with a ConfigError (exit 2) instead of
+    failing in every actor after Ray started. Hub ids and object-storage URIs: left to the actors."""
+    from batch_inpaint.storage.uri import local_path, uri_scheme
+
+    given = os.fspath(model)
+    if uri_scheme(given) not in ("", "file"):
+        return
+    check_weights_name(given)
+    path = Path(local_path(given))
+    if path.is_dir():
+        path = pick_weights(path, given)
+    elif not path.is_file():
+        return
+    try:
+        tensors_of(read_state_dict(path), path)
+    except ImportError as exc:
+        raise ConfigError(f"{INSTALL_HINT} ({exc})") from None
+    except ModelError as exc:
+        raise ConfigError(f"config field 'model': {exc}") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
     """The tensors of a weights file, read without running code from it (CPU)."""
     path = Path(path)
