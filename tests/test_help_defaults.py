@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from batch_inpaint.cli import build_parser
+from batch_inpaint.cli import build_parser, results
 from batch_inpaint.config import KEYS
 from batch_inpaint.detect import grounding, text
 from batch_inpaint.job.estimate import DEFAULT_SAMPLE
@@ -24,12 +24,15 @@ CODE = {
     "detector": grounding.DEFAULT_DETECTOR,
     "text_detector": text.DEFAULT_TEXT_DETECTOR,
     "sample": DEFAULT_SAMPLE,
+    "columns": ",".join(results.DEFAULT_COLUMNS),
 }
 # defaults said in words, not values: (command, dest) -> the words
 WORDS = {("serve", "model"): "the backend's", ("serve", "samples"): "the bundled",
          ("serve", "threshold"): "the detector's", ("serve", "segmenter"): "none",
          ("detect", "segmenter"): "none", ("report", "side_by_side"): "side_by_side/",
-         ("serve", "manifest_root"): "./manifests"}  # fmt: skip
+         ("serve", "manifest_root"): "./manifests",
+         ("results", "limit"): f"{results.TABLE_LIMIT} for a table",
+         ("detect", "text_min_confidence"): "all"}  # fmt: skip
 PRINTED = re.compile(r"\bdefault:? ([^;()]+?)(?:[;)]|, |$)")
 
 

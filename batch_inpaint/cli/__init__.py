@@ -16,7 +16,7 @@ from batch_inpaint.errors import InpaintError
 from batch_inpaint.vocab import ErrorKind, ExitCode
 
 # module name -> registers one or more subcommands; imported lazily so `--help` stays fast.
-COMMAND_MODULES = ("inpaint", "manifest", "run", "serve", "demo", "detect", "report")
+COMMAND_MODULES = ("inpaint", "manifest", "run", "serve", "demo", "detect", "report", "results")
 
 
 def job_exit_status(summary: Mapping[str, Any]) -> ExitCode:
@@ -44,12 +44,20 @@ def error_exit_status(exc: InpaintError) -> ExitCode:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from batch_inpaint.cli.flags import SuggestingParser  # "did you mean" for unknown flags
+    from batch_inpaint import __version__
+    from batch_inpaint.cli.flags import SuggestingParser, examples  # "did you mean" for flags
 
     parser = SuggestingParser(
         prog="batch-inpaint",
         description="Inpaint images at scale with Stable Diffusion inpainting models.",
+        **examples(
+            "batch-inpaint demo    # a first run on the bundled examples",
+            "batch-inpaint manifest build --images photos/ --masks masks/ -o manifest.parquet",
+            "batch-inpaint run --manifest manifest.parquet --output out/ --backend opencv",
+            "(each command's --help ends with its own examples)",
+        ),
     )
+    parser.add_argument("--version", action="version", version=f"batch-inpaint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)

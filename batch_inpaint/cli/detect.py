@@ -9,6 +9,8 @@ import time
 
 
 def add_parser(sub) -> None:
+    from batch_inpaint.cli.flags import examples
+
     p = sub.add_parser(
         "detect",
         help="find watermarks, text, logos... and write their masks and a manifest for `run`",
@@ -19,6 +21,11 @@ def add_parser(sub) -> None:
         "Review the masks, then `batch-inpaint run --manifest OUTPUT/manifest.parquet ...`. "
         "OUTPUT must lie apart from the manifest, its images and masks, and be new, empty or an "
         "earlier detect's output (which a rerun replaces).",
+        **examples(
+            "batch-inpaint detect --manifest m.parquet --output det/ --detect 'watermark,text'",
+            "batch-inpaint detect --manifest m.parquet --output det/ --detect logo --detector DIR",
+            "batch-inpaint run --manifest det/manifest.parquet --output out/    # after review",
+        ),
     )
     a = p.add_argument
     a("--manifest", required=True, help="the manifest to detect on (file or folder, any URI)")

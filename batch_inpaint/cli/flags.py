@@ -95,6 +95,21 @@ def unknown_fields(source: str, unknown: Iterable[str], known: Iterable[str]) ->
     return f"{source}: unknown field(s) {unknown}{hint}; known fields: {', '.join(known)}"
 
 
+class ExamplesFormatter(argparse.HelpFormatter):
+    """Wraps the description as usual; an epilog of examples keeps its lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def examples(*lines: str) -> dict[str, Any]:
+    """add_parser keywords that end a command's help with these example command lines."""
+    body = "".join(f"\n  {line}" for line in lines)
+    return {"epilog": f"examples:{body}", "formatter_class": ExamplesFormatter}
+
+
 class SuggestingParser(argparse.ArgumentParser):
     """An ArgumentParser whose "unrecognized arguments" error names the flag each unknown one
     probably meant, from the subcommand that was given. Subparsers are of the same class."""
@@ -104,6 +119,11 @@ class SuggestingParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._hints(parsed, extras)}")
         return parsed
+
+    def error(self, message: str):  # noqa: ANN201 - argparse's signature
+        """One line, not the whole usage (run's is 50 lines): the error (a wrong choice lists
+        the choices), and where the flags are."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def _hints(self, parsed: argparse.Namespace, extras: list[str]) -> str:
         flags = _flags_of(self, parsed)

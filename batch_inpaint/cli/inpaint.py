@@ -11,12 +11,19 @@ from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptio
 
 
 def add_parser(sub) -> None:
+    from batch_inpaint.cli.flags import examples
+
     p = sub.add_parser(
         "inpaint",
         help="inpaint one image where its mask is white",
         description="Inpaint IMAGE where MASK is white and write the result to OUT. Every pixel "
         "outside the (dilated, feathered) mask is the input's, bit for bit. IMAGE, MASK and OUT "
         "may be local paths or object-storage URIs (s3://...).",
+        **examples(
+            "batch-inpaint inpaint photo.jpg mask.png -o out.png --backend opencv",
+            "batch-inpaint inpaint photo.jpg mask.png -o out.png --prompt 'a brick wall' --seed 1",
+            "batch-inpaint inpaint s3://b/p.jpg s3://b/m.png -o s3://b/out.webp --mode crop",
+        ),
     )
     p.add_argument("image", metavar="IMAGE", help="input image (png, jpeg, webp, ...)")
     p.add_argument("mask", metavar="MASK", help="mask image: white (above --mask-threshold) = fill")
@@ -49,6 +56,10 @@ def add_parser(sub) -> None:
         "for --backend diffusers --model DIR; lama: for --backend lama) or a detection model "
         "(detector, text-detector, segmenter: for `detect` and `run --detect`). Its outputs are "
         "noise: it exercises the plumbing.",
+        **examples(
+            "batch-inpaint make-tiny-model tiny/    # then run ... --backend diffusers --model tiny/",
+            "batch-inpaint make-tiny-model --kind detector det/    # for detect --detector det/",
+        ),
     )
     t.add_argument("dir", metavar="DIR", help="new or empty directory")
     t.add_argument("--kind", default="diffusers",

@@ -43,10 +43,24 @@ def storage_from_args(args: argparse.Namespace) -> Any:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("manifest", help="build, check and look at manifests")
+    from batch_inpaint.cli.flags import examples
+
+    p = sub.add_parser("manifest", help="build, check and look at manifests", **examples(
+        "batch-inpaint manifest build --images photos/ --masks masks/ -o manifest.parquet",
+        "batch-inpaint manifest validate manifest.parquet",
+        "batch-inpaint manifest show manifest.parquet -n 5",
+    ))  # fmt: skip
     msub = p.add_subparsers(dest="manifest_command", metavar="ACTION", required=True)
 
-    b = msub.add_parser("build", help="pair images with masks by file stem into a manifest")
+    b = msub.add_parser("build", help="pair images with masks by file stem into a manifest",
+                        description="Pair every image under --images (a local folder or an "
+                        "s3:// prefix) with its mask under --masks by file stem, and write the "
+                        "manifest.", **examples(
+        "batch-inpaint manifest build --images photos/ --masks masks/ -o manifest.parquet",
+        "batch-inpaint manifest build --images s3://b/photos/ --masks s3://b/masks/ "
+        "--mask-pattern '{stem}_mask.png' -o s3://b/manifest.parquet",
+        "batch-inpaint manifest build --images cutouts/ --mask-from-alpha -o manifest.parquet",
+    ))  # fmt: skip
     b.add_argument("--images", required=True, help="directory or prefix of images")
     b.add_argument("--masks", help="directory or prefix of masks")
     b.add_argument(
@@ -63,7 +77,14 @@ def add_parser(sub: Any) -> None:
     add_storage_flags(b)
     b.set_defaults(func=_build)
 
-    v = msub.add_parser("validate", help="check a manifest; exit status 1 when it has problems")
+    v = msub.add_parser("validate", help="check a manifest; exit status 1 when it has problems",
+                        description="Check every row (ids, URIs, masks, values) and the objects "
+                        "of all rows or a sample (there, decodable, mask the image's size); "
+                        "suspicious masks are listed as warnings (docs/masks.md).", **examples(
+        "batch-inpaint manifest validate manifest.parquet",
+        "batch-inpaint manifest validate s3://b/manifest.parquet --sample 1000 --report bad.csv",
+        "batch-inpaint manifest validate ids.parquet --detect 'watermark'    # rows without masks",
+    ))  # fmt: skip
     v.add_argument("uri", help="manifest URI")
     v.add_argument("--sample", type=int, help="check objects of N random rows only")
     v.add_argument("--no-objects", action="store_true", help="check rows only, fetch nothing")
@@ -86,7 +107,10 @@ def add_parser(sub: Any) -> None:
     add_storage_flags(v)
     v.set_defaults(func=_validate)
 
-    s = msub.add_parser("show", help="print a manifest's schema and first rows")
+    s = msub.add_parser("show", help="print a manifest's schema and first rows", **examples(
+        "batch-inpaint manifest show manifest.parquet",
+        "batch-inpaint manifest show s3://b/manifests/ -n 3",
+    ))  # fmt: skip
     s.add_argument("uri", help="manifest URI")
     s.add_argument("-n", type=int, default=10, help="rows to print (default: %(default)s)")
     add_storage_flags(s)

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    from batch_inpaint.cli.flags import examples
     from batch_inpaint.cli.manifest import add_storage_flags
 
     p = sub.add_parser(
         "report",
         help="rebuild report.html and side-by-side pictures for a run's output",
         description=__doc__,
+        **examples(
+            "batch-inpaint report --output out/    # out/report.html and out/side_by_side/",
+            "batch-inpaint report --output s3://bucket/cleaned/ --side-by-side pictures/",
+        ),
     )
     p.add_argument("--output", required=True, help="the output of a `run` (local folder or URI)")
     p.add_argument(

@@ -7,6 +7,8 @@ import json
 
 
 def add_parser(sub) -> None:
+    from batch_inpaint.cli.flags import examples
+
     p = sub.add_parser(
         "run",
         help="run the inpainting job over a manifest (Ray Data)",
@@ -16,6 +18,11 @@ def add_parser(sub) -> None:
         "YAML file (with underscores); flags override the file. --dry-run checks everything a "
         "run checks first, counts the rows to do, plans a sample and estimates model time and "
         "GPU-hours, without starting Ray or writing anything.",
+        **examples(
+            "batch-inpaint run --manifest manifest.parquet --output out/ --backend opencv",
+            "batch-inpaint run --manifest s3://bucket/m.parquet --output s3://bucket/out/ --dry-run",
+            "batch-inpaint run --config job.yaml --address auto    # on a Ray cluster",
+        ),
     )
     from batch_inpaint.config import add_arguments
     from batch_inpaint.job.estimate import DEFAULT_SAMPLE

@@ -16,6 +16,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def add_parser(sub) -> None:
+    from batch_inpaint.cli.flags import examples
     from batch_inpaint.web.inputs import (
         DEFAULT_IDLE_MINUTES,
         DEFAULT_MAX_PIXELS,
@@ -23,7 +24,11 @@ def add_parser(sub) -> None:
     )
 
     p = sub.add_parser("serve", help="start a local web page to try the model",
-                       description=__doc__)  # fmt: skip
+                       description=__doc__, **examples(
+                           "batch-inpaint serve --backend opencv    # no weights, any machine",
+                           "batch-inpaint serve --backend lama --model big-lama.safetensors",
+                           "batch-inpaint serve --host 0.0.0.0 --port 8080",
+                       ))  # fmt: skip
     p.add_argument("--backend", default="diffusers", choices=BACKENDS,
                    help="diffusers: SD2-inpainting (needs its weights); opencv: classical, CPU, "
                         "no weights; tiny: random checkpoint, for tests; lama: LaMa weights "
