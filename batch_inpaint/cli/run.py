@@ -61,7 +61,17 @@ def _run(args) -> int:
     plan = plan_job(cfg, sample=DEFAULT_SAMPLE if args.sample is None else args.sample,
                     gpu_hour_price=args.gpu_hour_price)  # fmt: skip
     print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
-    return 0
+    return dry_run_status(plan)
+
+
+def dry_run_status(plan: dict) -> int:
+    """The dry run exits as the run would before its work: 3 while another run holds the lock,
+    2 when results are damaged (a run would set them aside and stop), else 0."""
+    from batch_inpaint.vocab import ExitCode
+
+    if plan["lock"]:
+        return ExitCode.LOCKED
+    return ExitCode.CONFIG if plan["damaged_results"] else ExitCode.OK
 
 
 def _n(x) -> str:
