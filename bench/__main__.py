@@ -110,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
     a("--cpus-per-task", type=float, help="c2: Ray CPUs per prepare/finish task (job default)")
     a("--plain-only", action="store_true", help="c2: the lean and stage loops only (no job)")
     a("--executor", choices=["auto", "local", "ray"], help="c2: the job's executor (its default)")
+    a("--sources", help="c2: files,s3 (default both; --quick: files)")
     a("--executors", help="e1: comma-separated executors to time (default local,ray)")
     a("--split-stages", action="store_true",
       help="c2: the job with fuse_stages false (the GPU graph), to compare")  # fmt: skip

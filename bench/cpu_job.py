@@ -293,6 +293,7 @@ def c2(args) -> rec.Record:
     size = args.size or (128 if args.quick else 512)
     counts = [args.rows] if args.rows else ([48] if args.quick else [1000, 4000])
     sources = ["files"] if args.quick else ["files", "s3"]
+    sources = args.sources.split(",") if args.sources else sources
     name = rec.device_name("cpu")
     r = rec.Record("c2", f"whole job vs the lean loop a user would write, opencv, {counts} rows "
                    f"of {size}², start-up included", name,

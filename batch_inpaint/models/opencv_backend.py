@@ -64,6 +64,6 @@ class OpenCVInpainter(Inpainter):
         for image, mask in zip(images, masks, strict=True):
             m = (np.asarray(mask) > 0).astype(np.uint8) * 255
             result = cv2.inpaint(np.ascontiguousarray(image), m, self.radius, METHODS[self.method])
-            # Deterministic: every requested variant is the same picture.
-            out += [result.copy() for _ in range(params.num_images_per_prompt)]
+            # Deterministic: every requested variant is the same picture (the first not copied).
+            out += [result] + [result.copy() for _ in range(params.num_images_per_prompt - 1)]
         return out
