@@ -23,13 +23,16 @@ def _clock(seconds: float | None) -> str:
 
 
 class Progress:
-    """Rows done out of `total` this run, with the error rows among them."""
+    """Rows done out of `total` this run, with the error rows among them. `started`: the run's
+    start (time.time(), RunState.started): the rate is then rows over the run's wall time, start-up
+    included, the same figure as the summary's rows/s (results.summarize)."""
 
     def __init__(self, total: int, interval_s: float, echo: Callable[[str], object] = print,
-                 stream=None):  # fmt: skip
+                 stream=None, started: float | None = None):  # fmt: skip
         self.total, self.interval_s, self.echo = total, interval_s, echo
         self.done = self.errors = 0
-        self.t0 = self.t_last = time.monotonic()
+        self.t_last = time.monotonic()
+        self.t0 = self.t_last - (0.0 if started is None else max(0.0, time.time() - started))
         self.shown = -1  # rows at the last plain line
         stream = stream if stream is not None else sys.stdout
         self.bar = None
@@ -58,6 +61,8 @@ class Progress:
             self._line(time.monotonic())
 
     def line(self, now: float | None = None) -> str:
+        if not self.total:  # a rerun with every row done: no rate to show
+            return "progress: nothing to do: every row was finished by an earlier run"
         elapsed = max((now or time.monotonic()) - self.t0, 1e-9)
         rate = self.done / elapsed
         pct = 100.0 * self.done / self.total if self.total else 100.0
