@@ -139,8 +139,10 @@ def _build(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from batch_inpaint.manifest.validation import validate_table
+    from batch_inpaint.storage.credentials import check_credentials
 
     storage = storage_from_args(args)
+    check_credentials(storage.options, [args.uri])  # one message, not one per row
     queries = [] if args.detect is None else _queries(args.detect)
     m = read_manifest(args.uri, storage, needs_mask=not queries)
     report = validate_table(

@@ -19,6 +19,7 @@ from batch_inpaint.job.lock import OutputLock
 from batch_inpaint.job.scan import has_id, scan_manifest
 from batch_inpaint.models.availability import check_job_model
 from batch_inpaint.models.spec import ModelSpec, model_spec
+from batch_inpaint.storage.credentials import check_credentials
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.storage.uri import join
 
@@ -81,6 +82,7 @@ def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState
     cfg = config.require_io().validate()
     storage.check(cfg.manifest)
     storage.check(cfg.output)
+    check_credentials(storage.options, [cfg.manifest, cfg.output])  # once, before any read
     check_local_model(cfg)
     scan = scan_manifest(storage, cfg)  # every part's schema, the ids, what the manifest reads
     detect_stage.check_detection(cfg, detect_stage.job_queries(storage, cfg))

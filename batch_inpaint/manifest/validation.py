@@ -284,6 +284,12 @@ def validate_table(
     elif sample is not None and sample < len(fetch):
         fetch = sorted(random.Random(seed).sample(fetch, sample))
     uris = {rows[i][c] for i in fetch for c in ("image", "mask") if rows[i].get(c)}
+    from batch_inpaint.storage.credentials import missing_credentials
+
+    no_key = missing_credentials(storage.options, sorted(uris))
+    if no_key:  # said once, not once per row and object; those objects are not fetched
+        problems.append(Problem(None, "credentials", ErrorKind.ACCESS_DENIED.value, no_key))
+        uris = {u for u in uris if not u.startswith(("s3://", "s3a://"))}
     results: dict[str, Any] = {}
     concerns: dict[str, list[str]] = {}
     if uris:
@@ -294,7 +300,7 @@ def validate_table(
             except Exception as exc:  # reported per row below
                 return uri, exc
 
-        mask_uris = {rows[i]["mask"] for i in fetch if rows[i].get("mask")}
+        mask_uris = {rows[i]["mask"] for i in fetch if rows[i].get("mask") in uris}
 
         def look(uri: str) -> tuple[str, Any]:
             try:
@@ -310,7 +316,7 @@ def validate_table(
         row, rid = rows[i], rows[i]["id"]
         info = {}
         for col in ("image", "mask"):
-            got = results.get(row.get(col)) if row.get(col) else None
+            got = results.get(row.get(col)) if row.get(col) in uris else None
             if isinstance(got, BaseException):
                 problems.append(Problem(rid, col, error_kind(got), str(got)))
             elif got is not None:
