@@ -1,7 +1,7 @@
 """batch-inpaint: distributed batch image inpainting with Stable Diffusion inpainting models.
 
-Public API: `Manifest` (build, check, read and write manifests), `JobConfig`, `run_job` (the Ray
-job) and `plan_job` (its dry run), `inpaint_array` and `load_inpainter` (one image in process),
+Public API: `Manifest` (build, check, read and write manifests), `JobConfig`, `run_job` (the
+job, in process or on Ray: `executor`) and `plan_job` (its dry run), `inpaint_array` and `load_inpainter` (one image in process),
 `batch_inpaint.compat.pipeline` (the ModelScope-style pipeline). Importing this package imports neither torch nor ray.
 """
 
@@ -12,8 +12,9 @@ from batch_inpaint.manifest.manifest import Manifest as Manifest  # noqa: E402
 
 
 def run_job(config: JobConfig, **kwargs):
-    """Run the Ray job described by `config`; returns the run summary (also in run.json)."""
-    from batch_inpaint.job.ray_job import run_job as _run_job
+    """Run the job described by `config` (in process or on Ray: its `executor`); returns the run
+    summary (also in run.json)."""
+    from batch_inpaint.job.run import run_job as _run_job
 
     return _run_job(config, **kwargs)
 

@@ -109,6 +109,9 @@ class JobConfig:
     address: str | None = option(None, group="execution", help="Ray cluster to join; unset: "
                                  "RAY_ADDRESS (ray job submit sets it), else a private local "
                                  "instance; 'local' forces a private one")
+    executor: str = option("auto", group="execution", choices=("auto", "local", "ray"),
+                           help="local: in this process, no Ray; ray: Ray Data; auto: ray for "
+                           "a cluster, several GPUs or many rows, else local")
     verbose: bool = option(False, group="execution", help="show Ray's own log lines and "
                            "progress bars on the terminal (they always go to Ray's log files)")
     output_format: str = option("png", group="outputs", choices=FORMATS,

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from batch_inpaint.job import guard
-    from batch_inpaint.job.ray_job import run_job
+    from batch_inpaint.job.run import run_job
     from batch_inpaint.job.results import new_run_id
     from batch_inpaint.manifest.manifest import Manifest
     from batch_inpaint.storage.store import Storage

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args).require_io()
-        from batch_inpaint.job.ray_job import run_job
+        from batch_inpaint.job.run import run_job
 
         summary = run_job(cfg)
     except InpaintError as exc:

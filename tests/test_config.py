@@ -61,6 +61,7 @@ BAD_VALUES = {
     "cpus_per_actor": [0, -1],
     "cpus_per_task": [0],
     "address": [6379],
+    "executor": ["Ray", "", None],
     "verbose": ["yes", 1],
     "prune": ["yes", 1],
     "allow_non_empty_output": ["no", 0],

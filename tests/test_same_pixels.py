@@ -1,7 +1,8 @@
 """The same image, mask and seed give the same pixels, bit for bit, through every way in:
-`batch-inpaint inpaint`, `inpaint_array`, the compat pipeline and the Ray job; for the opencv and
-tiny backends, full and crop modes, at odd sizes (where a wrong size multiple shows: a 1001x667
-frame is worked on at 1001x667 by opencv, never at 1000x664).
+`batch-inpaint inpaint`, `inpaint_array`, the compat pipeline and the job on either executor
+(in process and on Ray Data); for the opencv and tiny backends, full and crop modes, at odd sizes
+(where a wrong size multiple shows: a 1001x667 frame is worked on at 1001x667 by opencv, never at
+1000x664).
 
 Every path plans with a model spec: in process the loaded model's, in the job the driver's
 `model_spec(...)`. The reference is `inpaint_array`."""
@@ -160,11 +161,15 @@ def test_compat_pipeline(backend, mode, pictures, reference, tiny_model_dir):
         assert_same(rgb, reference[backend, mode, p.name].image, f"compat {p.name}")
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("backend,mode", CASES)
-def test_job(backend, mode, pictures, reference, tiny_model_dir, ray_local, tmp_path):
+def test_job(backend, mode, executor, pictures, reference, tiny_model_dir, request, tmp_path):
+    """Both executors (job/executors/): in process and on Ray Data, the same pixels."""
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.ray_job import run_job
+    from batch_inpaint.job.run import run_job
+
+    if executor == "ray":
+        request.getfixturevalue("ray_local")
 
     rows = {
         "id": [p.name for p in pictures],
@@ -184,6 +189,7 @@ def test_job(backend, mode, pictures, reference, tiny_model_dir, ray_local, tmp_
         "steps": STEPS,
         "dilate": DILATE,
         "feather": FEATHER,
+        "executor": executor,
     }
     if backend == "tiny":
         config["model"] = str(tiny_model_dir)

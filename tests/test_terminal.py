@@ -31,7 +31,7 @@ def run_cli(out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-c", "import sys; from batch_inpaint.cli import main; "
            "sys.exit(main())", "run", "--manifest",
            str(REPO / "examples" / "manifest.parquet"), "--output", str(out), "--backend",
-           "opencv", "--progress-interval-s", "0", *extra]  # fmt: skip
+           "opencv", "--progress-interval-s", "0", "--executor", "ray", *extra]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -200,7 +200,7 @@ def _say_choice(choice: Choice) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from batch_inpaint.cli import job_exit_status
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.ray_job import run_job
+    from batch_inpaint.job.run import run_job
 
     choice = choose_backend(args.backend, args.model)
     _say_choice(choice)

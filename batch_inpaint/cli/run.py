@@ -1,5 +1,6 @@
-"""`batch-inpaint run`: the Ray job, on a local Ray instance or a cluster (`--address`); with
-`--dry-run`, what the job would do and cost, without Ray and without writing anything."""
+"""`batch-inpaint run`: the job, in this process or on Ray (a private local instance or a cluster:
+`--address`; `--executor`); with `--dry-run`, what the job would do and cost, without Ray and
+without writing anything."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "run",
-        help="run the inpainting job over a manifest (Ray Data)",
-        description="Inpaint every row of a manifest with Ray Data and write images, metadata, "
+        help="run the inpainting job over a manifest (in process or on Ray Data)",
+        description="Inpaint every row of a manifest (in this process, or on Ray Data for a "
+        "cluster, several GPUs or many rows: --executor) and write images, metadata, "
         "run.json, report.html and _SUCCESS under --output. Rerunning into the same output "
         "resumes: only unfinished rows are processed. Every flag is also a key of the --config "
         "YAML file (with underscores); flags override the file. --dry-run checks everything a "
@@ -51,7 +53,7 @@ def _run(args) -> int:
                             ("--sample", args.sample)):  # fmt: skip
             if value not in (None, False):
                 raise ConfigError(f"{flag} goes with --dry-run (it changes nothing in a run)")
-        from batch_inpaint.job.ray_job import run_job
+        from batch_inpaint.job.run import run_job
 
         return job_exit_status(run_job(cfg))
     from batch_inpaint.job.estimate import DEFAULT_SAMPLE, plan_job

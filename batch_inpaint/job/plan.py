@@ -96,10 +96,12 @@ def lock_for(run: RunState) -> OutputLock:
     return OutputLock(run.storage, run.config.output, ttl_s=run.config.lock_ttl_s)
 
 
-def open_run(run: RunState, state: str) -> Plan:
+def open_run(run: RunState, state: str, before_writes=None) -> Plan:
     """Under the lock: read what earlier runs finished (every refusal comes before any write: a
-    refused run changes nothing), then claim the output, withdraw `_SUCCESS` (this run may change
-    what it vouched for), write job.json and the driver's error rows."""
+    refused run changes nothing), call `before_writes(todo)` (the Ray executor joins its cluster
+    there: one that can't be reached leaves a new output unwritten), then claim the output,
+    withdraw `_SUCCESS` (this run may change what it vouched for), write job.json and the
+    driver's error rows."""
     cfg, storage, scan = run.config, run.storage, run.scan
     if not cfg.resume:  # no resume still reads the results: a damaged part stops the run
         results.read_results(storage, cfg.output, results.PLAN_COLUMNS)
@@ -110,6 +112,8 @@ def open_run(run: RunState, state: str) -> Plan:
         f"{scan.bad_rows.num_rows} with a duplicate or missing id, {todo} to process -> {cfg.output}"
     )
     spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
+    if before_writes is not None:
+        before_writes(todo)
     if state != "ours":
         guard.claim(storage, cfg.output, run.run_id, state)
     success = join(cfg.output, "_SUCCESS")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_inpaint.job.cluster import connect, sweep
+from batch_inpaint.job.executors.cluster import connect, sweep
 from tests.fixtures_ray import (
     REPO,
     _free_port,
@@ -31,7 +31,7 @@ from tests.fixtures_ray import (
 DRIVER = """
 import json, os, sys, time
 mode = sys.argv[1]
-from batch_inpaint.job.cluster import connect
+from batch_inpaint.job.executors.cluster import connect
 c = connect(None, logging_level="WARNING",
             **({} if os.environ.get("RAY_ADDRESS") else {"num_cpus": 1, "include_dashboard": False}))
 import ray
@@ -214,7 +214,7 @@ def test_sigkilled_driver_leaves_no_process_of_its_instance(tmp_ray):
 UNREACHABLE = """
 import os, sys
 from batch_inpaint.errors import ConfigError
-from batch_inpaint.job.cluster import connect
+from batch_inpaint.job.executors.cluster import connect
 for address in (None, os.environ["RAY_ADDRESS"]):
     try:
         connect(address, echo=lambda line: None)

@@ -192,13 +192,14 @@ def test_rows_without_queries_pass_through_unchanged(tmp_path):
 # ------------------------------------------------------------------------------------------------
 # real local Ray
 @pytest.mark.slow
-def test_local_job_detects_inpaints_and_resumes(ray_local, tmp_path):
+@pytest.mark.parametrize("executor", ["ray", "local"])  # both executors (job/executors/)
+def test_local_job_detects_inpaints_and_resumes(executor, ray_local, tmp_path):
     from batch_inpaint.job.ray_job import run_job
 
     src = tmp_path / "in"
     rows = _local(src)
     out = tmp_path / "out"
-    cfg = _config(manifest=str(src / "manifest.parquet"), output=str(out))
+    cfg = _config(manifest=str(src / "manifest.parquet"), output=str(out), executor=executor)
     summary = run_job(cfg, echo=lambda *_: None, provider_factory=boxes_provider)
     assert summary["success"], summary["problems"]
     meta = {r["id"]: r for r in pq.read_table(out / "metadata").to_pylist()}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_inpaint.job.cluster import session_pids, sweep
+from batch_inpaint.job.executors.cluster import session_pids, sweep
 from tests.fixtures_ray import REPO, _pids_mentioning, local_dataset
 from tests.job.test_finalize import _finalize, _stages_into_parts
 from tests.multinode.driver import RESULT, SESSION

@@ -323,8 +323,8 @@ def test_s3_second_run_processes_nothing(s3_run):
 
 # ------------------------------------------------------------------------------------------------
 # local folders + OpenCV
-@pytest.fixture(scope="module")
-def local_run(ray_local, tmp_path_factory):
+@pytest.fixture(scope="module", params=["ray", "local"])  # both executors (job/executors/)
+def local_run(request, ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("local-job")
     src = root / "in"
 
@@ -334,7 +334,8 @@ def local_run(ray_local, tmp_path_factory):
 
     mixed = build_mixed(put, str(src))
     (src / "manifest.parquet").write_bytes(manifest_bytes(mixed.rows))
-    cfg = config(manifest=str(src / "manifest.parquet"), output=str(root / "out"), backend="opencv")
+    cfg = config(manifest=str(src / "manifest.parquet"), output=str(root / "out"), backend="opencv",
+                 executor=request.param)  # fmt: skip
     summary = run_job(cfg, echo=lambda *_: None)
     return mixed, cfg, summary, root
 
@@ -423,7 +424,8 @@ def test_cli_run_on_the_bundled_examples(ray_local, tmp_path, capsys):
     assert (out / "_SUCCESS").is_file() and (out / "report.html").is_file()
 
 
-def test_rows_without_an_id_fail_alone_and_the_rest_finish(ray_local, tmp_path):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_rows_without_an_id_fail_alone_and_the_rest_finish(executor, ray_local, tmp_path):
     """A null or empty id can't name an output or drive resume: that row is an error row with a
     result id '#row-N', every other row still runs, and the invariants (one result row per
     manifest row, unique ids) hold."""
@@ -434,9 +436,8 @@ def test_rows_without_an_id_fail_alone_and_the_rest_finish(ray_local, tmp_path):
     rows.append({**rows[0], "id": "", "split": "train"})
     manifest.write_bytes(manifest_bytes(rows))
     out = tmp_path / "out"
-    summary = run_job(
-        config(manifest=str(manifest), output=str(out), backend="opencv"), echo=lambda *_: None
-    )
+    cfg = config(manifest=str(manifest), output=str(out), backend="opencv", executor=executor)
+    summary = run_job(cfg, echo=lambda *_: None)
     meta = {r["id"]: r for r in _local_meta(out)}
     assert sorted(meta) == ["#row-1", "#row-3", "r000", "r002"]
     for rid, pos in (("#row-1", 1), ("#row-3", 3)):
@@ -446,20 +447,19 @@ def test_rows_without_an_id_fail_alone_and_the_rest_finish(ray_local, tmp_path):
     assert summary["counts"] == {"ok": 2, "error": 2, "skipped": 0}
     assert summary["success"] and (out / "_SUCCESS").is_file()
     assert sorted(p.name for p in (out / "images").iterdir()) == ["r000.png", "r002.png"]
-    rerun = run_job(
-        config(manifest=str(manifest), output=str(out), backend="opencv"), echo=lambda *_: None
-    )
+    rerun = run_job(cfg, echo=lambda *_: None)
     assert rerun["rows_this_run"] == 0 and rerun["counts"] == summary["counts"]
 
 
-def test_a_deleted_output_is_made_again_on_resume(ray_local, tmp_path):
+@pytest.mark.parametrize("executor", ["ray", "local"])
+def test_a_deleted_output_is_made_again_on_resume(executor, ray_local, tmp_path):
     """An ok row whose object disappeared is not finished: the rerun redoes that row alone (same
     seed, so the same bytes) and the invariants hold again; other rows are not touched."""
     from tests.fixtures_ray import local_dataset
 
     manifest, _ = local_dataset(tmp_path / "data", 3)
     out = tmp_path / "out"
-    cfg = config(manifest=str(manifest), output=str(out), backend="opencv")
+    cfg = config(manifest=str(manifest), output=str(out), backend="opencv", executor=executor)
     assert run_job(cfg, echo=lambda *_: None)["success"]
     gone = out / "images" / "r001.png"
     before = gone.read_bytes()

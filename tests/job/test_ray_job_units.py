@@ -97,7 +97,7 @@ def test_a_private_instance_declares_at_least_two_cpus(monkeypatch, detected, de
     """One CPU would hold the first model actor, and the read task would wait for ever."""
     import ray._private.utils
 
-    from batch_inpaint.job.cluster import local_cpus
+    from batch_inpaint.job.executors.cluster import local_cpus
 
     monkeypatch.setattr(ray._private.utils, "get_num_cpus", lambda: detected)
     assert local_cpus() == declared

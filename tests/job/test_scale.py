@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from batch_inpaint.config import JobConfig
 from batch_inpaint.job import plan, results
 from batch_inpaint.job.finalize import RunState
-from batch_inpaint.job.ray_job import drop_rows
+from batch_inpaint.job.pipeline import drop_rows
 from batch_inpaint.job.scan import result_ids, scan_manifest
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import DONE

@@ -219,7 +219,10 @@ def known_boxes(ctx) -> MaskProvider:
 
 
 @pytest.mark.slow
-def test_job_verifies_turns_residuals_into_errors_reports_them_and_resumes(ray_local, tmp_path):
+@pytest.mark.parametrize("executor", ["ray", "local"])  # both executors (job/executors/)
+def test_job_verifies_turns_residuals_into_errors_reports_them_and_resumes(
+    executor, ray_local, tmp_path
+):
     import json
 
     from batch_inpaint.config import JobConfig
@@ -237,7 +240,7 @@ def test_job_verifies_turns_residuals_into_errors_reports_them_and_resumes(ray_l
     (tmp_path / "manifest.parquet").write_bytes(manifest_bytes(rows))
     out = tmp_path / "out"
     settings = dict(manifest=str(tmp_path / "manifest.parquet"), output=str(out),
-                    backend="opencv", verify=True, max_residual=0.5)  # fmt: skip
+                    backend="opencv", verify=True, max_residual=0.5, executor=executor)  # fmt: skip
     # default CPU shares: detect, verify and model actors and a read task fit the 2 test CPUs
     summary = run_job(JobConfig(**settings), echo=lambda *_: None, provider_factory=known_boxes)
 

@@ -1,0 +1,80 @@
+"""run_job: one run of the job, the same driver for every executor (job/executors/):
+
+check (config, manifest, output; nothing written) -> lock -> open the run (what is done;
+the executor connects before anything is written) -> the executor streams result rows into
+metadata parts, with a progress line -> flush -> finalize (invariants, _SUCCESS, run.json,
+report)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.job import attempts, executors, plan
+from batch_inpaint.job.finalize import finalize
+from batch_inpaint.job.report_progress import Progress
+from batch_inpaint.storage.store import Storage
+from batch_inpaint.vocab import Status
+
+
+def run_job(
+    config: JobConfig, *, echo=print, inpainter_factory=None, provider_factory=None
+) -> dict:
+    """Run one job to the end and return its summary (also written to `{output}/run.json`).
+
+    Everything that can be wrong with the config, the manifest or the output is found before
+    the executor starts; a run with nothing left to do starts none (no Ray). `inpainter_factory(ctx)
+    -> Inpainter`, a picklable callable, replaces the model the config names in every model
+    actor or slot (e.g. a test's failing model); it must match the config's model spec.
+    `provider_factory(ctx) -> MaskProvider`, picklable too, replaces the configured detectors
+    (job/detect_stage.py)."""
+    executors.check_executor(config)  # --executor ray without Ray: exit 2 before any work
+    storage = Storage(config.storage_options())
+    run, state = plan.check_run(config, storage, echo)
+    executor = None
+
+    def start(todo: int) -> None:  # before open_run writes anything
+        nonlocal executor
+        if todo:
+            executor = start_executor(run, todo)
+
+    with plan.lock_for(run):
+        job = plan.open_run(run, state, before_writes=start)
+        if job.todo:
+            with attempts.watch(storage, config.output, run.echo):  # says when actors die
+                stream(job, executor.results(job, inpainter_factory, provider_factory))
+        job.writer.flush()
+        return finalize(run)
+
+
+def start_executor(run, todo: int) -> executors.Executor:
+    """Pick the run's executor, say which and why, and connect it (before anything is written)."""
+    name, why = executors.choose(run.config, todo)
+    run.echo(f"batch-inpaint: executor {name} ({why})")
+    if name == "ray":
+        from batch_inpaint.job.executors.ray_data import RayExecutor
+
+        executor: executors.Executor = RayExecutor()
+    else:
+        from batch_inpaint.job.executors.local import LocalExecutor
+
+        executor = LocalExecutor()
+    executor.connect(run)
+    return executor
+
+
+def stream(job: plan.Plan, batches: Iterable[pa.Table]) -> None:
+    """Result batches, as the executor finishes them, into metadata parts, with the progress."""
+    run = job.run
+    progress = Progress(job.todo, run.config.progress_interval_s, run.echo)
+    try:
+        for batch in batches:
+            job.writer.add(batch)
+            run.processed += batch.num_rows
+            errors = pc.sum(pc.equal(batch.column("status"), Status.ERROR.value)).as_py()
+            progress.update(batch.num_rows, errors or 0)
+    finally:
+        progress.close()

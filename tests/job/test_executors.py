@@ -1,0 +1,195 @@
+"""The two executors over one pipeline: `local` (in process, no Ray) and `ray` (Ray Data) write
+the same result rows and the same bytes, on local folders and on S3 (moto); the local path never
+imports Ray; `auto` picks one by what the run needs; a cluster that can't be reached leaves a new
+output unwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import ConfigError
+from batch_inpaint.job import executors, pipeline
+from batch_inpaint.job.run import run_job
+from tests.fixtures_ray import REPO, local_dataset, manifest_bytes
+from tests.fixtures_s3 import DUMMY_KEY, DUMMY_SECRET, s3_client
+from tests.job.test_ray_job import (
+    build_mixed,
+    check_invariants,
+    check_outputs,
+    check_pass_through,
+    config,
+)
+
+# Columns that differ between any two runs: when and how long.
+TIMING = {"finished_at", "prepare_s", "model_s", "write_s", "detect_s", "verify_s"}
+
+
+def _rows(table) -> dict[str, dict]:
+    return {r["id"]: {k: v for k, v in r.items() if k not in TIMING} for r in table.to_pylist()}
+
+
+def _mixed_local(root: Path) -> Path:
+    src = root / "in"
+
+    def put(key: str, data: bytes) -> None:
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(data)
+
+    mixed = build_mixed(put, str(src))
+    (src / "manifest.parquet").write_bytes(manifest_bytes(mixed.rows))
+    return src / "manifest.parquet", mixed
+
+
+@pytest.mark.slow
+def test_local_and_ray_write_the_same_rows_and_bytes(ray_local, tmp_path):
+    """The mixed manifest (every kind of error row, so no error-rate limit) through both: the
+    same result rows, the same image bytes, and the local run keeps every invariant of the job."""
+    manifest, mixed = _mixed_local(tmp_path)
+    got = {}
+    for name in ("local", "ray"):
+        out = tmp_path / name
+        cfg = config(manifest=str(manifest), output=str(out), backend="opencv", executor=name,
+                     max_error_rate=None)  # fmt: skip
+        echo: list[str] = []
+        summary = run_job(cfg, echo=echo.append)
+        assert f"batch-inpaint: executor {name} (--executor)" in echo
+        meta = pq.read_table(out / "metadata")
+        check_invariants(mixed, meta.to_pylist(), summary)
+        got[name] = (_rows(meta), {p.name: p.read_bytes() for p in (out / "images").iterdir()})
+    assert got["local"][0] == got["ray"][0]
+    assert got["local"][1] == got["ray"][1] and len(got["local"][1]) == 4
+
+
+def test_local_on_s3_keeps_the_contract_and_resumes(s3_server, tiny_model_dir, monkeypatch):
+    """The tiny diffusers checkpoint over the mixed manifest on S3, in process: every row once,
+    outputs decode with unmasked pixels kept, pass-through columns, no secret written; a second
+    run has nothing to do and starts nothing."""
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS"):  # fmt: skip
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", DUMMY_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    client, bucket = s3_client(s3_server), "local-executor"
+    client.create_bucket(Bucket=bucket)
+
+    def put(key: str, data: bytes) -> None:
+        client.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
+
+    def read(uri: str) -> bytes:
+        key = uri.removeprefix(f"s3://{bucket}/") if uri.startswith("s3://") else f"out/{uri}"
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    mixed = build_mixed(put, f"s3://{bucket}/in")
+    put("manifest.parquet", manifest_bytes(mixed.rows))
+    cfg = config(manifest=f"s3://{bucket}/in/manifest.parquet", output=f"s3://{bucket}/out/",
+                 backend="tiny", model=str(tiny_model_dir), endpoint_url=s3_server,
+                 executor="local", max_error_rate=None)  # fmt: skip
+    summary = run_job(cfg, echo=lambda *_: None)
+    assert summary["success"], summary["problems"]
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    (part,) = [k for k in keys if k.startswith("out/metadata/")]
+    import io
+
+    meta = pq.read_table(io.BytesIO(read(f"s3://{bucket}/{part}"))).to_pylist()
+    check_invariants(mixed, meta, summary)
+    check_outputs(mixed, meta, read)
+    check_pass_through(mixed, meta)
+    for key in keys:
+        for secret in (DUMMY_KEY, DUMMY_SECRET):
+            assert secret.encode() not in read(f"s3://{bucket}/{key}"), key
+    echo: list[str] = []
+    again = run_job(cfg, echo=echo.append)
+    assert again["rows_this_run"] == 0 and again["success"]
+    assert not [s for s in echo if s.startswith("batch-inpaint: executor")]  # none started
+
+
+def _run_blocked(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """`batch-inpaint ARGS` in a process where `import ray` fails, as where Ray isn't installed."""
+    code = ("import sys; sys.modules['ray'] = None; from batch_inpaint.cli import main; "
+            "rc = main(sys.argv[1:]); assert 'ray' not in [m.split('.')[0] for m in sys.modules "
+            "if sys.modules[m] is not None], 'ray was imported'; sys.exit(rc)")  # fmt: skip
+    env = {**(env or os.environ), "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_the_local_executor_runs_without_ray(tmp_path):
+    manifest, rows = local_dataset(tmp_path / "in", 5)
+    out = tmp_path / "out"
+    got = _run_blocked(["run", "--manifest", str(manifest), "--output", str(out),
+                        "--backend", "opencv"])  # fmt: skip
+    assert got.returncode == 0, got.stdout + got.stderr
+    assert "executor local" in got.stdout and "SUCCESS - 5 ok" in got.stdout
+    assert json.loads((out / "run.json").read_text())["counts"]["ok"] == 5
+    assert len(list((out / "images").iterdir())) == len(rows)
+
+
+def test_executor_ray_without_ray_says_what_to_install_and_writes_nothing(tmp_path):
+    manifest, _ = local_dataset(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    got = _run_blocked(["run", "--manifest", str(manifest), "--output", str(out),
+                        "--backend", "opencv", "--executor", "ray"])  # fmt: skip
+    assert got.returncode == 2, got.stdout + got.stderr
+    assert "Please install batch-inpaint[ray]" in got.stderr
+    assert not out.exists()
+
+
+def test_an_unreachable_ray_address_exits_2_before_anything_is_written(tmp_path):
+    """A cluster that can't be joined is found before the output is claimed: a new output gets
+    no _BATCH_INPAINT, no job.json (nothing but the lock, taken and given back)."""
+    manifest, _ = local_dataset(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_ADDRESS="127.0.0.1:9", PYTHONPATH=str(REPO))
+    got = subprocess.run([sys.executable, "-m", "batch_inpaint", "run", "--manifest",
+                          str(manifest), "--output", str(out), "--backend", "opencv"],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert got.returncode == 2, got.stdout + got.stderr
+    assert "cannot join the Ray cluster at '127.0.0.1:9' (from RAY_ADDRESS)" in got.stderr
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+def test_auto_picks_ray_for_a_cluster_or_many_rows_else_local(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cpu = {"backend": "opencv"}
+    if executors.ray_initialized():
+        pytest.skip("Ray is initialized in this process: auto uses it")
+    assert executors.choose(JobConfig(**cpu), 20)[0] == "local"
+    assert executors.choose(JobConfig(**cpu), executors.LOCAL_MAX_ROWS)[0] == "local"
+    many, why = executors.choose(JobConfig(**cpu), executors.LOCAL_MAX_ROWS + 1)
+    assert many == ("ray" if executors.ray_installed() else "local") and "rows to do" in why
+    assert executors.choose(JobConfig(address="10.0.0.1:6379", **cpu), 1) == (
+        "ray", "--address 10.0.0.1:6379 names a cluster")  # fmt: skip
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert executors.choose(JobConfig(**cpu), 1)[0] == "ray"
+    assert executors.choose(JobConfig(executor="local", **cpu), 1)[0] == "local"
+    with pytest.raises(ConfigError, match="drop --address"):
+        executors.check_executor(JobConfig(executor="local", address="10.0.0.1:6379"))
+
+
+def test_both_executors_read_one_pipeline():
+    """The pipeline is described once: which steps, in which order, which hold a model."""
+    from batch_inpaint.job.resources import DetectPlan
+    from tests.job.helpers import context
+
+    def names(**kw):
+        cfg = JobConfig(backend="opencv", **kw)
+        ctx = context(Path("/tmp"), output="")
+        detect = DetectPlan(("text",), 0.0) if cfg.detect else None
+        return [(s.name, s.pool) for s in pipeline.steps(cfg, ctx, 0.0, detect)]
+
+    assert names(fuse_stages=True) == [("fused", "model")]
+    assert names(fuse_stages=False) == [("prepare", None), ("model", "model"), ("finish", None)]
+    assert names(fuse_stages=True, detect="text", verify=True) == [
+        ("detect", "detect"), ("fused", "model"), ("verify", "detect")]  # fmt: skip
