@@ -72,6 +72,11 @@ class JobConfig:
                             "fused attention, faster; auto")
     vae_tiling: bool = option(False, group="model",
                               help="decode large images tile by tile (less memory)")
+    vae: str | None = option(None, group="model",
+                             help="diffusers: another VAE (folder, s3://… prefix or Hub id); for "
+                             "SDXL in fp16 an fp16-safe one (madebyollin/sdxl-vae-fp16-fix) "
+                             "runs unupcast; unset: the checkpoint's, upcast to fp32 for SDXL; "
+                             "other backends ignore it")
     torch_compile: bool = option(False, group="model",
                                  help="torch.compile the UNet (GPU; slow start, faster steps)")
     geometry: GeometryOptions = _part(GeometryOptions, "geometry and masks")

@@ -31,6 +31,7 @@ BAD_VALUES = {
     "backend": ["torch", ""],
     "model": [5],
     "revision": [1.5],
+    "vae": [5],
     "device": ["tpu"],
     "dtype": ["fp8", "half"],
     "attention": ["flash"],

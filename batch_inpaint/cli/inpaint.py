@@ -63,8 +63,9 @@ def add_parser(sub) -> None:
     )
     t.add_argument("dir", metavar="DIR", help="new or empty directory")
     t.add_argument("--kind", default="diffusers",
-                   choices=("diffusers", "lama", "detector", "text-detector", "segmenter"),
-                   help="diffusers: the ~7 MB SD checkpoint; lama: a random-weight LaMa of the "
+                   choices=("diffusers", "sdxl", "lama", "detector", "text-detector", "segmenter"),
+                   help="diffusers: the ~7 MB SD checkpoint; sdxl: a ~9 MB SDXL-inpainting one "
+                   "(two text encoders), for --backend diffusers; lama: a random-weight LaMa of the "
                    "real architecture (~100 MB), for --backend lama; detector, text-detector, "
                    "segmenter: tiny Grounding DINO, PP-OCR det and SAM for `batch-inpaint detect` "
                    "and `run --detect` (default: diffusers)")  # fmt: skip
@@ -109,6 +110,7 @@ def _inpaint(args: argparse.Namespace) -> int:
         compile=model["torch_compile"],
         storage=storage,
         cache_dir=args.cache_dir,
+        vae=model["vae"],
     )
     t2 = time.perf_counter()
 
@@ -159,6 +161,14 @@ def _make_tiny(args: argparse.Namespace) -> int:
         print(f"wrote a tiny random {args.kind} to {path} ({time.perf_counter() - t0:.1f}s)")
         print(f"use it with: batch-inpaint detect ... {flag}\n"
               f"         or: batch-inpaint run --detect QUERIES ... {flag}")  # fmt: skip
+        return 0
+    if getattr(args, "kind", "diffusers") == "sdxl":
+        from batch_inpaint.models.tiny_sdxl import make_tiny_sdxl
+
+        path = make_tiny_sdxl(args.dir)
+        print(f"wrote a tiny random SDXL-inpainting checkpoint to {path} "
+              f"({time.perf_counter() - t0:.1f}s)")  # fmt: skip
+        print(f"use it with: batch-inpaint inpaint IMAGE MASK -o OUT --model {path}")
         return 0
     if getattr(args, "kind", "diffusers") == "lama":
         from batch_inpaint.models.lama_tiny import make_tiny_lama

@@ -154,5 +154,16 @@ def _estimate_lines(e: dict) -> list[str]:
             lines.append(f"  {row['gpu']:<6}{_n(row['rows_per_s']):>9}{_n(row['gpu_hours']):>11}"
                          f"{_n(row['wall_hours']):>12}{cost}  {row['source']}")  # fmt: skip
         lines.append(f"  utilisation: {g['utilisation_source']}")
+    m = e.get("per_million_images")
+    if m and m["rows"]:
+        price = {r["price_source"] for r in m["rows"]}
+        lines.append(f"  per GPU, images/s and $ per million images ({m['method']}; price: "
+                     f"{', '.join(sorted(price))}):")  # fmt: skip
+        for size in dict.fromkeys(r["size"] for r in m["rows"]):
+            got = [r for r in m["rows"] if r["size"] == size]
+            lines.append(f"    {size}: " + "; ".join(
+                f"{r['gpu']} {_n(r['images_per_s_per_gpu'])}/s ${r['usd_per_million_images']:,.0f}"
+                + ("" if r["source"].startswith("extrapolated") else " (measured)")
+                for r in got))  # fmt: skip
     lines += [f"  note: {n}" for n in e.get("notes", [])]
     return lines

@@ -72,7 +72,8 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
         "lock": None if not held else {k: held.get(k) for k in ("host", "pid", "age_s")},
         "damaged_results": damaged,
         "model": {**spec.describe(), "native_size": spec.native_size,
-                  "size_multiple": spec.size_multiple, "spec_source": spec.source},
+                  "size_multiple": spec.size_multiple, "spec_source": spec.source,
+                  "family": spec.family},
         "settings": _settings(cfg),
         "rows": {"manifest": len(scan.ids), "done": decision.done,
                  "bad_ids": scan.bad_rows.num_rows, "to_do": len(todo)},
@@ -165,28 +166,40 @@ def estimate(out: dict, cfg: JobConfig, records: list[dict], prices: dict) -> di
     gpus_used = max(1, math.ceil((cfg.max_actors or 1) * (cfg.gpus_per_actor or 1)))
     px_rows = [sum(w * h for w, h, *_ in p) for p in passes]
     mean_px = sum(px_rows) / n  # per sampled row, errors and skips count as 0
+    family = out["model"].get("family")
     if backend in ("diffusers", "tiny"):
-        if backend == "tiny":
-            notes.append("the tiny test checkpoint: figures are for an SD2-sized model at the "
-                         "same working sizes, not for tiny itself")  # fmt: skip
-        if (out["model"]["native_size"] or 512) > 768:
+        size = "an SDXL-inpainting-sized" if family == "sdxl" else "an SD2-sized"
+        from batch_inpaint.models.tiny_sdxl import is_tiny_sdxl_dir
+
+        if backend == "tiny" or (cfg.model and is_tiny_sdxl_dir(cfg.model)):
+            notes.append(f"a tiny test checkpoint: figures are for {size} model at the same "
+                         "working sizes, not for the tiny one itself")  # fmt: skip
+        if family != "sdxl" and (out["model"]["native_size"] or 512) > 768:
             notes.append("FLOPs are SD2's; an SDXL-class model costs several times more: "
                          "treat these figures as a lower bound")  # fmt: skip
-        flops = cost.SDFlops(next((r for r in records if r.get("workload") == "arch"), None))
+        flops = cost.SDFlops(next((r for r in records if r.get("workload") == "arch"), None),
+                             family)  # fmt: skip
         per_row = sum(flops.per_pass(w * h, s, gs, st) for p in passes for w, h, s, gs, st in p) / n
         table = cost.gpu_table(per_row, todo, records, gpus_used, prices, "w1")
-        measured = any(r["source"].startswith("measured") for r in table["rows"])
-        if not measured:
+        g = cfg.inpaint_options().generation
+        million = _per_million(plan_, family, lambda w, h: flops.per_pass(
+            w * h, g.num_inference_steps, g.guidance_scale, g.strength), g.num_inference_steps,
+            table, records, prices)  # fmt: skip
+        if not any(r["source"].startswith("measured") for r in table["rows"] + million["rows"]):
             notes.append("no GPU benchmark has been recorded yet: every GPU figure is "
                           "extrapolated from FLOPs, not measured")  # fmt: skip
         return {"method": "FLOPs per model pass at each working size × rows to do",
                 "flops_source": flops.source, "tflop_per_row": round(per_row, 3),
-                "total_pflop": round(per_row * todo / 1000, 3), "gpu": table, "notes": notes}  # fmt: skip
+                "total_pflop": round(per_row * todo / 1000, 3), "gpu": table,
+                "per_million_images": million, "notes": notes}  # fmt: skip
     rate, source = cost.cpu_rate(backend, records)
     scale = mean_px / cost.PX_512  # the recorded rates are for one 512² pass per row
+    million = None
     if backend == "lama":
         per_row = cost.LAMA_512 * scale
         table = cost.gpu_table(per_row, todo, records, gpus_used, prices, "l2")
+        million = _per_million(plan_, "lama", lambda w, h: cost.LAMA_512 * w * h / cost.PX_512,
+                               None, table, records, prices)  # fmt: skip
         notes.append("LaMa on a GPU is extrapolated from its convolution FLOPs at the same "
                      "utilisation as SD2; its FFT layers may run at another")  # fmt: skip
     else:
@@ -200,7 +213,20 @@ def estimate(out: dict, cfg: JobConfig, records: list[dict], prices: dict) -> di
     else:
         notes.append(source)
     return {"method": "recorded CPU rate scaled by working pixels", "cpu": cpu, "gpu": table,
-            "notes": notes}  # fmt: skip
+            "per_million_images": million, "notes": notes}  # fmt: skip
+
+
+def _per_million(plan_: dict, family, tflop_of, steps, table: dict, records, prices) -> dict:
+    """Images/s per GPU and dollars per million images (one image: one model pass) at the
+    sample's three commonest working sizes, per GPU type: measured where a GPU record has that
+    family and size, else extrapolated from FLOPs at the table's utilisation."""
+    sizes = [tuple(int(v) for v in k.split("x")) for k in list(plan_["passes_by_size"])[:3]]
+    rows = cost.size_costs(family, sizes, tflop_of, steps, table["utilisation"], records, prices)
+    extrapolated = sum(not r["source"].startswith("measured") for r in rows)
+    return {"rows": rows, "extrapolated": extrapolated,
+            "method": "measured on a GPU record" if not extrapolated else
+            "extrapolated from FLOPs" if extrapolated == len(rows) else
+            "measured where a GPU record has the size, else extrapolated from FLOPs"}  # fmt: skip
 
 
 def _settings(cfg: JobConfig) -> dict:

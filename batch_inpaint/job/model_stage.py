@@ -182,6 +182,7 @@ def load_model(ctx: JobContext) -> Inpainter:
         vae_tiling=cfg.vae_tiling,
         compile=cfg.torch_compile,
         storage=ctx.storage,
+        vae=cfg.vae,
     )
 
 

@@ -39,6 +39,7 @@ def load_inpainter(
     compile: bool = False,
     storage: Any = None,
     cache_dir: str | os.PathLike | None = None,
+    vae: str | os.PathLike | None = None,
     **backend_options: Any,
 ) -> Inpainter:
     """Build the named backend's Inpainter; a bad value raises ConfigError naming the option.
@@ -50,6 +51,9 @@ def load_inpainter(
     - 'opencv': classical inpainting on the CPU; no weights, no GPU.
     - 'lama': LaMa weights (a .safetensors file, a folder or s3:// URI holding one, or a Hub id)
       through spandrel; one forward pass, no prompt (docs/models.md).
+
+    `vae` (diffusers and tiny; the others have none and ignore it) replaces the checkpoint's VAE:
+    for SDXL in fp16 an fp16-safe one runs without the fp32 upcast (diffusers_backend).
     """
     backend = (backend or "diffusers").strip().lower()
     if backend not in BACKENDS:
@@ -86,6 +90,8 @@ def load_inpainter(
         storage=storage,
         cache_dir=cache_dir,
     )
+    if vae:
+        kwargs["vae"] = vae
     if backend == "tiny":
         from batch_inpaint.models.tiny import default_tiny_dir, make_tiny_model
 

@@ -1,4 +1,9 @@
-"""The default backend: a diffusers inpainting pipeline (SD1.5, SD2 or SDXL inpainting checkpoints)."""
+"""The default backend: a diffusers inpainting pipeline (SD1.5, SD2 or SDXL inpainting checkpoints).
+
+SDXL's VAE overflows in fp16 (NaNs: black or noise fills). In fp16 it runs upcast to fp32 for
+encode and decode (its config's `force_upcast`, which the SDXL pipelines honour), unless `vae`
+names an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix), which then runs as its own config
+says. In fp32 or bf16 (fp32's range) nothing is upcast."""
 
 from __future__ import annotations
 
@@ -36,6 +41,15 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
+def vae_upcast(sdxl: bool, fp16: bool, vae_given: bool, vae_says: bool) -> bool:
+    """Whether the VAE encodes and decodes in fp32: only SDXL's, only in fp16 (in fp32 or bf16
+    nothing overflows), and there as a `vae` option's own config says (`vae_says`, its
+    force_upcast: False for an fp16-safe VAE), else always (the checkpoint's VAE overflows)."""
+    if not (sdxl and fp16):
+        return False
+    return vae_says if vae_given else True
+
+
 def output_seed(seed: int, j: int) -> int:
     """The seed of a row's j-th output: the row's own seed for the first, a spread-out one after."""
     return int(seed) if j == 0 else (int(seed) + j * 0x9E3779B97F4A7C15) % 2**63
@@ -66,6 +80,7 @@ class DiffusersInpainter(Inpainter):
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
         variant: str | None = None,
+        vae: str | os.PathLike | None = None,
     ):
         import torch
 
@@ -75,8 +90,10 @@ class DiffusersInpainter(Inpainter):
         self.dtype = resolve_dtype(dtype, self.device)
         self.attention = resolve_attention(attention, self.device)
         self._lock = threading.Lock()
+        self.vae_id = os.fspath(vae) if vae else None
         self.pipe = self._load(storage, cache_dir, local_files_only, variant)
         self.pipe.set_progress_bar_config(disable=True)
+        self.vae_upcast = self._vae_upcast()
         # The loaded configs, by the same rule models.spec.model_spec reads them with.
         self.native_size, self.size_multiple = sizes_from_configs(
             self.pipe.unet.config, self.pipe.vae.config
@@ -118,6 +135,8 @@ class DiffusersInpainter(Inpainter):
             why = model_problem("diffusers", source, self.revision, cache_dir)
             if why:
                 raise ModelError(why)
+        if self.vae_id:
+            kwargs["vae"] = self._load_vae(storage, cache_dir, local_files_only)
         try:
             pipe = AutoPipelineForInpainting.from_pretrained(source, **kwargs)
             return pipe.to(self.device)
@@ -131,6 +150,54 @@ class DiffusersInpainter(Inpainter):
                 f"pass a local diffusers folder, an s3:// URI of one or a reachable Hub id; "
                 f"{ways_out(self.model_id)}"
             ) from exc
+
+    def _load_vae(self, storage, cache_dir, local_files_only: bool):
+        """The `vae` option's AutoencoderKL: a VAE folder (or a checkpoint folder with vae/), an
+        s3:// URI of one, or a Hub id (the Hub cache first); safetensors only, in our dtype."""
+        from diffusers import AutoencoderKL
+
+        source, local = self.vae_id, local_files_only
+        if "://" in source:
+            from batch_inpaint.storage.model_cache import fetch_model_dir
+
+            source, local = str(fetch_model_dir(source, storage, cache_dir)), True
+        elif os.path.isdir(source):
+            local = True
+        elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
+            raise ConfigError(f"vae {source!r}: no such directory (and not a Hub id org/name)")
+        kwargs: dict[str, Any] = {_dtype_keyword(): self.dtype, "use_safetensors": True}
+        if local and os.path.isfile(os.path.join(source, "vae", "config.json")):
+            kwargs["subfolder"] = "vae"
+        if cache_dir:
+            kwargs["cache_dir"] = str(cache_dir)
+        try:
+            try:
+                return AutoencoderKL.from_pretrained(source, local_files_only=True, **kwargs)
+            except Exception:
+                from batch_inpaint.models.availability import hub_reachable
+
+                if local or hub_reachable() is not None:
+                    raise
+                return AutoencoderKL.from_pretrained(source, **kwargs)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise ModelError(
+                f"could not load vae {self.vae_id!r}: {type(exc).__name__}: {first}; pass a VAE "
+                "folder (config.json and safetensors weights), an s3:// URI of one or a Hub id"
+            ) from exc
+
+    def _vae_upcast(self) -> bool:
+        """vae_upcast's answer for this pipeline; an SDXL VAE's force_upcast is set to match."""
+        import torch
+
+        sdxl = getattr(self.pipe, "text_encoder_2", None) is not None
+        upcast = vae_upcast(sdxl, self.dtype == torch.float16, self.vae_id is not None,
+                            bool(self.pipe.vae.config.get("force_upcast", True)))  # fmt: skip
+        if sdxl:
+            self.pipe.vae.register_to_config(force_upcast=upcast)
+        return upcast
 
     def scheduler(self, name: str):
         """The pipeline's scheduler for `name`, built once from the checkpoint's config."""

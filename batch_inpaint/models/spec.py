@@ -45,7 +45,8 @@ class ModelSpec:
     """A model as the geometry and the result rows see it.
 
     `source` says where native_size came from ("backend", "config", "hub", "loaded" or "assumed":
-    a guess, see `assumed_native_size`); it is not part of equality.
+    a guess, see `assumed_native_size`); `family` ("sd", "sdxl"; None: not a diffusion UNet or
+    not known) is what the cost estimate counts FLOPs for. Neither is part of equality.
     """
 
     backend: str
@@ -55,6 +56,7 @@ class ModelSpec:
     size_multiple: int  # working sizes must be multiples of this (8 for SD, 1 for opencv)
     ignores: tuple[str, ...] = ()  # GenerationParams fields with no effect for this backend
     source: str = field(default="backend", compare=False)
+    family: str | None = field(default=None, compare=False)
 
     def describe(self) -> dict:
         """The result rows' model columns."""
@@ -122,7 +124,8 @@ def _tiny(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
     native, multiple = sizes_from_configs(
         {"sample_size": UNET_SAMPLE_SIZE}, {"block_out_channels": VAE_BLOCKS}
     )
-    return ModelSpec("tiny", _shown(model, TINY_MODEL_ID), revision, native, multiple)
+    return ModelSpec("tiny", _shown(model, TINY_MODEL_ID), revision, native, multiple,
+                     family="sd")  # fmt: skip
 
 
 def _diffusers(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
@@ -144,10 +147,12 @@ def _diffusers(model: str | None, revision: str | None, storage: Any) -> ModelSp
             "model %s: cannot read its configs (%s); assuming native size %d px. The model stage "
             "checks this guess once the model is loaded.", _shown(given, ""), source, native
         )  # fmt: skip
+        family = "sdxl" if "xl" in given.lower() else "sd"  # the same guess as the size's
         return ModelSpec("diffusers", _shown(given, ""), revision, native, SD_SIZE_MULTIPLE,
-                         source="assumed")  # fmt: skip
+                         source="assumed", family=family)  # fmt: skip
     native, multiple = sizes_from_configs(*configs)
-    return ModelSpec("diffusers", _shown(given, ""), revision, native, multiple, source=source)
+    return ModelSpec("diffusers", _shown(given, ""), revision, native, multiple, source=source,
+                     family=family_from_config(configs[0]))  # fmt: skip
 
 
 def _lama(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
@@ -173,6 +178,12 @@ def assumed_native_size(model: str) -> int:
     if key in known:
         return known[key]
     return 1024 if "xl" in key else 512
+
+
+def family_from_config(unet: Any) -> str:
+    """sdxl for a UNet conditioned on SDXL's size "time ids" (and a pooled text embedding),
+    else sd (SD 1.x and 2.x)."""
+    return "sdxl" if dict(unet).get("addition_embed_type") == "text_time" else "sd"
 
 
 def sizes_from_configs(unet: Any, vae: Any) -> tuple[int, int]:
