@@ -44,7 +44,8 @@ def run_job(
     with plan.lock_for(run):
         job = plan.open_run(run, state, before_writes=start)
         if job.todo:
-            with attempts.watch(storage, config.output, run.echo):  # says when actors die
+            # run.storage: the lease is checked before its records are cleared
+            with attempts.watch(run.storage, config.output, run.echo):  # says when actors die
                 stream(job, executor.results(job, inpainter_factory, provider_factory))
         job.writer.flush()
         return finalize(run)
