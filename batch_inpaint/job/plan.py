@@ -5,7 +5,9 @@ Anything wrong stops here, before a GPU is asked for."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -15,7 +17,7 @@ from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.job import detect_stage, guard, results
 from batch_inpaint.job.finalize import RunState
-from batch_inpaint.job.lock import OutputLock
+from batch_inpaint.job.lock import LeasedStorage, OutputLock
 from batch_inpaint.job.scan import has_id, scan_manifest
 from batch_inpaint.models.availability import check_job_model
 from batch_inpaint.models.spec import ModelSpec, model_spec
@@ -92,8 +94,17 @@ def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState
     return RunState(cfg, storage, scan, results.new_run_id(), time.time(), echo=echo), state
 
 
-def lock_for(run: RunState) -> OutputLock:
-    return OutputLock(run.storage, run.config.output, ttl_s=run.config.lock_ttl_s)
+@contextlib.contextmanager
+def lock_for(run: RunState) -> Iterator[OutputLock]:
+    """Hold the output's lock; meanwhile `run.storage` checks the lease before every write and
+    delete (LeasedStorage), so a run that lost the lock stops with LostLockError."""
+    plain = run.storage
+    with OutputLock(plain, run.config.output, ttl_s=run.config.lock_ttl_s) as lock:
+        run.storage = LeasedStorage(plain, lock)
+        try:
+            yield lock
+        finally:
+            run.storage = plain
 
 
 def open_run(run: RunState, state: str, before_writes=None) -> Plan:
