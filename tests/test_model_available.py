@@ -90,3 +90,23 @@ def test_the_loader_fails_at_once_with_the_same_message(tmp_path, monkeypatch):
     assert "can't be had" in str(got.value) and all(w in str(got.value) for w in WAYS)
     with pytest.raises(ModelError, match="can't be had"):
         load_inpainter("lama", "org/lama-weights", device="cpu")
+
+
+def test_a_broken_model_folder_stops_the_run_before_its_output_is_claimed(tmp_path):
+    manifest, _ = local_dataset(tmp_path / "in", 2)
+    model = tmp_path / "model"
+    for part in ("unet", "vae"):  # the configs the planner reads, but nothing to load
+        (model / part).mkdir(parents=True)
+        (model / part / "config.json").write_text('{"sample_size": 64}')
+    out = tmp_path / "out"
+    proc, took = _cli(["run", "--manifest", str(manifest), "--output", str(out), "--model",
+                       str(model), "--device", "cpu"], _env(tmp_path))  # fmt: skip
+    assert proc.returncode == 2 and "is not a diffusers checkpoint" in proc.stderr, proc.stderr
+    assert "--backend opencv" in proc.stderr and "hf download" not in proc.stderr
+    assert not out.exists()  # found on the driver, not in every model actor after the claim
+
+
+def test_a_saved_checkpoint_passes(tiny_model_dir):
+    from batch_inpaint.models.availability import folder_problem
+
+    assert folder_problem(str(tiny_model_dir)) is None

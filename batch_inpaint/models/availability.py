@@ -22,11 +22,15 @@ CONNECT_TIMEOUT_S = 3.0  # one TCP connect, no retries: a reachable Hub answers 
 
 
 def ways_out(model: str) -> str:
-    """The ways to run without this model's Hub weights, for every message that says so."""
+    """The ways to run without this model's weights, for every message that says so."""
+    where = ""
+    if not model.startswith(("/", ".", "~")) and "://" not in model and model.count("/") == 1:
+        where = (
+            f", e.g. from `hf download {model} --local-dir DIR` on a machine that reaches the Hub"
+        )
     return (
         "ways out: --backend opencv (a classical fill, no weights); --backend lama --model FILE "
-        "(a LaMa .safetensors file, docs/models.md); --model DIR (a local diffusers folder, e.g. "
-        f"from `hf download {model} --local-dir DIR` on a machine that reaches the Hub)"
+        f"(a LaMa .safetensors file, docs/models.md); --model DIR (a local diffusers folder{where})"
     )
 
 
@@ -89,9 +93,32 @@ def hub_reachable(timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
     return None
 
 
+def folder_problem(folder: str) -> str | None:
+    """Why a local diffusers folder can't be loaded (no pipeline index, no UNet weights), or
+    None; what loading would find only in every model actor, after the output was claimed."""
+    import json
+
+    index = Path(folder, "model_index.json")
+    try:
+        ok = "_class_name" in json.loads(index.read_text())
+    except (OSError, ValueError):
+        ok = False
+    if not ok:
+        return f"{index} is missing or names no pipeline (_class_name)"
+    if not any(Path(folder).glob("unet/*.safetensors")):
+        return f"{folder}/unet/ holds no .safetensors weights"
+    return None
+
+
 def model_problem(backend: str, model: str | None, revision: str | None = None,
                   cache_dir: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:  # fmt: skip
     """Why `backend`'s model can't be had on this machine (the message to show), or None."""
+    if backend == "diffusers" and model and os.path.isdir(os.path.expanduser(str(model))):
+        why = folder_problem(os.path.expanduser(str(model)))
+        if why:
+            return (f"model folder {model} is not a diffusers checkpoint: {why} (write one with "
+                    f"pipeline.save_pretrained); {ways_out(str(model))}")  # fmt: skip
+        return None
     repo = hub_id(backend, model)
     if repo is None or cached(backend, repo, revision, cache_dir):
         return None

@@ -147,7 +147,6 @@ class DiffusersInpainter(Inpainter):
             first = (str(exc).strip().splitlines() or [""])[0][:300]  # one line, not a page
             raise ModelError(
                 f"could not load model {self.model_id!r}{rev}: {type(exc).__name__}: {first}; "
-                f"pass a local diffusers folder, an s3:// URI of one or a reachable Hub id; "
                 f"{ways_out(self.model_id)}"
             ) from exc
 
