@@ -215,16 +215,16 @@ class Storage:
     ) -> bool:
         """Replace the object with `data` (delete it when None) only while it holds `expected`:
         False when it holds anything else or is gone (storage/swap.py says how, per store)."""
-        from batch_inpaint.storage import swap
+        from batch_inpaint.storage.swap import swap_local, swap_other, swap_s3
 
         fs, path = self.filesystem(uri)
         if is_local(uri):
             confine = self._root(uri, root)
-            op = lambda: swap.swap_local(path, expected, data, confine)  # noqa: E731
+            op = lambda: swap_local(path, expected, data, confine)  # noqa: E731
         elif uri_scheme(uri) == "s3":
-            op = lambda: swap.swap_s3(fs, path, expected, data)  # noqa: E731
+            op = lambda: swap_s3(fs, path, expected, data)  # noqa: E731
         else:
-            op = lambda: swap.swap_other(fs, path, expected, data)  # noqa: E731
+            op = lambda: swap_other(fs, path, expected, data)  # noqa: E731
         return bool(self._retry("replacing", uri, op))
 
     def exists(self, uri: str) -> bool:
