@@ -70,7 +70,7 @@ def start_executor(run, todo: int) -> executors.Executor:
 def stream(job: plan.Plan, batches: Iterable[pa.Table]) -> None:
     """Result batches, as the executor finishes them, into metadata parts, with the progress."""
     run = job.run
-    progress = Progress(job.todo, run.config.progress_interval_s, run.echo)
+    progress = Progress(job.todo, run.config.progress_interval_s, run.echo, started=run.started)
     try:
         for batch in batches:
             job.writer.add(batch)

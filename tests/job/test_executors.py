@@ -15,7 +15,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.errors import ConfigError
 from batch_inpaint.job import executors, pipeline
 from batch_inpaint.job.run import run_job
 from tests.fixtures_ray import REPO, local_dataset, manifest_bytes
@@ -159,23 +158,41 @@ def test_an_unreachable_ray_address_exits_2_before_anything_is_written(tmp_path)
     assert not out.exists() or list(out.rglob("*")) == []
 
 
-def test_auto_picks_ray_for_a_cluster_or_many_rows_else_local(monkeypatch):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    cpu = {"backend": "opencv"}
-    if executors.ray_initialized():
-        pytest.skip("Ray is initialized in this process: auto uses it")
-    assert executors.choose(JobConfig(**cpu), 20)[0] == "local"
-    assert executors.choose(JobConfig(**cpu), executors.LOCAL_MAX_ROWS)[0] == "local"
-    many, why = executors.choose(JobConfig(**cpu), executors.LOCAL_MAX_ROWS + 1)
-    assert many == ("ray" if executors.ray_installed() else "local") and "rows to do" in why
-    assert executors.choose(JobConfig(address="10.0.0.1:6379", **cpu), 1) == (
-        "ray", "--address 10.0.0.1:6379 names a cluster")  # fmt: skip
-    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
-    assert executors.choose(JobConfig(**cpu), 1)[0] == "ray"
-    assert executors.choose(JobConfig(executor="local", **cpu), 1)[0] == "local"
-    with pytest.raises(ConfigError, match="drop --address"):
-        executors.check_executor(JobConfig(executor="local", address="10.0.0.1:6379"))
+AUTO = """
+import os
+from batch_inpaint.config import JobConfig
+from batch_inpaint.job import executors as ex
+cpu = {"backend": "opencv"}
+assert ex.choose(JobConfig(**cpu), 20)[0] == "local"
+assert ex.choose(JobConfig(**cpu), ex.LOCAL_MAX_ROWS)[0] == "local"
+many, why = ex.choose(JobConfig(**cpu), ex.LOCAL_MAX_ROWS + 1)
+assert many == ("ray" if ex.ray_installed() else "local") and "rows to do" in why, why
+assert ex.choose(JobConfig(address="10.0.0.1:6379", **cpu), 1) == (
+    "ray", "--address 10.0.0.1:6379 names a cluster")
+assert ex.choose(JobConfig(executor="local", **cpu), 1)[0] == "local"
+try:
+    ex.check_executor(JobConfig(executor="local", address="10.0.0.1:6379"))
+    raise AssertionError("local with --address was accepted")
+except ConfigError as e:
+    assert "drop --address" in str(e)
+os.environ["RAY_ADDRESS"] = "10.0.0.1:6379"
+assert ex.choose(JobConfig(**cpu), 1) == ("ray", "RAY_ADDRESS names a cluster")
+print("auto ok")
+"""
+
+
+def test_auto_picks_ray_for_a_cluster_or_many_rows_else_local():
+    """In a fresh process (pytest's may hold an initialized Ray, which auto would use)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "CUDA_VISIBLE_DEVICES")}
+    got = subprocess.run([sys.executable, "-c", AUTO], env={**env, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert got.returncode == 0 and "auto ok" in got.stdout, got.stderr
+
+
+@pytest.mark.slow
+def test_auto_uses_the_ray_this_process_initialized(ray_local):
+    assert executors.choose(JobConfig(backend="opencv"), 1) == (
+        "ray", "Ray is already initialized in this process")  # fmt: skip
 
 
 def test_both_executors_read_one_pipeline():

@@ -45,8 +45,11 @@ class LocalExecutor:
         threads = max([len(q.queue) for q in slots.values()] + [1])
         if any(s.pool is None for s in steps):  # CPU tasks beside the model: a thread per core
             threads = max(threads, 1 + _cpus())
-        blocks = read_blocks(run.storage, cfg.manifest, job.exclude, pipeline.block_rows(cfg))
-        yield from run_blocks(blocks, steps, slots, min(threads, MAX_THREADS))
+        threads = min(threads, MAX_THREADS)
+        # A small run in blocks of the usual size would leave threads idle (20 rows: 16 + 4).
+        rows = min(pipeline.block_rows(cfg), max(1, -(-job.todo // threads)))
+        blocks = read_blocks(run.storage, cfg.manifest, job.exclude, rows)
+        yield from run_blocks(blocks, steps, slots, threads)
 
 
 def resolve(cfg: JobConfig, storage, provider_factory, echo):
