@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
         "batch-inpaint manifest build --images photos/ --masks masks/ -o manifest.parquet",
         "batch-inpaint manifest build --images s3://b/photos/ --masks s3://b/masks/ "
         "--mask-pattern '{stem}_mask.png' -o s3://b/manifest.parquet",
-        "batch-inpaint manifest build --images cutouts/ --mask-from-alpha -o manifest.parquet",
+        "batch-inpaint manifest build --images photos/ --detect 'text,logo' -o manifest.parquet",
     ))  # fmt: skip
     b.add_argument("--images", required=True, help="directory or prefix of images")
     b.add_argument("--masks", help="directory or prefix of masks")
@@ -70,6 +70,10 @@ def add_parser(sub: Any) -> None:
         "(default: %(default)s; e.g. '{stem}_mask.png')",
     )
     b.add_argument("--mask-from-alpha", action="store_true", help="no masks: use image alpha")
+    b.add_argument("--detect", metavar="QUERIES",
+                   help="no masks (or not for every image): a `detect` column with these queries, "
+                   "e.g. 'text,logo'; `run` (or `batch-inpaint detect`) finds the masks from them. "
+                   "Without --masks every image is a row")  # fmt: skip
     b.add_argument("--prompt", help="prompt column for every row")
     b.add_argument("-o", "--output", required=True, help="manifest URI (.parquet, or dir/)")
     b.add_argument("--rows-per-file", type=int, help="write a directory of parts")
@@ -121,20 +125,53 @@ def _build(args: argparse.Namespace) -> int:
     from batch_inpaint.manifest.manifest import Manifest
 
     storage = storage_from_args(args)
-    m = Manifest.from_prefix(
-        args.images,
-        args.masks,
-        mask_pattern=args.mask_pattern,
-        mask_from_alpha=args.mask_from_alpha,
-        prompt=args.prompt,
-        storage=storage,
-    )
+    queries = None if args.detect is None else ",".join(_queries(args.detect))
+    if queries and args.masks is None and not args.mask_from_alpha:
+        m = _images_only(args.images, storage, queries, args.prompt)
+    else:
+        m = Manifest.from_prefix(
+            args.images,
+            args.masks,
+            mask_pattern=args.mask_pattern,
+            mask_from_alpha=args.mask_from_alpha,
+            prompt=args.prompt,
+            storage=storage,
+        )
+        if queries:  # detections united with each row's own mask (docs/masks.md)
+            m = Manifest(m.table.append_column("detect", pa_strings([queries] * len(m))),
+                         m.storage, m.unpaired)  # fmt: skip
     m.write(args.output, rows_per_file=args.rows_per_file)
     print(f"wrote {len(m)} rows to {args.output}")
     if len(m.unpaired):
         print(f"unpaired: {m.unpaired}", file=sys.stderr)
         return ExitCode.INCOMPLETE if args.strict else ExitCode.OK
     return ExitCode.OK
+
+
+def pa_strings(values: list) -> Any:
+    import pyarrow as pa
+
+    return pa.array(values, pa.string())
+
+
+def _images_only(images: str, storage: Any, queries: str, prompt: str | None) -> Any:
+    """A row per image under `images`, with no mask and `detect` set to `queries`: the job (or
+    `batch-inpaint detect`) finds each row's mask from them."""
+    from batch_inpaint.errors import ManifestError
+    from batch_inpaint.manifest.manifest import Manifest
+    from batch_inpaint.manifest.pairing import IMAGE_EXTENSIONS, pair_files
+    from batch_inpaint.storage.uri import is_local, local_path, redact_uri
+
+    found = storage.list(images, suffixes=IMAGE_EXTENSIONS)
+    if not found:
+        raise ManifestError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {redact_uri(images)}")
+    root = local_path(images) if is_local(images) else images
+    rows, _ = pair_files(found, root, None, None, "{stem}.*")
+    for row in rows:
+        row["detect"] = queries
+        if prompt is not None:
+            row["prompt"] = prompt
+    return Manifest.from_records(rows, storage)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -53,3 +53,26 @@ def test_detect_without_queries_or_mask_column_says_what_to_give(tmp_path, tiny_
     assert rc == ExitCode.CONFIG
     assert "nothing to detect" in err and "--detect" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_manifest_build_detect_then_detect(tmp_path, tiny_detect_models, capsys):
+    """Issue 25, item 7: a folder of images without masks -> `manifest build --detect` -> a
+    manifest whose rows carry their queries, which validate accepts and detect takes as it is."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(photo(40, 56, i)).save(src / f"p{i}.png")
+    manifest = tmp_path / "m" / "manifest.parquet"
+    assert main(["manifest", "build", "--images", str(src), "--detect", "text, logo",
+                 "-o", str(manifest)]) == ExitCode.OK  # fmt: skip
+    m = Manifest.read(str(manifest))
+    assert [(r["id"], r["detect"]) for r in m] == [(f"p{i}", "text,logo") for i in range(3)]
+    assert "mask" not in m.table.column_names
+    assert main(["manifest", "validate", str(manifest)]) == ExitCode.OK
+    out = tmp_path / "det"
+    rc = main(["detect", "--manifest", str(manifest), "--output", str(out), "--detector",
+               tiny_detect_models["detector"], "--text-detector", "none", "--device", "cpu",
+               "--threshold", "0", "--max-detections", "1"])  # fmt: skip
+    assert rc == ExitCode.OK and "3 rows: 3 with a mask from detections" in capsys.readouterr().out
+    assert main(["manifest", "build", "--images", str(src), "--detect", " , ",
+                 "-o", str(tmp_path / "x.parquet")]) == ExitCode.CONFIG  # fmt: skip
