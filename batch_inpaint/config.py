@@ -6,7 +6,6 @@ YAML keys, `run` flags and help derive from the fields' `option` metadata (KEYS)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -15,7 +14,15 @@ from typing import Any
 from batch_inpaint.detect.options import DetectionOptions
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.models import BACKENDS
-from batch_inpaint.option import OptionError, checked, default, meta, option, yaml_key
+from batch_inpaint.option import (
+    OptionError,
+    checked,
+    default,
+    meta,
+    option,
+    unknown_fields,
+    yaml_key,
+)
 from batch_inpaint.params import (
     GenerationParams,
     GeometryOptions,
@@ -32,7 +39,7 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 PARTS = {"geometry": GeometryOptions, "mask": MaskOptions, "generation": GenerationParams,
          "detection": DetectionOptions}  # fmt: skip
 
-__all__ = ["KEYS", "JobConfig", "add_arguments", "config_from_args", "job_yaml", "row_overrides"]
+__all__ = ["KEYS", "JobConfig", "job_yaml", "row_overrides"]
 
 
 def _part(cls: type, group: str) -> Any:
@@ -168,8 +175,6 @@ class JobConfig:
         values = {k.replace("-", "_"): v for k, v in values.items()}
         unknown = sorted(set(values) - set(KEYS) - set(PARTS))
         if unknown:
-            from batch_inpaint.cli.flags import unknown_fields
-
             raise ConfigError(unknown_fields("config", unknown, KEYS))
         for f in fields(self):
             if f.name in PARTS:
@@ -266,8 +271,6 @@ class JobConfig:
         data = {k.replace("-", "_"): v for k, v in (data or {}).items()}
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
-            from batch_inpaint.cli.flags import unknown_fields
-
             raise ConfigError(unknown_fields(source, unknown, KEYS))
         return cls(**data)
 
@@ -348,17 +351,3 @@ def job_yaml(options: InpaintOptions, **job_fields: Any) -> str:
     import yaml
 
     return yaml.safe_dump(job_settings(options, **job_fields), sort_keys=False, allow_unicode=True)
-
-
-# -- command line (batch_inpaint/cli/flags.py derives the flags from KEYS) -------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config` and a flag per key, in groups (unset: the YAML file's, then the default)."""
-    from batch_inpaint.cli.flags import add_job_flags
-
-    add_job_flags(parser)
-
-
-def config_from_args(args: argparse.Namespace) -> JobConfig:
-    from batch_inpaint.cli.flags import job_config_from_args
-
-    return job_config_from_args(args)

@@ -6,9 +6,10 @@ from that, here and in config.py, so a rule is written once."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,3 +164,18 @@ def build(
     except OptionError as exc:
         f = next(f for f in dataclasses.fields(cls) if f.name == exc.field)
         raise ConfigError(f"{name(f)} {exc.reason}") from None
+
+
+# -- near misses: "did you mean" (argparse suggests flags only from Python 3.12) ----------------
+def near_miss(name: str, known: Iterable[str]) -> str | None:
+    """The known name `name` is probably a typo of, if any."""
+    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_fields(source: str, unknown: Iterable[str], known: Iterable[str]) -> str:
+    """The message for config keys no field has, with the key each near miss probably meant."""
+    known, unknown = sorted(known), list(unknown)
+    hints = [f"{n!r}: did you mean {m!r}?" for n in unknown if (m := near_miss(n, known))]
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"{source}: unknown field(s) {unknown}{hint}; known fields: {', '.join(known)}"

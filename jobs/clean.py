@@ -22,7 +22,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from batch_inpaint.cli import error_exit_status, job_exit_status  # noqa: E402
-from batch_inpaint.config import add_arguments, config_from_args  # noqa: E402
+from batch_inpaint.cli.flags import add_arguments, config_from_args  # noqa: E402
 from batch_inpaint.errors import InpaintError  # noqa: E402
 from batch_inpaint.vocab import ExitCode  # noqa: E402
 

@@ -12,12 +12,8 @@ import time
 
 import pytest
 
-from batch_inpaint.config import (
-    KEYS,
-    JobConfig,
-    add_arguments,
-    config_from_args,
-)
+from batch_inpaint.cli.flags import add_arguments, config_from_args
+from batch_inpaint.config import KEYS, JobConfig
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.job.model_stage import batch_size_for
 from tests.fixtures_ray import REPO
@@ -93,6 +89,7 @@ BAD_VALUES = {
     "segmenter_revision": [2.5],
     "detect_threshold": [1.5, -0.1, "0.3"],
     "text_threshold": [2, float("nan")],
+    "text_min_confidence": [1.5, -0.1],
     "max_detections": [0],
     "detect_dilate": [-1, 513],
     "detect_batch_size": [0],

@@ -1,17 +1,15 @@
 """Command-line flags derived from the options' field metadata (batch_inpaint/option.py): one flag
 per field, its help, choices and default (printed once), grouped as the fields are. Used by
-`batch-inpaint run`, jobs/*.py (through config.add_arguments) and `batch-inpaint inpaint`."""
+`batch-inpaint run`, jobs/*.py (add_arguments, config_from_args) and `batch-inpaint inpaint`."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
-from collections.abc import Iterable
 from typing import Any
 
 from batch_inpaint.config import KEYS, JobConfig
-from batch_inpaint.option import build, default, kind, meta, range_text, yaml_key
+from batch_inpaint.option import build, default, kind, meta, near_miss, range_text, yaml_key
 
 GROUPS = (
     "job",
@@ -49,14 +47,16 @@ def add_flag(group: Any, f: dataclasses.Field, *, choices: bool = True) -> None:
         group.add_argument(flag_name(f), type=typ, choices=picks, metavar=metavar, **kw)
 
 
-def add_job_flags(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and a flag per key, in groups (unset: the YAML file's, then the default)."""
     groups = {g: parser.add_argument_group(g) for g in GROUPS}
     groups["job"].add_argument("--config", help="YAML file of job settings (flags override it)")
     for k in KEYS.values():
         add_flag(groups[k.group], k.field)
 
 
-def job_config_from_args(args: argparse.Namespace) -> JobConfig:
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    """The JobConfig the flags (over `--config`'s YAML file, over the defaults) describe."""
     given = {n: getattr(args, n) for n in KEYS if getattr(args, n, None) is not None}
     if "allowed_buckets" in given:  # repeatable and/or comma-separated, as in `manifest` commands
         given["allowed_buckets"] = [b for v in given["allowed_buckets"] for b in v.split(",") if b]
@@ -78,21 +78,6 @@ def options_from_args(cls: type, args: argparse.Namespace) -> Any:
         flag_name(f): getattr(args, yaml_key(f)) for f in dataclasses.fields(cls) if meta(f).flag
     }
     return build(cls, {k: v for k, v in given.items() if v is not None}, name=flag_name)
-
-
-# -- near misses: "did you mean" (argparse suggests flags only from Python 3.12) ----------------
-def near_miss(name: str, known: Iterable[str]) -> str | None:
-    """The known name `name` is probably a typo of, if any."""
-    found = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
-def unknown_fields(source: str, unknown: Iterable[str], known: Iterable[str]) -> str:
-    """The message for config keys no field has, with the key each near miss probably meant."""
-    known, unknown = sorted(known), list(unknown)
-    hints = [f"{n!r}: did you mean {m!r}?" for n in unknown if (m := near_miss(n, known))]
-    hint = f" ({'; '.join(hints)})" if hints else ""
-    return f"{source}: unknown field(s) {unknown}{hint}; known fields: {', '.join(known)}"
 
 
 class ExamplesFormatter(argparse.HelpFormatter):

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
             "batch-inpaint run --config job.yaml --address auto    # on a Ray cluster",
         ),
     )
-    from batch_inpaint.config import add_arguments
+    from batch_inpaint.cli.flags import add_arguments
     from batch_inpaint.job.estimate import DEFAULT_SAMPLE
 
     add_arguments(p)
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
 
 def _run(args) -> int:
     from batch_inpaint.cli import job_exit_status
-    from batch_inpaint.config import config_from_args
+    from batch_inpaint.cli.flags import config_from_args
     from batch_inpaint.errors import ConfigError
 
     cfg = config_from_args(args).require_io()  # validated before any cluster work
