@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
         description=__doc__,
         **examples(
             "batch-inpaint report --output out/    # out/report.html and out/side_by_side/",
-            "batch-inpaint report --output s3://bucket/cleaned/ --side-by-side pictures/",
+            "batch-inpaint report --output s3://bucket/cleaned/ --to report-copy/",
         ),
     )
     p.add_argument("--output", required=True, help="the output of a `run` (local folder or URI)")
@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
         help="local folder for the side-by-side PNGs (default: side_by_side/ inside a local "
         "output; none for an object-storage output unless given)",
     )
+    p.add_argument("--to", metavar="DIR",
+                   help="write a local copy instead (report.html, side_by_side/ and the full-size "
+                   "outputs the page links to), e.g. of an object-storage output, to open in a "
+                   "browser; the output is only read")  # fmt: skip
     add_storage_flags(p)
     p.set_defaults(func=_report)
 
@@ -44,7 +48,7 @@ def _report(args) -> int:
     )
     # Without storage flags, the run's own storage settings (job.json) apply.
     storage = storage_from_args(args) if any(getattr(args, f) for f in flags) else None
-    got = regenerate(args.output, storage, args.side_by_side)
+    got = regenerate(args.output, storage, args.side_by_side, to=args.to)
     print(summary_text(got["summary"], got["report"]))
     if got["side_by_side"]:
         n = len(got["pictures"])

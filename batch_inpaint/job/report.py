@@ -4,6 +4,7 @@ sample. `regenerate` rebuilds both for any finished output (`batch-inpaint repor
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -187,6 +188,11 @@ def side_by_side(output: str | Path, dest: str | Path | None = None, *, storage=
     made = []
     if table is None:
         return made
+    from batch_inpaint.job import report_html as page
+
+    # the page's sample: the rows its Errors section shows are left out of it
+    table = page.without(table, page.shown_errors(table, page.MAX_ERRORS_PER_KIND,
+                                                  page.MAX_ERRORS_SHOWN)[2])  # fmt: skip
     idx = sample_indices(table, cfg.report_sample, run_id or "report")
     for row in table.take(pa.array(idx, pa.int64())).to_pylist():
         kept = row["status"] in DONE or row.get("error_kind") == "residual"  # residual: kept
@@ -197,6 +203,21 @@ def side_by_side(output: str | Path, dest: str | Path | None = None, *, storage=
         Image.fromarray(sheet).save(path, compress_level=3)
         made.append(path)
     return made
+
+
+def local_copy(dest: Path, page: str, storage, output: str) -> str:
+    """report.html in `dest` and every file of the output it links to relatively (the outputs
+    and detected masks of its cards), so the copy opens in a browser with working links."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in sorted(set(re.findall(r'href="((?:images|masks)/[^"]+)"', page))):
+        rel = html.unescape(rel)
+        target = (dest / rel).resolve()
+        if dest.resolve() not in target.parents:  # a key that would leave the copy's folder
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(join(output, rel)))
+    (dest / "report.html").write_text(page, encoding="utf-8")
+    return str(dest / "report.html")
 
 
 def load_job(output: str, storage=None):
@@ -240,9 +261,12 @@ def lock_holder(storage, output: str, ttl_s: float = 120.0) -> dict | None:
     )
 
 
-def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = None) -> dict:
+def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = None,
+               to: str | Path | None = None) -> dict:  # fmt: skip
     """Rebuild report.html of a finished output (and side-by-side PNGs when a folder is given or
-    the output is local). Returns {"report", "summary", "side_by_side", "pictures"}."""
+    the output is local). `to`: a local folder for a copy instead (report.html, side_by_side/
+    and the full-size files the page links to), the output left as it is (read only).
+    Returns {"report", "summary", "side_by_side", "pictures"}."""
     from batch_inpaint.errors import ConfigError
     from batch_inpaint.job import results
     from batch_inpaint.job.lock import LockedError
@@ -273,10 +297,18 @@ def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = 
     summary.update(output=output, success=bool(summary.get("success")) and success_file)
     if "residuals" not in summary:  # run.json of an older version, or none
         summary["residuals"] = residual_summary(table, cfg.max_residual)
-    uri = write_report(storage, cfg, table, summary)
+    if to is not None:
+        uri = local_copy(Path(to), render(summary, table, cfg, storage, cfg.report_sample),
+                         storage, output)  # fmt: skip
+    else:
+        uri = write_report(storage, cfg, table, summary)
     dest = side_by_side_dir
-    if dest is None and is_local(output):
-        dest = Path(local_path(output)) / "side_by_side"
+    if dest is None and (to is not None or is_local(output)):
+        dest = (
+            Path(to) / "side_by_side"
+            if to is not None
+            else Path(local_path(output)) / "side_by_side"
+        )
     made = []
     if dest is not None:
         run = summary.get("run_id") or run_id

@@ -14,7 +14,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.job import report_charts as charts
-from batch_inpaint.job.report_pictures import error_pictures, row_pictures, sample_indices, thumb
+from batch_inpaint.job.report_pictures import (
+    error_pictures,
+    full_size,
+    row_pictures,
+    sample_indices,
+    shown_errors,
+    thumb,
+    without,
+)
 from batch_inpaint.vocab import DONE, Status
 
 MAX_ERRORS_SHOWN = 500  # error rows listed, all kinds together
@@ -90,6 +98,7 @@ def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
     run_id = summary.get("run_id", "")
     problems = "".join(f"<li>{e(p)}</li>" for p in summary.get("problems", []))
     rates, span = charts.throughput(table, charts.run_start(run_id))
+    errors, shown = _errors(table, summary, cfg, storage)
     parts = [
         _banner(summary, table, cfg),
         f'<header><h1>batch-inpaint report <span id="state" class="badge b-{cls}">{e(state)}</span>'
@@ -106,13 +115,13 @@ def render(summary: dict, table: pa.Table, cfg, storage, sample: int) -> str:
         f"{problems}</ul></div>"
         if problems
         else "",
-        _errors(table, summary, cfg, storage),
+        errors,
         _residuals(table, summary, cfg, storage),
         "<h2>Timings</h2>",
         f'<div class="scroll">{charts.timings_table(charts.stage_stats(table))}</div>',
         "<h3>Throughput over this run</h3>",
         charts.throughput_svg(rates, span),
-        _sample(table, cfg, storage, sample, run_id),
+        _sample(without(table, shown), cfg, storage, sample, run_id),
     ]
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -178,21 +187,24 @@ def _facts(summary: dict, table: pa.Table, cfg) -> str:
         shown = "; ".join(f"{b} {m} {r or ''} ({n:,} rows)".replace("  ", " ")
                           for b, m, r, n in models[:5])  # fmt: skip
         mixed = f'<p class="muted">rows were made by {len(models)} models: {e(shown)}</p>'
-    return f'<section class="panel"><dl class="facts">{cells}</dl>{mixed}</section>'
+    from batch_inpaint.job.report_command import command_line
+    from batch_inpaint.storage.uri import redact_uri
+
+    ran = (f'<p class="muted">manifest <code id="manifest">{e(redact_uri(cfg.manifest))}</code>; '
+           f'to run it again: <code id="command">{e(command_line(cfg))}</code></p>')  # fmt: skip
+    return f'<section class="panel"><dl class="facts">{cells}</dl>{mixed}{ran}</section>'
 
 
-def _errors(table: pa.Table, summary: dict, cfg, storage) -> str:
+def _errors(table: pa.Table, summary: dict, cfg, storage) -> tuple[str, pa.Array]:
+    none = pa.array([], pa.string())
     if not table.num_rows:
-        return ""
-    errors = table.filter(pc.equal(table.column("status"), Status.ERROR.value))
+        return "", none
+    errors, counts, shown = shown_errors(table, MAX_ERRORS_PER_KIND, MAX_ERRORS_SHOWN)
     if not errors.num_rows:
-        return '<h2>Errors</h2><p id="no-errors">No row failed.</p>'
+        return '<h2>Errors</h2><p id="no-errors">No row failed.</p>', none
     from batch_inpaint.vocab import TRANSIENT_KINDS
 
     kinds = pc.fill_null(errors.column("error_kind"), "unknown")
-    counts = sorted(((k.as_py(), n.as_py()) for k, n in (
-        (v["values"], v["counts"]) for v in pc.value_counts(kinds))),
-        key=lambda kv: (-kv[1], kv[0]))  # fmt: skip
     chart = charts.kinds_svg([(k, n, k in TRANSIENT_KINDS) for k, n in counts])
     out = [f"<h2>Errors ({errors.num_rows:,})</h2>", chart]
     budget = MAX_ERRORS_SHOWN
@@ -218,7 +230,7 @@ def _errors(table: pa.Table, summary: dict, cfg, storage) -> str:
             f'<div class="scroll"><table class="errors"><tr><th>id</th><th>message</th>'
             f"<th>image</th></tr>{trs}</table></div>{more}</div>"
         )
-    return "".join(out)
+    return "".join(out), shown
 
 
 def _clip(text) -> str:
@@ -286,6 +298,10 @@ def _mask_count(summary: dict) -> str:
             f"{sum(found.values()):,} ({e(kinds)})</span>")  # fmt: skip
 
 
+def _linked(img: str, href: str | None) -> str:
+    return f'<a href="{e(href)}" target="_blank">{img}</a>' if href else img
+
+
 def _residual_line(row: dict) -> str:
     """'watermark' at 0.812 (the note verify wrote), the score alone when there is none."""
     note = row.get("note") or ""
@@ -301,8 +317,9 @@ def _card(row: dict, cfg, storage, extra: str = "") -> str:
     if row.get("output") and (status in DONE or row.get("error_kind") == "residual"):
         try:
             a, m, o = (thumb(x) for x in row_pictures(row, storage, cfg))
-            cells = (f'<img src="{a}" alt="input"><img src="{m}" alt="mask">'
-                     f'<img src="{o}" alt="output">')  # fmt: skip
+            cells = "".join(_linked(f'<img src="{src}" alt="{alt}">', href)
+                            for src, alt, href in zip((a, m, o), ("input", "mask", "output"),
+                                                      full_size(row), strict=True))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a thumbnail that can't be made is not fatal
             cells = f"<p>thumbnail unavailable: {e(exc)}</p>"
     else:

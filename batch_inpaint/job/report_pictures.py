@@ -109,6 +109,48 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def full_size(row: dict) -> tuple[str | None, str | None, str | None]:
+    """Where a card's pictures link to, full size: the output and a detected mask relative to the
+    report (they travel with a copied output and `report --to`); the input and a given mask by
+    their own location when a browser can open it (a local file, http(s)); else no link."""
+
+    def opened(uri) -> str | None:
+        if not uri:
+            return None
+        uri = str(uri)
+        if uri.startswith(("http://", "https://", "file://")):
+            return uri
+        return "file://" + uri if uri.startswith("/") else None
+
+    mask = row.get("mask_used") or None
+    return opened(row.get("image")), mask or opened(row.get("mask")), row.get("output") or None
+
+
+def shown_errors(table: pa.Table, per_kind: int,
+                 in_all: int) -> tuple[pa.Table, list[tuple[str, int]], pa.Array]:  # fmt: skip
+    """The error rows, their kinds with counts (most first) and the ids the Errors section lists
+    (at most `per_kind` per kind, `in_all` in all)."""
+    errors = table.filter(pc.equal(table.column("status"), Status.ERROR.value))
+    kinds = pc.fill_null(errors.column("error_kind"), "unknown")
+    counts = sorted(((k.as_py(), n.as_py()) for k, n in (
+        (v["values"], v["counts"]) for v in pc.value_counts(kinds))),
+        key=lambda kv: (-kv[1], kv[0]))  # fmt: skip
+    picked, budget = [], in_all
+    for kind, n in counts:
+        take = min(n, per_kind, budget)
+        budget -= take
+        picked.append(pc.indices_nonzero(pc.equal(kinds, kind)).slice(0, take))
+    idx = pa.concat_arrays(picked) if picked else pa.array([], pa.uint64())
+    return errors, counts, errors.column("id").take(idx).combine_chunks()
+
+
+def without(table: pa.Table, ids: pa.Array) -> pa.Table:
+    """The table less the rows `ids` names: the sample leaves out rows the Errors section shows."""
+    if not len(ids):
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=ids)))
+
+
 def sample_indices(table: pa.Table, n: int, seed: str) -> list[int]:
     """Up to `n` row positions drawn across statuses (ok, skipped, error): each status present
     gets an equal share (or all its rows, if fewer), what is left goes to the others in that
