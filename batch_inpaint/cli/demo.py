@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.models.spec import BACKENDS as MODEL_BACKENDS
+from batch_inpaint.models.spec import DEFAULT_MODEL
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BANNER = "random weights: noise expected"
-SD2_ID = "sd2-community/stable-diffusion-2-inpainting"
+SD2_ID = DEFAULT_MODEL
 LAMA_FILE = "big-lama.safetensors"  # looked for in the model cache (docs/models.md converts it)
-BACKENDS = ("auto", "diffusers", "lama", "opencv", "tiny")
+BACKENDS = ("auto", *MODEL_BACKENDS)
 
 
 @dataclass(frozen=True)
