@@ -15,8 +15,8 @@ import pytest
 
 from batch_inpaint.errors import ConfigError, ModelError
 from batch_inpaint.models import TINY_MODEL_ID, load_inpainter
-from batch_inpaint.models.diffusers_backend import DEFAULT_MODEL
 from batch_inpaint.models.spec import (
+    DEFAULT_MODEL,
     FILL_IGNORES,
     ModelSpec,
     assumed_native_size,

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.models.spec import BACKENDS
 from batch_inpaint.vocab import ExitCode
 
-BACKENDS = ("diffusers", "opencv", "tiny", "lama")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 

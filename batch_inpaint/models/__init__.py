@@ -10,10 +10,8 @@ from typing import Any
 
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.models.base import Inpainter
-from batch_inpaint.models.spec import ModelSpec, check_spec, model_spec
+from batch_inpaint.models.spec import BACKENDS, ModelSpec, check_spec, model_spec
 from batch_inpaint.models.tiny import TINY_MODEL_ID
-
-BACKENDS = ("diffusers", "opencv", "tiny", "lama")
 
 __all__ = [
     "BACKENDS",

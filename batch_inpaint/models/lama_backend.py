@@ -13,7 +13,6 @@ sizes are multiples of 8 (three stride-2 downsamplings); sides under 16 are padd
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,12 +20,15 @@ import numpy as np
 
 from batch_inpaint.errors import ConfigError, ModelError
 from batch_inpaint.models.base import Inpainter, is_out_of_memory
-from batch_inpaint.models.spec import FILL_IGNORES, ModelSpec
+from batch_inpaint.models.spec import (
+    FILL_IGNORES,
+    LAMA_NATIVE_SIZE,
+    LAMA_SIZE_MULTIPLE,
+    lama_model_spec,
+)
 from batch_inpaint.models.torch_device import SourcedModel, resolve_dtype
 from batch_inpaint.params import GenerationParams
 
-NATIVE_SIZE: int | None = None
-SIZE_MULTIPLE = 8
 MIN_SIDE = 16  # the residual blocks' reflect padding needs a 2x2 bottleneck
 # 'auto' on a CUDA device with native bf16 (Ampere and later); others run fp32. `python -m bench
 # l2` measures bf16 against fp32 (speed, largest pixel difference): set this to "fp32" to revert.
@@ -39,23 +41,6 @@ FP16_REFUSED = (
 # On the CPU a batch runs in chunks of at most this many pixels: batching gains nothing there
 # and a 1024² image already needs about 1.5 GB of activations.
 CPU_PIXELS_PER_PASS = 2 * 1024 * 1024
-
-
-def lama_model_spec(model: str | os.PathLike | None, revision: str | None = None) -> ModelSpec:
-    """The lama model's spec, without reading its weights (native size and multiple are the
-    architecture's)."""
-    from batch_inpaint.models.lama_weights import check_weights_name
-    from batch_inpaint.storage.uri import redact_uri
-
-    if not model:
-        raise ConfigError(
-            "backend lama needs a model: a .safetensors file, a folder or s3:// URI holding one, "
-            "or a Hub id (see docs/models.md; `batch-inpaint make-tiny-model --kind lama DIR` "
-            "writes a random-weight one for tries)"
-        )
-    check_weights_name(os.fspath(model))
-    shown = redact_uri(os.fspath(model))
-    return ModelSpec("lama", shown, revision, NATIVE_SIZE, SIZE_MULTIPLE, FILL_IGNORES)
 
 
 def lama_dtype_name(dtype: Any, device: str, bf16_supported: bool) -> str:
@@ -92,8 +77,8 @@ class LamaInpainter(SourcedModel, Inpainter):
     """LaMa weights loaded through spandrel behind the Inpainter interface."""
 
     backend = "lama"
-    native_size = NATIVE_SIZE
-    size_multiple = SIZE_MULTIPLE
+    native_size = LAMA_NATIVE_SIZE
+    size_multiple = LAMA_SIZE_MULTIPLE
     ignores = FILL_IGNORES
 
     def check_source(self, model, revision) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batch_inpaint.errors import ConfigError, ModelError
+from batch_inpaint.models.weight_names import check_weights_name
 from batch_inpaint.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ KNOWN_NATIVE_SIZES = {
     "stabilityai/stable-diffusion-xl-base-1.0": 1024,
 }
 SD_SIZE_MULTIPLE = 8  # the SD family's VAE scale: working sizes are multiples of it
+# stabilityai/stable-diffusion-2-inpainting was removed from the Hub; this community mirror holds
+# the same weights in diffusers format with safetensors. The diffusers backend's default.
+DEFAULT_MODEL = "sd2-community/stable-diffusion-2-inpainting"
+LAMA_NATIVE_SIZE: int | None = None  # a convolutional net: any size is native
+LAMA_SIZE_MULTIPLE = 8
 _ORIGINS = {"config": "the model's config files", "hub": "the Hub's config files"}
 
 
@@ -129,8 +135,6 @@ def _tiny(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
 
 
 def _diffusers(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
-    from batch_inpaint.models.diffusers_backend import DEFAULT_MODEL
-
     given = str(model) if model else DEFAULT_MODEL
     if "://" in given and not given.startswith("file://"):
         configs, source = _storage_configs(given, storage), "config"
@@ -155,15 +159,31 @@ def _diffusers(model: str | None, revision: str | None, storage: Any) -> ModelSp
                      family=family_from_config(configs[0]))  # fmt: skip
 
 
-def _lama(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
-    from batch_inpaint.models.lama_backend import lama_model_spec  # torch-free at import
+def lama_model_spec(model: str | os.PathLike | None, revision: str | None = None) -> ModelSpec:
+    """The lama model's spec, without reading its weights (native size and multiple are the
+    architecture's)."""
+    from batch_inpaint.storage.uri import redact_uri
 
+    if not model:
+        raise ConfigError(
+            "backend lama needs a model: a .safetensors file, a folder or s3:// URI holding one, "
+            "or a Hub id (see docs/models.md; `batch-inpaint make-tiny-model --kind lama DIR` "
+            "writes a random-weight one for tries)"
+        )
+    check_weights_name(os.fspath(model))
+    shown = redact_uri(os.fspath(model))
+    return ModelSpec("lama", shown, revision, LAMA_NATIVE_SIZE, LAMA_SIZE_MULTIPLE, FILL_IGNORES)
+
+
+def _lama(model: str | None, revision: str | None, storage: Any) -> ModelSpec:
     return lama_model_spec(model, revision)
 
 
+# The backends, listed once: config's choices, load_inpainter, `serve` and `demo` read BACKENDS.
 SPEC_RULES: dict[str, SpecRule] = {
-    "opencv": _opencv, "tiny": _tiny, "diffusers": _diffusers, "lama": _lama,
+    "diffusers": _diffusers, "opencv": _opencv, "tiny": _tiny, "lama": _lama,
 }  # fmt: skip
+BACKENDS = tuple(SPEC_RULES)
 
 
 def register_spec_rule(backend: str, rule: SpecRule) -> None:
