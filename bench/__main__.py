@@ -31,6 +31,7 @@ SMOKE = {
     "d1": ["--tiny", "--size", "64", "--warmup", "0", "--repeats", "1"],
     "d2": ["--size", "64", "--batch", "2", "--repeats", "1"],
     "e1": ["--size", "64", "--rows", "4", "--repeats", "1", "--executors", "local"],
+    "j1": ["--size", "64", "--rows", "4"],
 }
 # Not in a smoke run: it starts Ray and loads a 1.3 B-parameter model (tests/test_bench.py runs
 # it, marked slow).
@@ -48,6 +49,7 @@ GPU_QUICK = {
     "w6": ["--rows", "32", "--steps", "20"],
     "l2": ["--batch", "32", "--repeats", "1"],
     "d2": ["--batch", "8", "--repeats", "2"],
+    "j1": ["--rows", "32", "--steps", "20"],
 }
 
 

@@ -5,8 +5,11 @@
 #   gpu-check.log      everything printed, ending with a summary
 #   records.tar.gz     the bench's JSON records and plots, and pytest's junit XML
 #                      (tar -xzf records.tar.gz -C bench/results)
-# Tests that fail do not stop the bench: the measurements are the point. Exit status: 0 all
-# well, 1 GPU tests failed, 3 the bench failed or ran out of time, 4 the wheels did not install.
+# The bench ends with j1: `batch-inpaint run` itself (local executor, local files, the real model
+# stage) with SD2's architecture, LaMa, and LaMa with the text detector, random weights; it prints
+# each run's command first. Tests that fail do not stop the bench: the measurements are the
+# point. Exit status: 0 all well, 1 GPU tests failed, 3 the bench failed or ran out of time, 4 the
+# wheels did not install.
 #
 #   scripts/gpu-check.sh [--dry-run] [--budget SECONDS]
 #

@@ -87,11 +87,19 @@ def test_dry_run_without_a_gpu_installs_tests_and_benches(tmp_path):
         }
     suite = junit if junit.tag == "testsuite" else junit.find("testsuite")
     assert int(suite.get("tests")) > 0 and suite.get("skipped") == suite.get("tests")
-    assert {"w1", "w2", "w3", "w4", "w5", "w6"} <= set(records)
+    assert {"w1", "w2", "w3", "w4", "w5", "w6", "j1"} <= set(records)
     for name, record in records.items():
         assert record["device"].startswith("cpu: ") and record["rows"], name
         assert "--quick" in record["command"] and record["smoke"] is True, name
     assert any(n.startswith("w5_") and n.endswith(".png") for n in names)
+    # j1: `batch-inpaint run` itself, as the GPU machine will run it, each command shown first
+    runs = [line for line in log.splitlines() if line.startswith("+ batch-inpaint run ")]
+    assert len(runs) == 3 and all("--executor local" in line for line in runs), runs
+    assert any("--backend lama" in line and "--config" in line for line in runs)  # text detect
+    j1 = {row["run"]: row for row in records["j1"]["rows"]}
+    assert [j1[r]["exit"] for r in ("sd2", "lama", "text")] == [0, 0, 0], j1
+    assert j1["sd2"]["ok"] == j1["sd2"]["rows"] > 0 and j1["model_loop"]["rows_per_s"] > 0
+    assert records["j1"]["ratios"]["sd2_job_vs_model_loop_rows_per_s"] > 0
 
 
 def test_unknown_argument_is_refused_with_the_usage():
