@@ -262,7 +262,7 @@ def _sample(table: pa.Table, cfg, storage, n: int, run_id: str) -> str:
 
 def _residuals(table: pa.Table, summary: dict, cfg, storage) -> str:
     """The verified rows with the highest residual_score, input | mask | output."""
-    from batch_inpaint.job.report import residual_text  # report imports this module
+    from batch_inpaint.job.residuals import residual_text
 
     if "residual_score" not in table.column_names or not summary.get("residuals"):
         return ""
