@@ -5,6 +5,7 @@ output unwritten."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -47,22 +48,69 @@ def _mixed_local(root: Path) -> Path:
     return src / "manifest.parquet", mixed
 
 
+class S3:
+    """A bucket on the moto server, with the environment a run reads its credentials from."""
+
+    def __init__(self, endpoint: str, bucket: str, monkeypatch):
+        for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                    "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS"):  # fmt: skip
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", DUMMY_KEY)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET)
+        monkeypatch.setenv("AWS_REGION", "us-east-1")
+        self.endpoint, self.bucket = endpoint, bucket
+        self.client = s3_client(endpoint)
+        self.client.create_bucket(Bucket=bucket)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def read(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def keys(self, prefix: str) -> list[str]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        return [o["Key"] for p in pages for o in p.get("Contents", [])]
+
+    def mixed(self):
+        mixed = build_mixed(lambda key, data: self.put(f"in/{key}", data), f"s3://{self.bucket}/in")
+        self.put("in/manifest.parquet", manifest_bytes(mixed.rows))
+        return f"s3://{self.bucket}/in/manifest.parquet", mixed
+
+
 @pytest.mark.slow
-def test_local_and_ray_write_the_same_rows_and_bytes(ray_local, tmp_path):
-    """The mixed manifest (every kind of error row, so no error-rate limit) through both: the
-    same result rows, the same image bytes, and the local run keeps every invariant of the job."""
-    manifest, mixed = _mixed_local(tmp_path)
+@pytest.mark.parametrize("where", ["files", "s3"])
+def test_local_and_ray_write_the_same_rows_and_bytes(where, ray_local, tmp_path, request):
+    """The mixed manifest (every kind of error row, so no error-rate limit) through both, from
+    local files and on S3 (moto): the same result rows, the same image bytes, and each run keeps
+    every invariant of the job."""
+    if where == "s3":
+        s3 = S3(request.getfixturevalue("s3_server"), "both-executors",
+                request.getfixturevalue("monkeypatch"))  # fmt: skip
+        manifest, mixed = s3.mixed()
+        extra = {"endpoint_url": s3.endpoint}
+    else:
+        manifest, mixed = _mixed_local(tmp_path)
+        manifest, extra = str(manifest), {}
     got = {}
     for name in ("local", "ray"):
-        out = tmp_path / name
-        cfg = config(manifest=str(manifest), output=str(out), backend="opencv", executor=name,
-                     max_error_rate=None)  # fmt: skip
+        out = f"s3://{s3.bucket}/{name}/" if where == "s3" else str(tmp_path / name)
+        cfg = config(manifest=manifest, output=out, backend="opencv", executor=name,
+                     max_error_rate=None, **extra)  # fmt: skip
         echo: list[str] = []
         summary = run_job(cfg, echo=echo.append)
         assert f"batch-inpaint: executor {name} (--executor)" in echo
-        meta = pq.read_table(out / "metadata")
+        if where == "s3":
+            (part,) = s3.keys(f"{name}/metadata/")
+            meta = pq.read_table(io.BytesIO(s3.read(part)))
+            images = {k.rsplit("/", 1)[1]: s3.read(k) for k in s3.keys(f"{name}/images/")}
+        else:
+            meta = pq.read_table(Path(out) / "metadata")
+            images = {p.name: p.read_bytes() for p in (Path(out) / "images").iterdir()}
         check_invariants(mixed, meta.to_pylist(), summary)
-        got[name] = (_rows(meta), {p.name: p.read_bytes() for p in (out / "images").iterdir()})
+        got[name] = (_rows(meta), images)
     assert got["local"][0] == got["ray"][0]
     assert got["local"][1] == got["ray"][1] and len(got["local"][1]) == 4
 
@@ -71,40 +119,23 @@ def test_local_on_s3_keeps_the_contract_and_resumes(s3_server, tiny_model_dir, m
     """The tiny diffusers checkpoint over the mixed manifest on S3, in process: every row once,
     outputs decode with unmasked pixels kept, pass-through columns, no secret written; a second
     run has nothing to do and starts nothing."""
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS"):  # fmt: skip
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", DUMMY_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DUMMY_SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    client, bucket = s3_client(s3_server), "local-executor"
-    client.create_bucket(Bucket=bucket)
-
-    def put(key: str, data: bytes) -> None:
-        client.put_object(Bucket=bucket, Key=f"in/{key}", Body=data)
-
-    def read(uri: str) -> bytes:
-        key = uri.removeprefix(f"s3://{bucket}/") if uri.startswith("s3://") else f"out/{uri}"
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-    mixed = build_mixed(put, f"s3://{bucket}/in")
-    put("manifest.parquet", manifest_bytes(mixed.rows))
-    cfg = config(manifest=f"s3://{bucket}/in/manifest.parquet", output=f"s3://{bucket}/out/",
-                 backend="tiny", model=str(tiny_model_dir), endpoint_url=s3_server,
-                 executor="local", max_error_rate=None)  # fmt: skip
+    s3 = S3(s3_server, "local-executor", monkeypatch)
+    manifest, mixed = s3.mixed()
+    cfg = config(manifest=manifest, output=f"s3://{s3.bucket}/out/", backend="tiny",
+                 model=str(tiny_model_dir), endpoint_url=s3_server, executor="local",
+                 max_error_rate=None)  # fmt: skip
     summary = run_job(cfg, echo=lambda *_: None)
     assert summary["success"], summary["problems"]
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    keys = s3.keys("out/")
     (part,) = [k for k in keys if k.startswith("out/metadata/")]
-    import io
-
-    meta = pq.read_table(io.BytesIO(read(f"s3://{bucket}/{part}"))).to_pylist()
+    meta = pq.read_table(io.BytesIO(s3.read(part))).to_pylist()
     check_invariants(mixed, meta, summary)
-    check_outputs(mixed, meta, read)
+    check_outputs(mixed, meta, lambda uri: s3.read(uri.removeprefix(f"s3://{s3.bucket}/")
+                                                   if uri.startswith("s3://") else f"out/{uri}"))  # fmt: skip
     check_pass_through(mixed, meta)
     for key in keys:
         for secret in (DUMMY_KEY, DUMMY_SECRET):
-            assert secret.encode() not in read(f"s3://{bucket}/{key}"), key
+            assert secret.encode() not in s3.read(key), key
     echo: list[str] = []
     again = run_job(cfg, echo=echo.append)
     assert again["rows_this_run"] == 0 and again["success"]
