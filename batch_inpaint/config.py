@@ -154,9 +154,8 @@ class JobConfig:
                                         help="log a progress line every N seconds")
     max_error_rate: float | None = option(0.5, group="outputs", lo=0, hi=1,
                                           help="exit 4, no _SUCCESS, when error rows of bad input "
-                                          "exceed this fraction of the manifest's rows (transient "
-                                          "errors counted apart): most rows failing means a "
-                                          "setting is wrong; 1 turns it off")
+                                          "(transient ones apart) exceed this share of the rows: "
+                                          "most rows failing means a wrong setting; 1: off")
     report_sample: int = option(24, group="outputs", lo=0,
                                 help="rows shown in report.html's contact sheet")
     # credentials come from the environment or profile and are never stored
@@ -245,13 +244,10 @@ class JobConfig:
         from batch_inpaint.storage.store import StorageOptions
 
         return StorageOptions.from_env(
-            endpoint_url=self.endpoint_url,
-            region=self.region,
-            profile=self.profile,
-            anon=self.anon,
-            allow_http=self.allow_http,
+            endpoint_url=self.endpoint_url, region=self.region, profile=self.profile,
+            anon=self.anon, allow_http=self.allow_http,
             allowed_buckets=tuple(self.allowed_buckets) or None,
-        )
+        )  # fmt: skip
 
     @property
     def extension(self) -> str:
