@@ -88,7 +88,7 @@ def _slots(steps: list[pipeline.Step]) -> queue.Queue:
     shares the detect step's provider, loaded once (on Ray each has a pool of its own); sharing a
     slot, they never run it at once."""
     first = steps[0]
-    n = 1 if first.gpus > 0 else max(1, first.slots[1])
+    n = 1 if first.gpus > 0 else min(max(1, first.slots[1]), MAX_THREADS)
     free: queue.Queue = queue.Queue()
     for _ in range(n):
         slot: dict = {}
