@@ -192,6 +192,7 @@ def test_an_unreachable_ray_address_exits_2_before_anything_is_written(tmp_path)
 AUTO = """
 import os
 from batch_inpaint.config import JobConfig
+from batch_inpaint.errors import ConfigError
 from batch_inpaint.job import executors as ex
 cpu = {"backend": "opencv"}
 assert ex.choose(JobConfig(**cpu), 20)[0] == "local"
