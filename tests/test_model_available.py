@@ -110,3 +110,31 @@ def test_a_saved_checkpoint_passes(tiny_model_dir):
     from batch_inpaint.models.availability import folder_problem
 
     assert folder_problem(str(tiny_model_dir)) is None
+
+
+def test_a_proxy_that_accepts_connections_is_not_a_hub(tmp_path):
+    """A TCP connect is not enough: a proxy that answers 404 to everything stops the run as fast."""
+    import http.server
+    import threading
+
+    class NotAHub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 - http.server's name
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_HEAD  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        manifest, _ = local_dataset(tmp_path / "in", 2)
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        proc, took = _cli(["run", "--manifest", str(manifest), "--output", str(tmp_path / "out")],
+                          _env(tmp_path, HF_ENDPOINT=endpoint))  # fmt: skip
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2 and "did not answer" in proc.stderr, proc.stderr[-2000:]
+    assert all(w in proc.stderr for w in WAYS) and not (tmp_path / "out").exists()

@@ -55,8 +55,11 @@ def add_parser(sub) -> None:
         "--text-threshold",
         type=float,
         help="keep text boxes whose mean text probability is at least this (default: "
-        f"{text.DEFAULT_THRESHOLD})",
+        f"{text.DEFAULT_THRESHOLD}; a PP-OCR checkpoint's: {text.CHECKPOINT_THRESHOLD})",
     )
+    d.add_argument("--text-min-confidence", type=float,
+                   help="keep only text boxes the shipped recogniser reads with at least this "
+                   "confidence, 0..1 (drops stripes and textures; default: all)")  # fmt: skip
     d.add_argument(
         "--max-detections",
         type=int,
@@ -90,8 +93,10 @@ def add_model_flags(group, word: str) -> None:
     group.add_argument("--detector", help="open-vocabulary detector, Grounding DINO "
                        f"({word} {DEFAULT_DETECTOR})")  # fmt: skip
     group.add_argument("--detector-revision", help="Hub commit to pin the detector to")
-    group.add_argument("--text-detector", help="text detector for the text queries, a PP-OCR det "
-                       f"checkpoint ({word} {DEFAULT_TEXT_DETECTOR})")  # fmt: skip
+    group.add_argument("--text-detector", help="text detector for the text queries: 'rapidocr', "
+                       "PP-OCRv6 small det shipped in the rapidocr wheel (offline), or a PP-OCR "
+                       "det checkpoint, e.g. PaddlePaddle/PP-OCRv6_medium_det_safetensors "
+                       f"({word} {DEFAULT_TEXT_DETECTOR})")  # fmt: skip
     group.add_argument("--text-detector-revision", help="Hub commit to pin the text detector to")
     group.add_argument("--segmenter", help="SAM checkpoint: refine boxes into pixel masks "
                        "(e.g. facebook/sam-vit-base; default: none, the boxes are the mask)")  # fmt: skip
@@ -116,7 +121,7 @@ def _detect(args: argparse.Namespace) -> int:
 
     # 1. Check every option before loading anything
     queries = parse_queries(",".join(args.detect or []), "--detect")
-    for name in ("threshold", "text_threshold"):
+    for name in ("threshold", "text_threshold", "text_min_confidence"):
         if getattr(args, name) is not None:
             check_threshold(getattr(args, name), "--" + name.replace("_", "-"))
     if args.max_detections < 1 or args.batch_size < 1 or not 0 <= args.box_dilate <= 512:
@@ -146,7 +151,8 @@ def _detect(args: argparse.Namespace) -> int:
             detector=args.detector, detector_revision=args.detector_revision,
             text_detector=args.text_detector, text_detector_revision=args.text_detector_revision,
             text_queries=parse_queries(args.text_queries, "--text-queries"),
-            text_threshold=args.text_threshold, segmenter=args.segmenter,
+            text_threshold=args.text_threshold,
+            text_min_confidence=args.text_min_confidence, segmenter=args.segmenter,
             segmenter_revision=args.segmenter_revision, queries=sorted(wanted),
             device=args.device, dtype=None if args.dtype == "auto" else args.dtype,
             storage=storage, cache_dir=args.cache_dir, threshold=args.threshold,

@@ -2,7 +2,8 @@
 
 - `Detector.detect(images, queries, threshold)`: a batch of RGB uint8 images, one query list per
   image, one list of `Detection(label, score, box)` per image (box in the input's pixels).
-  Providers: GroundingDinoDetector (open vocabulary), PPOCRTextDetector (overlaid text),
+  Providers: GroundingDinoDetector (open vocabulary), OnnxTextDetector (overlaid text, the model
+  the rapidocr wheel ships, offline; the default), PPOCRTextDetector (text, PP-OCR checkpoints),
   RoutedDetector (text queries to the one, the rest to the other), BoxesDetector (given boxes).
 - SamSegmenter refines boxes into pixel masks.
 - mask_from_detections / MaskProvider: detections to the HxW bool mask the package uses.
@@ -33,6 +34,8 @@ _LAZY = {
     "DEFAULT_DETECTOR": "grounding",
     "PPOCRTextDetector": "text",
     "DEFAULT_TEXT_DETECTOR": "text",
+    "OnnxTextDetector": "shipped",
+    "TextReader": "shipped",
     "SamSegmenter": "segment",
     "DEFAULT_SEGMENTER": "segment",
     "MaskProvider": "provider",

@@ -38,9 +38,11 @@ class DetectionOptions:
     detector_revision: str | None = option(None, flag=False,
                                            help="Hub commit to pin the detector to")
     text_detector: str | None = option(None, flag=False, check=_model_ref,
-                                       help="text detector for the text queries, a PP-OCR det "
-                                       "checkpoint (unset: PaddlePaddle/PP-OCRv6_medium_det_"
-                                       "safetensors; 'none': off)")
+                                       help="text detector for the text queries: 'rapidocr' "
+                                       "(PP-OCRv6 small det shipped in the rapidocr wheel, "
+                                       "offline) or a PP-OCR det checkpoint, e.g. PaddlePaddle/"
+                                       "PP-OCRv6_medium_det_safetensors (unset: rapidocr; "
+                                       "'none': off)")
     text_detector_revision: str | None = option(None, flag=False,
                                                 help="Hub commit to pin the text detector to")
     segmenter: str | None = option(None, flag=False, check=_model_ref,
@@ -53,7 +55,12 @@ class DetectionOptions:
                                             "(unset: 0.3, the detector's own)")
     text_threshold: float | None = option(None, flag=False, lo=0, hi=1,
                                           help="keep text boxes whose mean text probability is "
-                                          "at least this (unset: 0.6)")
+                                          "at least this (unset: 0.5; a PP-OCR "
+                                          "checkpoint's: 0.6)")
+    text_min_confidence: float | None = option(None, flag=False, lo=0, hi=1,
+                                               help="keep only text boxes the shipped "
+                                               "recogniser reads with at least this confidence "
+                                               "(drops stripes and textures; unset: all)")
     max_detections: int = option(100, flag=False, lo=1,
                                  help="at most N detections per image and detector")
     detect_dilate: int = option(0, flag=False, lo=0, hi=512,

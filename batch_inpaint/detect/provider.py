@@ -64,6 +64,7 @@ class MaskProvider:
         text_detector_revision: str | None = None,
         text_queries: Iterable[str] = TEXT_QUERIES,
         text_threshold: float | None = None,
+        text_min_confidence: float | None = None,
         segmenter: str | os.PathLike | None = None,
         segmenter_revision: str | None = None,
         queries: Iterable[str] | None = None,
@@ -74,10 +75,12 @@ class MaskProvider:
         **options: Any,
     ) -> MaskProvider:
         """Load the providers the queries need. detector / text_detector: a Hub id, folder or
-        URI; None: the default model; 'none': off (its queries go to the other). With `queries`
-        given, a provider none of them is routed to is not loaded. segmenter None/'none': boxes."""
+        URI; None: the default model (for text, the one the rapidocr wheel ships, also named
+        'rapidocr'); 'none': off (its queries go to the other). With `queries` given, a provider
+        none of them is routed to is not loaded. segmenter None/'none': boxes.
+        text_min_confidence: keep only text lines the shipped recogniser reads at least this
+        well (None: every line)."""
         from batch_inpaint.detect.grounding import DEFAULT_DETECTOR, GroundingDinoDetector
-        from batch_inpaint.detect.text import DEFAULT_TEXT_DETECTOR, PPOCRTextDetector
 
         common = dict(device=device, dtype=dtype, storage=storage, cache_dir=cache_dir)
         tq = set(parse_queries(list(text_queries), "text queries"))
@@ -87,8 +90,8 @@ class MaskProvider:
         if not want_open and not want_text:
             raise ConfigError("no detector: give a detector or a text detector (not both 'none')")
         text = (
-            PPOCRTextDetector(text_detector or DEFAULT_TEXT_DETECTOR,
-                              revision=text_detector_revision, **common)
+            load_text_detector(text_detector, text_detector_revision, text_min_confidence,
+                               **common)
             if want_text else None
         )  # fmt: skip
         open_vocab = (
@@ -130,6 +133,23 @@ class MaskProvider:
                                         segments=seg if seg else None)  # fmt: skip
             out.append(DetectResult(dets, mask, segmented=bool(seg)))
         return out
+
+
+def load_text_detector(model: Any, revision: str | None = None,
+                       min_confidence: float | None = None, **common: Any) -> Detector:  # fmt: skip
+    """The shipped detector for None / 'rapidocr' (onnxruntime, no download), else a PP-OCR
+    checkpoint through transformers; with min_confidence, its lines must read that well."""
+    from batch_inpaint.detect.shipped import OnnxTextDetector, TextReader, is_shipped
+
+    if is_shipped(model):
+        det: Any = OnnxTextDetector(model)
+    else:
+        from batch_inpaint.detect.text import PPOCRTextDetector
+
+        det = PPOCRTextDetector(model, revision=revision, **common)
+    if min_confidence is not None:
+        det.read_with(TextReader(), check_threshold(min_confidence, "text_min_confidence"))
+    return det
 
 
 def _on(model: Any) -> bool:

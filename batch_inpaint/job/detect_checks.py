@@ -34,9 +34,28 @@ def check_detection(cfg, queries: Sequence[str], storage=None) -> None:
     if len(off) == 2:
         raise ConfigError("config fields 'detector' and 'text_detector' are both 'none': "
                           f"nothing can detect {', '.join(queries)}; give one of them")  # fmt: skip
+    check_shipped(cfg, queries, off)
     for name in MODEL_KINDS:
         check_local_folder(cfg, name)
         check_model_files(cfg, name, storage)
+
+
+def check_shipped(cfg, queries: Sequence[str], off: Sequence[str]) -> None:
+    """The shipped text detector (text_detector unset or 'rapidocr') needs no folder and no
+    network, only its packages: missing ones are said here, when a query would go to it."""
+    from batch_inpaint.detect.base import TEXT_QUERIES
+    from batch_inpaint.detect.shipped import SHIPPED, install_problem, is_shipped
+
+    if not is_shipped(cfg.text_detector):
+        return
+    if "detector" in off or any(q in TEXT_QUERIES for q in queries):
+        problem = install_problem()
+        if problem:
+            raise ConfigError(
+                f"config field 'text_detector': unset or {SHIPPED!r} runs the text detector "
+                f"shipped in the rapidocr wheel, and {problem}; or give a PP-OCR checkpoint "
+                "(--text-detector PaddlePaddle/PP-OCRv6_medium_det_safetensors) or 'none'"
+            )
 
 
 def check_unused(cfg) -> None:

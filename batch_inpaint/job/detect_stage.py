@@ -116,8 +116,9 @@ def load_provider(ctx: JobContext, queries: Sequence[str] | None = None) -> Mask
     return MaskProvider.load(
         detector=cfg.detector, detector_revision=cfg.detector_revision,
         text_detector=cfg.text_detector, text_detector_revision=cfg.text_detector_revision,
-        text_threshold=cfg.text_threshold, segmenter=cfg.segmenter,
-        segmenter_revision=cfg.segmenter_revision, queries=wanted or None,
+        text_threshold=cfg.text_threshold, text_min_confidence=cfg.text_min_confidence,
+        segmenter=cfg.segmenter, segmenter_revision=cfg.segmenter_revision,
+        queries=wanted or None,
         device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype,
         storage=ctx.storage, threshold=cfg.detect_threshold,
         max_detections=cfg.max_detections, dilate=cfg.detect_dilate,

@@ -1,22 +1,22 @@
 """Can the model's weights be had here, in seconds? A Hub id is fine when the Hugging Face cache
-holds its weights or the Hub answers a TCP connect within a few seconds; otherwise the run, the
+holds its weights or the Hub says it has them within a few seconds; otherwise the run, the
 dry run and `serve` stop at once with one message naming the ways out, where loading would spend
 minutes in retries (offline) and then fail in every model actor.
 
-Local folders, files and object-storage prefixes are checked elsewhere (job/plan.py's local
-check, models/spec.py reading their configs)."""
+A local diffusers folder must hold a pipeline index and UNet weights (folder_problem); local
+files and object-storage prefixes are checked elsewhere (job/plan.py's local check, models/spec.py
+reading their configs)."""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.models.spec import DEFAULT_MODEL
 
-CONNECT_TIMEOUT_S = 3.0  # one TCP connect, no retries: a reachable Hub answers well within it
+CONNECT_TIMEOUT_S = 3.0  # one request, no retries: a reachable Hub answers well within it
 
 
 def ways_out(model: str) -> str:
@@ -75,19 +75,38 @@ def cached(backend: str, given: str, revision: str | None, cache_dir: str | None
     return (snap / name).is_file() if name else any(snap.rglob("*.safetensors"))
 
 
-def hub_reachable(timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
-    """None when the Hub's host accepts a TCP connection within `timeout_s`; else why not."""
-    from huggingface_hub import constants
+def hub_answer(repo: str, filename: str | None, revision: str | None,
+               timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:  # fmt: skip
+    """None when the Hub says within `timeout_s` that it has the file (or, without a file name,
+    the model); else why not. One request, no retries: a TCP connect alone is not enough, as a
+    proxy may accept it and answer nothing the Hub would."""
+    from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    parts = urlsplit(constants.ENDPOINT)
-    host = parts.hostname or ""
-    port = parts.port or (80 if parts.scheme == "http" else 443)
+    host = urlsplit(constants.ENDPOINT).hostname or constants.ENDPOINT
     try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as exc:
-        return f"the Hub ({host}) can't be reached: {exc}"
+        if filename:
+            get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision), timeout=timeout_s)
+        else:
+            HfApi().model_info(repo, revision=revision, timeout=timeout_s)
+    except GatedRepoError:
+        return "the Hub refused access (a gated model: accept its terms, then `hf auth login`)"
+    except RepositoryNotFoundError:
+        return "the Hub has no such model (or it is private: `hf auth login`)"
+    except RevisionNotFoundError:
+        return f"the Hub has no revision {revision!r} of it"
+    except EntryNotFoundError:
+        return f"the Hub's copy has no {filename}"
+    except Exception as exc:  # noqa: BLE001 - unreachable, a proxy, a timeout: all say why
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"the Hub ({host}) did not answer: {type(exc).__name__}: {first}"
     return None
 
 
@@ -120,7 +139,9 @@ def model_problem(backend: str, model: str | None, revision: str | None = None,
     repo = hub_id(backend, model)
     if repo is None or cached(backend, repo, revision, cache_dir):
         return None
-    why = hub_reachable(timeout_s)
+    parts = repo.split("/")
+    name = "model_index.json" if backend == "diffusers" else "/".join(parts[2:]) or None
+    why = hub_answer("/".join(parts[:2]), name, revision, timeout_s)
     if why is None:
         return None
     from huggingface_hub import constants
