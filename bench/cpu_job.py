@@ -5,8 +5,8 @@ executor picks itself), on local files and on a local S3 server. Two loops run i
 on one core beside it:
 - the lean loop (bench/lean.py): cv2.imread, Telea on mask > 127, cv2.imwrite PNG level 1 per
   row, the headline baseline (issue 27);
-- the stage loop: the job's own stage functions (prepare_batch -> ModelStage -> finish_batch)
-  batch after batch: everything the job does per row, in one process.
+- the stage loop: the job's own fused CPU stage (FusedStage: prepare -> model -> finish) batch
+  after batch: everything the job does per row, in one process.
 Recorded per run:
 
 - seconds, start-up included, and job/lean (goals: <= 1.0 at 1,000 rows, <= 0.7 at 4,000),
@@ -32,13 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.job.fused import FusedStage
+from batch_inpaint.job.stages import JobContext
 from batch_inpaint.models.spec import model_spec
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import Status
 
 from . import record as rec
-from .lean import lean_files, lean_s3
+from .lean import run_apart
 from .s3local import NOTE, local_s3, upload_rows
 
 PROGRESS = re.compile(r"progress: (\d+)/(\d+) rows")
@@ -113,21 +114,22 @@ def local_rows(folder: Path, rows: int, width: int, height: int) -> Path:
 
 
 def plain_loop(cfg: JobConfig, storage: Storage, base: str, manifest: pa.Table) -> dict:
-    """prepare_batch -> ModelStage -> finish_batch, 8 rows at a time, in this process; the
-    model load counts (start-up included, as for the job)."""
+    """The stage loop: FusedStage (prepare -> model -> finish, what each CPU worker of the job
+    runs), 8 rows at a time, in this process; the model load counts (start-up included, as for
+    the job). process_cpu_s_per_row: this process alone (the lean loop's measure)."""
     meter = CpuMeter()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
     ctx = JobContext(config=cfg, storage=storage, manifest_base=base, spec=spec)
-    stage = ModelStage(ctx)
+    stage = FusedStage(ctx)
     status = []
     for i in range(0, manifest.num_rows, 8):
-        out = finish_batch(stage(prepare_batch(manifest.slice(i, 8), ctx)), ctx)
-        status += out.column("status").to_pylist()
+        status += stage(manifest.slice(i, 8)).column("status").to_pylist()
     sec = time.perf_counter() - t0
     n = manifest.num_rows
     return {"path": "stage_loop", "rows": n, "seconds": round(sec, 2), "rows_per_s": n / sec,
             "cpu_s_per_row": meter.stop() / n,
+            "process_cpu_s_per_row": (time.process_time() - c0) / n,
             "rows_not_ok": sum(s != Status.OK for s in status)}  # fmt: skip
 
 
@@ -254,19 +256,18 @@ def one_case(source: str, rows: int, size: int, work: Path, args) -> list[dict]:
     if args.executor:
         extra["executor"] = args.executor
     case = {"source": source, "size": size, "input_bytes_per_row": sum(sizes)}
-    meter = CpuMeter()
     if source == "s3":
-        lean = lean_s3(s3.client(), s3.bucket, table, f"{prefix}/lean")
+        lean = run_apart("s3", manifest, f"{prefix}/lean", (s3.endpoint, s3.bucket))
     else:
-        lean = lean_files(folder, table, folder / "lean")
-    lean = {**case, **lean, "cpu_s_per_row": meter.stop() / rows}
+        lean = run_apart("files", manifest, str(folder / "lean"))
+    lean = {**case, **lean}
     print(rec.table([lean]), flush=True)
     stages = {
         **case,
         **plain_loop(job_config(manifest, out("stages"), **extra), storage, base, table),
         "output_kb": _output_kb(storage, out("stages")),
     }
-    stages["cpu_vs_lean"] = round(stages["cpu_s_per_row"] / lean["cpu_s_per_row"], 3)
+    stages["cpu_vs_lean"] = round(stages["process_cpu_s_per_row"] / lean["cpu_s_per_row"], 3)
     print(rec.table([stages]), flush=True)
     if args.plain_only:
         return [lean, stages]
@@ -302,7 +303,7 @@ def c2(args) -> rec.Record:
                     "job": "run_job, defaults (start-up included)", "executor": args.executor,
                     "lean_loop": "cv2.imread, cv2.inpaint(mask > 127, 3, TELEA), cv2.imwrite "
                                  "PNG level 1, one core",
-                    "stage_loop": "prepare_batch -> ModelStage -> finish_batch, one core",
+                    "stage_loop": "FusedStage (prepare -> model -> finish), one core",
                     "max_actors": args.actors, "cpus_per_actor": args.cpus_per_actor,
                     "cpus_per_task": args.cpus_per_task,
                     "graph": "split (--split-stages)" if args.split_stages else "default"},

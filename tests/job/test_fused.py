@@ -120,3 +120,37 @@ def test_pool_fuses_cpu_models_and_sizes_the_pool_for_the_cores():
     assert (cfg.fuse_stages, cfg.max_actors) == (False, 1)
     cfg = pool(JobConfig(**base, fuse_stages=False), gpus=0.0, cluster_cpus=8)
     assert (cfg.fuse_stages, cfg.max_actors) == (False, 1)  # split on CPU: tasks need cores
+
+
+def test_fused_stage_in_process_with_the_defaults(tmp_path):
+    """FusedStage as an executor calls it, with cpus_per_actor unset: PNG outputs of the
+    recorded sha256, each the input outside the mask, bit for bit, and inpainted inside it."""
+    import cv2
+
+    from batch_inpaint.image.codec import check_png, decode_image
+    from batch_inpaint.job.fused import FusedStage
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows, inputs, marks = [], {}, {}
+    for i in range(3):
+        rid = f"r{i}"
+        inputs[rid] = sample_image(W, H, i)
+        m = np.zeros((H, W), bool)
+        m[30 + i : 60 + i, 40:90] = True
+        marks[rid] = m
+        (tmp_path / "images" / f"{rid}.png").write_bytes(png(inputs[rid]))
+        (tmp_path / "masks" / f"{rid}.png").write_bytes(png(m.astype(np.uint8) * 255))
+        rows.append({"id": rid, "image": f"images/{rid}.png", "mask": f"masks/{rid}.png"})
+    ctx = context(tmp_path)
+    assert ctx.config.cpus_per_actor is None
+    out = FusedStage(ctx)(table_of(rows)).to_pylist()
+    assert [r["status"] for r in out] == ["ok"] * 3
+    for r in out:
+        data = (tmp_path / "out" / r["output"]).read_bytes()
+        check_png(data, (W, H))
+        assert hashlib.sha256(data).hexdigest() == r["sha256"]
+        got, given, m = decode_image(data), inputs[r["id"]], marks[r["id"]]
+        assert np.array_equal(got[~m], given[~m])
+        telea = cv2.inpaint(given, m.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
+        assert np.array_equal(got[m], telea[m])
