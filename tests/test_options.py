@@ -35,7 +35,7 @@ GOOD_VALUES = {
     "batch_size": 2, "min_actors": 2, "max_actors": 3, "fuse_stages": False,
     "gpus_per_actor": 0.5,
     "cpus_per_actor": 2.0, "cpus_per_task": 0.5, "max_model_memory_gb": 16.0,
-    "address": "ray://head:10001", "verbose": True,
+    "address": "ray://head:10001", "executor": "local", "verbose": True,
     "output_format": "webp", "jpeg_quality": 80, "png_compress_level": 6, "keep_exif": True,
     "resume": False, "retry_errors": True, "incremental": True, "prune": True,
     "allow_non_empty_output": True, "lock_ttl_s": 60.0,
