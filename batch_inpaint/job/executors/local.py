@@ -13,6 +13,7 @@ a rerun resumes from the metadata parts written so far."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 from collections.abc import Iterator
@@ -63,16 +64,10 @@ def resolve(cfg: JobConfig, storage, provider_factory, echo):
     device = cfg.device if cfg.device != "auto" else ("cuda" if gpus > 0 else "cpu")
     if device == "cpu" and cfg.backend != "opencv" and cfg.device == "auto":
         echo("batch-inpaint: no GPU here, so the model runs on the CPU (fp32, slow)")
-    cfg = _replace(cfg, device=device)
+    cfg = dataclasses.replace(cfg, device=device)
     detect = detect_plan(cfg, storage, provider_factory, {"GPU": n_gpus}, echo)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return pool(cfg, gpus, float(_cpus()), memory, 0), gpus, detect
-
-
-def _replace(cfg: JobConfig, **changes) -> JobConfig:
-    import dataclasses
-
-    return dataclasses.replace(cfg, **changes)
 
 
 def _cpus() -> int:
