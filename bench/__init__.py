@@ -26,6 +26,7 @@ WORKLOADS = {
     "l2": ("lama:l2", True, "LaMa 512² batch sweep fp32/bf16; 100 images/s goal; vs w1"),
     "d1": ("detect:d1", False, "detection on the CPU: seconds per 512² row per provider"),
     "d2": ("detect:d2", True, "detection throughput at 512²: Grounding DINO, PP-OCR, SAM"),
+    "d3": ("detect:d3", False, "shipped text detector, real weights: rows/s per core, 512², 1080p"),
     "e1": ("executors:e1", False, "`run` end to end on 20 and 200 rows of 512²: local vs ray"),
     "j1": ("gpu_job:j1", True, "`batch-inpaint run` itself: sd2, lama, text detect; vs loop"),
 }

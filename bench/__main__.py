@@ -30,6 +30,7 @@ SMOKE = {
     "l2": ["--size", "64", "--batch", "2"],
     "d1": ["--tiny", "--size", "64", "--warmup", "0", "--repeats", "1"],
     "d2": ["--size", "64", "--batch", "2", "--repeats", "1"],
+    "d3": ["--size", "64", "--warmup", "0", "--repeats", "1"],
     "e1": ["--size", "64", "--rows", "4", "--repeats", "1", "--executors", "local"],
     "j1": ["--size", "64", "--rows", "4"],
 }

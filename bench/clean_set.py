@@ -251,6 +251,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench clean-set", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     a = p.add_argument
+    a("--text", action="store_true", help="the text-line set with the shipped text detector "
+      "instead (bench/clean_text.py; `clean-set --text -h`)")  # fmt: skip
     a("--out", help="where the set is written (default: a temporary folder)")
     a("--seed", type=int, default=0, help="placement seed (default 0)")
     a("--build-only", action="store_true", help="write the set and stop")
@@ -285,6 +287,10 @@ def main(argv: list[str]) -> int:
 
     from batch_inpaint.detect.provider import MaskProvider
 
+    if "--text" in argv:
+        from .clean_text import main as clean_text
+
+        return clean_text(argv)
     args = parser().parse_args(argv)
     t0 = time.perf_counter()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="clean-set-"))
