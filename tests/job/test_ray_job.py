@@ -185,6 +185,7 @@ def config(**kw) -> JobConfig:
         flush_rows=4,
         progress_interval_s=0.0,
         seed=7,
+        max_error_rate=1.0,  # the mixed manifest is mostly bad rows, on purpose
     )
     return JobConfig(**{**base, **kw})
 
@@ -246,7 +247,6 @@ def s3_run(ray_local, s3_server, tiny_model_dir):
             backend="tiny",
             model=str(tiny_model_dir),
             endpoint_url=s3_server,
-            max_error_rate=1.0,  # the mixed manifest is mostly bad rows, on purpose
         )
         echo: list[str] = []
         summary = run_job(cfg, echo=echo.append)
