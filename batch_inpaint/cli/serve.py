@@ -54,7 +54,8 @@ def add_parser(sub) -> None:
                    help="folder of sample images to offer (default: the bundled examples/images)")  # fmt: skip
     d = p.add_argument_group(
         "the Detect button (as `batch-inpaint detect`; a Hub id, local folder or s3:// prefix). "
-        "Without --detector or --text-detector the page has no detector and Detect says so"
+        "Without --detector or --text-detector the page has no detector and Detect says so; "
+        "--text-detector rapidocr finds text offline with the shipped model"
     )
     from batch_inpaint.cli.detect import add_model_flags
 

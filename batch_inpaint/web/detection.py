@@ -25,7 +25,8 @@ LAYER_RGBA = (255, 0, 255, 153)
 NO_DETECTOR = (
     "no detector is configured on this server: start it with `batch-inpaint serve --detector "
     "MODEL` (Grounding DINO: a Hub id, folder or s3:// prefix) and/or `--text-detector MODEL` "
-    "to use Detect; painting the mask by hand works as before"
+    "(`--text-detector rapidocr`: the text detector shipped with the package, offline) to use "
+    "Detect; painting the mask by hand works as before"
 )
 # The serve flags that name a model, as MaskProvider.load's keyword arguments.
 MODEL_FLAGS = ("detector", "detector_revision", "text_detector", "text_detector_revision",
