@@ -183,6 +183,9 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--steps", type=int, default=20, help="inference steps (default: %(default)s)")
     p.add_argument("--mode", default="crop", choices=("full", "crop"))
+    p.add_argument("--no-text-pass", dest="text_pass", action="store_false",
+                   help="skip the hands-free text pass (captions and watermarks on bundled photos, "
+                   "found by the shipped text detector, no masks; cli/demo_text.py)")  # fmt: skip
     p.set_defaults(func=_demo)
 
 
@@ -228,7 +231,13 @@ def _demo(args: argparse.Namespace) -> int:
     _say_choice(choice)
     say(f"{len(sheets)} side-by-side pictures (input | mask | output) in {out / 'side_by_side'}")
     say(f"open {out / 'report.html'} in a browser for the report")
-    return job_exit_status(summary)
+    status = job_exit_status(summary)
+    if args.text_pass:
+        from batch_inpaint.cli.demo_text import text_pass
+
+        text = text_pass(out, choice, args.steps, args.mode, mark_report, _captioned)
+        status = status or job_exit_status(text)
+    return status
 
 
 def mark_report(out: Path, summary: dict, choice: Choice) -> dict:
