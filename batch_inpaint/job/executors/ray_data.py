@@ -18,6 +18,7 @@ import pyarrow as pa
 from batch_inpaint.config import JobConfig
 from batch_inpaint.job import attempts, pipeline
 from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.executors import ray_errors
 from batch_inpaint.job.report_progress import native_stderr_to
 from batch_inpaint.job.resources import DetectPlan, plan_resources, start_size
 from batch_inpaint.storage.store import Storage
@@ -59,8 +60,15 @@ class RayExecutor:
                                detect=detect)  # fmt: skip
             # No prefetch: with it, Ray Data hands over a finished block only once the next one
             # is ready, so its rows reach a metadata part a whole block later (lost if killed).
-            yield from ds.iter_batches(batch_format="pyarrow", batch_size=None,
-                                       prefetch_batches=0)  # fmt: skip
+            try:
+                yield from ds.iter_batches(batch_format="pyarrow", batch_size=None,
+                                           prefetch_batches=0)  # fmt: skip
+            except Exception as exc:
+                found = ray_errors.job_error(exc)  # e.g. a model actor that can't load it
+                if found is None:
+                    raise
+                where = f" (Ray's account: {logs})" if logs else ""
+                raise type(found)(f"{found}{where}", kind=found.kind) from None
 
 
 def build_dataset(
@@ -145,6 +153,10 @@ def _init_ray(cfg: JobConfig, echo):
 
     level = logging.WARNING if cfg.verbose else logging.ERROR
     cluster = connect(cfg.address, echo=echo, log_to_driver=cfg.verbose, logging_level=level)
+    if not cfg.verbose and cluster.session_dir:
+        ray_errors.raylet_lines_to(
+            os.path.join(cluster.session_dir, "logs", "batch-inpaint-driver.err")
+        )
     data = ray.data.DataContext.get_current()
     data.enable_progress_bars = cfg.verbose and (
         os.environ.get("BATCH_INPAINT_PROGRESS_BARS", "1") == "1"
