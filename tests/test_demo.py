@@ -123,6 +123,11 @@ def test_demo_here_runs_opencv_says_so_and_shows_fills(tmp_path, ray_local):
     assert "demo: backend opencv: classical fill" in proc.stdout
     assert "for better fills: SD2: no weights" in proc.stdout
     assert BANNER.upper() not in proc.stdout
+    # the hands-free text pass: no masks, the shipped detector named, every row filled and checked
+    assert "demo: text detector rapidocr (PP-OCRv6 small det" in proc.stdout
+    for rid in ("coffee", "astronaut", "rocket"):
+        assert f"demo:   {rid}: ok, 2 text boxes, residual score 0.00" in proc.stdout
+    assert len(list((tmp_path / "demo-output-text/output/side_by_side").glob("*.png"))) == 3
     run = json.loads((out / "run.json").read_text())
     assert run["demo_backend"].startswith("backend opencv") and run["demo_banner"] is None
     assert 'id="f-backend">opencv<' in (out / "report.html").read_text()  # the report's header
@@ -140,7 +145,7 @@ def test_demo_here_runs_opencv_says_so_and_shows_fills(tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_demo_with_the_tiny_model_prints_and_reports_the_banner(tmp_path, ray_local):
-    proc, out = demo(tmp_path, ray_local, "--backend", "tiny", "--steps", "2")
+    proc, out = demo(tmp_path, ray_local, "--backend", "tiny", "--steps", "2", "--no-text-pass")
     assert proc.stdout.count("*** RANDOM WEIGHTS: NOISE EXPECTED ***") == 2  # before and after
     run = json.loads((out / "run.json").read_text())
     assert run["demo_banner"] == BANNER
