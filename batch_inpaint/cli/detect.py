@@ -107,16 +107,11 @@ def _detect(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from batch_inpaint.cli.flags import options_from_args
     from batch_inpaint.cli.manifest import read_manifest, storage_from_args
-    from batch_inpaint.detect.base import check_threshold, parse_queries
+    from batch_inpaint.detect.base import check_threshold
     from batch_inpaint.detect.provider import MaskProvider
-    from batch_inpaint.detect.rows import (
-        QUERY_COLUMN,
-        check_output,
-        claim_output,
-        detect_manifest,
-        row_queries,
-    )
+    from batch_inpaint.detect.queries import QUERY_COLUMN, parse_queries, row_queries
     from batch_inpaint.errors import ConfigError
+    from batch_inpaint.job.detect_rows import check_output, claim_output, detect_manifest
     from batch_inpaint.params import MaskOptions
 
     # 1. Check every option before loading anything

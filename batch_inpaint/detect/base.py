@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from batch_inpaint.detect.queries import parse_queries as parse_queries
 from batch_inpaint.errors import ConfigError
 
 DEFAULT_MAX_DETECTIONS = 100  # per image and provider, best scores first
@@ -60,27 +61,6 @@ def detections_arrow_type():
             [("label", pa.string()), ("score", pa.float64()), ("box", pa.list_(pa.float64()))]
         )
     )
-
-
-def parse_queries(value: Any, what: str = "queries") -> list[str]:
-    """['watermark', 'text'] from 'watermark, text' or a list; stripped, lowercased, deduplicated
-    in order. ConfigError for anything else."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        items: Iterable[Any] = value.split(",")
-    elif isinstance(value, (list, tuple, np.ndarray)):
-        items = value
-    else:
-        raise ConfigError(f"{what} must be a comma-separated string or a list, got {value!r}")
-    out: list[str] = []
-    for q in items:
-        if not isinstance(q, str):
-            raise ConfigError(f"{what}: {q!r} is not a string")
-        q = " ".join(q.replace(".", " ").split()).lower()  # '.' separates phrases in the models
-        if q and q not in out:
-            out.append(q)
-    return out
 
 
 def image_digest(image: np.ndarray) -> str:

@@ -1,6 +1,8 @@
 """Masks for a manifest's rows, in process: read each row's image, detect its queries, write the
 mask under {output}/masks/<output_key(id)>.png and a manifest that `batch-inpaint run` accepts as
-it is. What `batch-inpaint detect` runs; a plain loop over batches (the job's stage comes later).
+it is. What `batch-inpaint detect` runs: a plain loop over batches, in process (the job's own
+stage is job/detect_stage.py). It sits beside the job: it shares the job's output checks
+(guard), its row masks (prepare.given_mask) and its error rows (workitem.row_error).
 
 A row's mask is the union of what it already had (mask image, boxes, polygons, alpha) and what
 was found. Rows where nothing is found keep the mask they had (often none) and say why in
@@ -8,7 +10,6 @@ was found. Rows where nothing is found keep the mask they had (often none) and s
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -17,19 +18,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from batch_inpaint.detect.base import detections_arrow_type, parse_queries
+from batch_inpaint.batches import isolate
+from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.detect.masks import detection_boxes
 from batch_inpaint.detect.provider import MaskProvider
+from batch_inpaint.detect.queries import QUERY_COLUMN as QUERY_COLUMN
+from batch_inpaint.detect.queries import parse_queries, row_queries
 from batch_inpaint.errors import ConfigError, InpaintError, ModelError
 from batch_inpaint.image.codec import decode_image_with_alpha
+from batch_inpaint.image.mask_png import encode_mask
 from batch_inpaint.job.prepare import given_mask
 from batch_inpaint.job.workitem import row_error
-from batch_inpaint.manifest import Manifest
+from batch_inpaint.manifest.manifest import Manifest
 from batch_inpaint.params import MaskOptions
 from batch_inpaint.storage.uri import is_local, join, local_path, output_key, redact_uri, resolve
 from batch_inpaint.vocab import ErrorKind
 
-QUERY_COLUMN = "detect"  # per-row queries: 'a, b' or a list; replaces the command's for that row
 NOTE_COLUMN = "detect_note"
 DETECTIONS_COLUMN = "detections"
 MANIFEST_NAME = "manifest.parquet"
@@ -42,30 +46,6 @@ OWN_NAMES = (MANIFEST_NAME, "masks", "detect.json", MARKER)  # all detect writes
 def absolute(uri: str) -> str:
     """A URI that means the same from any folder: local paths made absolute."""
     return local_path(uri) if is_local(uri) else uri
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buf, "PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def row_queries(row: dict[str, Any], default: Sequence[str], *, named: bool = True) -> list[str]:
-    """The row's queries: its `detect` value, else (null, or a value with no query in it: '',
-    ' , ', [], ['']) the job's `default`. A value that is not a string or list of strings is a
-    ConfigError of kind bad_value, naming the row unless `named` is False (the caller does)."""
-    from batch_inpaint.vocab import ErrorKind
-
-    value = row.get(QUERY_COLUMN)
-    if isinstance(value, list | tuple | np.ndarray):  # ['a', 'b,c'] as the job's detect reads it
-        value = [p for q in value for p in (q.split(",") if isinstance(q, str) else [q])]
-    try:
-        return parse_queries(value, f"column '{QUERY_COLUMN}'") or list(default)
-    except ConfigError as exc:
-        why = f"row {row.get('id')!r}: {exc}" if named else str(exc)
-        raise ConfigError(why, kind=ErrorKind.BAD_VALUE.value) from None
 
 
 def check_output(manifest_uri: str, manifest: Manifest, output: str,
@@ -204,24 +184,22 @@ def _read_image(row, storage, base) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _detect_split(todo: list[dict[str, Any]], provider: MaskProvider) -> None:
-    """Detect a batch; when it fails (any exception), each row alone, so one bad image fails
-    alone with kind `detect`, as in the job's stage (job/detect_stage.py)."""
-    if not todo:
-        return
-    try:
-        found = provider.masks([it["image"] for it in todo], [it["queries"] for it in todo])
-        for it, res in zip(todo, found, strict=True):
-            it["detect"] = res
-    except Exception as exc:  # noqa: BLE001
-        if len(todo) > 1:
-            for it in todo:
-                _detect_split([it], provider)
-            return
-        # the providers' ModelErrors say which model failed already
-        msg = str(exc) if isinstance(exc, ModelError) else f"the detector failed: {exc}"
-        if not isinstance(exc, InpaintError):
-            msg = f"the detector failed: {type(exc).__name__}: {exc}"
-        todo[0]["error"] = InpaintError(msg, kind=ErrorKind.DETECT.value)
+    """Detect a batch, split on failure (batches.isolate), so one bad image fails alone with
+    kind `detect`, as in the job's stage (job/detect_stage.py)."""
+
+    def run(items: list[dict[str, Any]]) -> list[Any]:
+        return provider.masks([it["image"] for it in items], [it["queries"] for it in items])
+
+    for it, res in zip(todo, isolate(run, todo, _detector_failed), strict=True):
+        it["error" if isinstance(res, Exception) else "detect"] = res
+
+
+def _detector_failed(_: dict[str, Any], exc: Exception) -> InpaintError:
+    # the providers' ModelErrors say which model failed already
+    msg = str(exc) if isinstance(exc, ModelError) else f"the detector failed: {exc}"
+    if not isinstance(exc, InpaintError):
+        msg = f"the detector failed: {type(exc).__name__}: {exc}"
+    return InpaintError(msg, kind=ErrorKind.DETECT.value)
 
 
 def _finish_row(row, item, provider, storage, base, output, options) -> dict[str, Any]:

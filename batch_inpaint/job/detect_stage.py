@@ -10,16 +10,18 @@ the mask the job used under {output}/masks/ (`save_mask`); docs/masks.md has the
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+from batch_inpaint.batches import isolate
 from batch_inpaint.detect.provider import DetectResult, MaskProvider
+from batch_inpaint.detect.queries import DONE_COLUMN, QUERY_COLUMN, queries_of
 from batch_inpaint.errors import ConfigError, InpaintError
 from batch_inpaint.image import codec
+from batch_inpaint.image.mask_png import decode_mask, encode_mask
 from batch_inpaint.job.attempts import Attempts, counted_table
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.detect_checks import check_detection  # noqa: F401 - plan.check_run's
@@ -38,20 +40,8 @@ from batch_inpaint.job.workitem import (
 from batch_inpaint.storage.uri import join, output_key, redact_uri, resolve
 from batch_inpaint.vocab import ErrorKind, Status
 
-QUERY_COLUMN = "detect"  # as detect/rows.py: a row's own queries replace the job's
-DONE_COLUMN = "detections"  # set by `batch-inpaint detect`: the row is not detected again
 MASKS_DIR = "masks"
 ProviderFactory = Callable[[JobContext], MaskProvider]  # picklable: Ray ships it to each actor
-
-
-def queries_of(row: Mapping, default: Sequence[str]) -> list[str]:
-    """What to detect in this row: its `detect` column, else the job's. [] for a row that
-    already carries detections (a manifest `batch-inpaint detect` wrote): its mask is given.
-    A bad value raises ConfigError of kind bad_value; the detect stage makes it the row's error."""
-    from batch_inpaint.detect.rows import row_queries  # imported late: it imports job.prepare
-
-    qs = row_queries(row, default, named=False)
-    return [] if row.get(DONE_COLUMN) is not None else qs
 
 
 def job_queries(storage, cfg) -> list[str]:
@@ -193,18 +183,18 @@ class DetectStage:
         return rgb
 
     def _detect(self, chunk, rows, out) -> list[tuple[tuple, DetectResult]]:
-        """Results of a batch; when it fails, each row alone, so one bad image fails alone."""
-        try:
-            found = self.provider.masks([c[1] for c in chunk], [c[2] for c in chunk])
-            return list(zip(chunk, found, strict=True))
-        except Exception as exc:  # noqa: BLE001
-            if len(chunk) == 1:
-                i = chunk[0][0]
-                msg = exc if isinstance(exc, InpaintError) else f"{type(exc).__name__}: {exc}"
-                why = InpaintError(f"the detector failed: {msg}", kind=ErrorKind.DETECT.value)
-                self._fail(out, i, rows[i].get("id"), why)
-                return []
-            return [pair for c in chunk for pair in self._detect([c], rows, out)]
+        """Results of a batch, split on failure (batches.isolate): one bad image fails alone."""
+
+        def run(items: list[tuple]) -> list[DetectResult]:
+            return self.provider.masks([c[1] for c in items], [c[2] for c in items])
+
+        found = []
+        for c, res in zip(chunk, isolate(run, chunk, _detector_failed), strict=True):
+            if isinstance(res, Exception):
+                self._fail(out, c[0], rows[c[0]].get("id"), res)
+            else:
+                found.append((c, res))
+        return found
 
     @staticmethod
     def _fail(out: dict, i: int, rid, exc: BaseException) -> None:
@@ -215,6 +205,11 @@ class DetectStage:
         t = self.provider.threshold
         shown = "each detector's default" if t is None else f"{t:g}"
         return f"nothing found for {', '.join(queries)} (threshold {shown})"
+
+
+def _detector_failed(_: tuple, exc: Exception) -> InpaintError:
+    msg = exc if isinstance(exc, InpaintError) else f"{type(exc).__name__}: {exc}"
+    return InpaintError(f"the detector failed: {msg}", kind=ErrorKind.DETECT.value)
 
 
 # -- what prepare does with a detected row ---------------------------------------------------
@@ -260,20 +255,3 @@ def save_mask(ctx: JobContext, row_id: str, changed: np.ndarray) -> str:
     rel = mask_rel(row_id)
     ctx.storage.write_bytes(join(cfg.output, rel), encode_mask(changed), root=cfg.output)
     return rel
-
-
-def encode_mask(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(mask).astype(bool).astype(np.uint8) * 255, "L").save(
-        buf, "PNG", compress_level=6
-    )
-    return buf.getvalue()
-
-
-def decode_mask(data: bytes) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L")) > 127

@@ -1,6 +1,6 @@
 """Which result ids are done, decided on Arrow columns: at millions of rows the driver makes no
 Python object per id (docs/architecture.md, "Driver cost at scale"). The one rule that resume,
-`Manifest.without_done` and `plan_job` share."""
+`results.without_done` and `plan_job` share."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +35,9 @@ from batch_inpaint.job.done import (  # noqa: F401 - the names callers know from
 )
 from batch_inpaint.storage.uri import join, redact_uri
 from batch_inpaint.vocab import Status
+
+if TYPE_CHECKING:
+    from batch_inpaint.manifest.manifest import Manifest
 
 
 class MetadataWriter:
@@ -85,6 +89,16 @@ class MetadataWriter:
         self.parts.append(uri)
         self.seq += 1
         self.buffer, self.buffered, self.failed = [], 0, None
+
+
+def without_done(manifest: Manifest, results_uri: str, retry_errors: bool = False) -> Manifest:
+    """The manifest's rows that an earlier run into `results_uri` did not finish, judged by the
+    {results_uri}/metadata/*.parquet result rows the job writes (the same rule as the job's
+    resume): ok and skipped rows whose image is there are done; error rows are done unless
+    retry_errors=True or they failed for a transient reason. No results yet: every row. A
+    results file that can't be read raises (and is moved aside, never deleted)."""
+    table, _ = read_results(manifest.storage, results_uri, PLAN_COLUMNS)
+    return manifest.exclude(finished_ids(manifest.storage, results_uri, retry_errors, table))
 
 
 def table_bytes(table: pa.Table) -> bytes:

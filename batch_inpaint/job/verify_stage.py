@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from batch_inpaint.batches import isolate
 from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.image import codec
 from batch_inpaint.job.attempts import counted_table
@@ -126,8 +127,7 @@ def verify_table(
 
 
 def _queries(row: dict, default) -> list[str]:
-    from batch_inpaint.detect.base import parse_queries
-    from batch_inpaint.detect.rows import row_queries
+    from batch_inpaint.detect.queries import parse_queries, row_queries
 
     try:
         return row_queries(row, parse_queries(default))
@@ -153,22 +153,17 @@ def _read(row: dict, ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _detect(provider, idx: list[int], queries: list[list[str]], pictures) -> dict[int, Any]:
-    """Residual per row position; a batch the detector fails on is tried row by row, so one bad
-    output fails only itself."""
-    if not idx:
-        return {}
-    images = [pictures[i][0] for i in idx]
-    try:
-        dets = provider.detector.detect(images, queries, 0.0,
-                                        max_detections=provider.max_detections)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - retried one by one below
-        if len(idx) == 1:
-            return {idx[0]: exc}
-        out: dict[int, Any] = {}
-        for i, q in zip(idx, queries, strict=True):
-            out.update(_detect(provider, [i], [q], pictures))
-        return out
-    return {i: residual(d, pictures[i][1]) for i, d in zip(idx, dets, strict=True)}
+    """Residual (or the failure) per row position; a batch the detector fails on is split
+    (batches.isolate), so one bad output fails only itself."""
+
+    def run(items: list[tuple[int, list[str]]]) -> list[Residual]:
+        dets = provider.detector.detect([pictures[i][0] for i, _ in items], [q for _, q in items],
+                                        0.0, max_detections=provider.max_detections)  # fmt: skip
+        return [residual(d, pictures[i][1]) for (i, _), d in zip(items, dets, strict=True)]
+
+    items = list(zip(idx, queries, strict=True))
+    found = isolate(run, items, lambda _, exc: exc)
+    return {i: res for (i, _), res in zip(items, found, strict=True)}
 
 
 def residual(detections: Sequence, mask: np.ndarray) -> Residual:

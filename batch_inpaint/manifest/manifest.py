@@ -278,17 +278,6 @@ class Manifest:
             base=self.base,
         )
 
-    def without_done(self, results_uri: str, retry_errors: bool = False) -> Manifest:
-        """The rows that an earlier run into `results_uri` did not finish, judged by the
-        {results_uri}/metadata/*.parquet result rows the job writes (the same rule as the job's
-        resume): ok and skipped rows whose image is there are done; error rows are done unless
-        retry_errors=True or they failed for a transient reason. No results yet: every row. A
-        results file that can't be read raises (and is moved aside, never deleted)."""
-        from batch_inpaint.job.results import PLAN_COLUMNS, finished_ids, read_results
-
-        table, _ = read_results(self.storage, results_uri, PLAN_COLUMNS)
-        return self.exclude(finished_ids(self.storage, results_uri, retry_errors, table))
-
 
 def _parquet_files(fs: Any, path: str, recursive: bool = True) -> list[str]:
     """Data files of a directory, sorted; hidden and temp files ('.x', '_x') are not data."""

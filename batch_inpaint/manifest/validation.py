@@ -17,6 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from batch_inpaint.detect.queries import parse_queries, queries_of  # the job's own rules
 from batch_inpaint.errors import ConfigError, DecodeError, InpaintError, error_kind
 from batch_inpaint.manifest.ids import bad_row_ids, collision_note
 from batch_inpaint.manifest.schema import DETECT_COLUMN, MASK_COLUMNS, OVERRIDE_COLUMNS
@@ -196,8 +197,6 @@ def _detects(rid: Any, row: dict, queries: Sequence[str], problems: list[Problem
     `queries`); a bad value is the row's problem, as it would be its error row in the job."""
     if not queries and DETECT_COLUMN not in row:
         return False
-    from batch_inpaint.job.detect_stage import queries_of  # the job's own rule
-
     try:
         return bool(queries_of(row, queries))
     except ConfigError as exc:
@@ -253,8 +252,6 @@ def validate_table(
     """`queries`: the job's (`run --detect`): a row without a mask of its own is then fine.
     Mask images of the checked rows are decoded (by `mask_options`, the job's) and suspicious
     ones are the report's `warnings` (image/masks.mask_concerns)."""
-    from batch_inpaint.detect.base import parse_queries
-
     start = time.monotonic()
     problems: list[Problem] = []
     queries = parse_queries(list(queries), "--detect")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from batch_inpaint.batches import isolate
 from batch_inpaint.errors import ConfigError, InpaintError, ModelError
 from batch_inpaint.models.spec import ModelSpec
 from batch_inpaint.params import GenerationParams
@@ -117,27 +118,22 @@ class Inpainter(ABC):
         results (kind `out_of_memory`, transient, when it ran out of memory even alone).
         Seeds are per image, so splitting does not change any result.
         """
-        n = len(images)
         k = params.num_images_per_prompt
-        try:
-            flat = self.inpaint(images, masks, params, prompts, negative_prompts, seeds)
-            return [flat[i * k : (i + 1) * k] for i in range(n)]
-        except Exception as exc:  # noqa: BLE001 - any model failure is isolated to its image
-            if n == 1:
-                if is_out_of_memory(exc):  # the worker's memory, not the row: redone by default
-                    free_cuda_cache()
-                    return [ModelError(f"model ran out of memory on this image alone: {exc}",
-                                       kind=ErrorKind.OUT_OF_MEMORY.value)]  # fmt: skip
-                return [ModelError(f"model failed on this image ({type(exc).__name__}): {exc}")]
-            free_cuda_cache()
-            h = n // 2
-            parts = (slice(0, h), slice(h, n))
-            out: list[list[np.ndarray] | ModelError] = []
-            for s in parts:
-                out += self.inpaint_isolated(
-                    images[s], masks[s], params, prompts[s], negative_prompts[s], seeds[s]
-                )
-            return out
+
+        def run(idx: list[int]) -> list[list[np.ndarray]]:
+            flat = self.inpaint([images[i] for i in idx], [masks[i] for i in idx], params,
+                                [prompts[i] for i in idx], [negative_prompts[i] for i in idx],
+                                [seeds[i] for i in idx])  # fmt: skip
+            return [flat[j * k : (j + 1) * k] for j in range(len(idx))]
+
+        def alone(_: int, exc: Exception) -> ModelError:
+            if is_out_of_memory(exc):  # the worker's memory, not the row: redone by default
+                free_cuda_cache()
+                return ModelError(f"model ran out of memory on this image alone: {exc}",
+                                  kind=ErrorKind.OUT_OF_MEMORY.value)  # fmt: skip
+            return ModelError(f"model failed on this image ({type(exc).__name__}): {exc}")
+
+        return isolate(run, range(len(images)), alone, on_split=lambda _: free_cuda_cache())
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

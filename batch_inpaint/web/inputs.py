@@ -8,7 +8,6 @@ Every file is checked before it is decoded: its size on disk, then its pixel cou
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy as np
 
 from batch_inpaint.errors import ConfigError, DecodeError
 from batch_inpaint.image import codec, masks
+from batch_inpaint.image.mask_png import encode_mask as mask_png  # noqa: F401 - manifests.py's
 from batch_inpaint.params import MaskOptions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
@@ -245,12 +245,3 @@ def tint(rgb: np.ndarray, mask: np.ndarray | None, colour=(255, 0, 255), alpha=0
     c = np.asarray(colour, np.float32)
     out[mask] = np.rint(rgb[mask] * (1 - alpha) + c * alpha).astype(np.uint8)
     return out
-
-
-def mask_png(mask: np.ndarray) -> bytes:
-    """A 0/255 greyscale PNG of a bool mask: what manifest rows and `mask_from_image` expect."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buf, "PNG", compress_level=6)
-    return buf.getvalue()

@@ -17,7 +17,7 @@ from PIL import Image
 
 from batch_inpaint.cli import main
 from batch_inpaint.detect import BoxesDetector, Detection, MaskProvider
-from batch_inpaint.detect.rows import MARKER, detect_manifest
+from batch_inpaint.job.detect_rows import MARKER, detect_manifest
 from batch_inpaint.manifest import Manifest
 from batch_inpaint.vocab import ExitCode
 from tests.detect.conftest import photo

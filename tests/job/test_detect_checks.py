@@ -217,8 +217,7 @@ EMPTY = ["", "   ", " , ,", [], [""], ["  "], [" , "], [" ", ","]]
 @pytest.mark.parametrize("value", EMPTY + [None])
 def test_a_detect_value_with_no_query_in_it_means_the_jobs_queries(value):
     """One rule for every empty form: no query after parsing is no value, as null is."""
-    from batch_inpaint.detect.rows import row_queries
-    from batch_inpaint.job.detect_stage import queries_of
+    from batch_inpaint.detect.queries import queries_of, row_queries
 
     row = {"id": "a", "detect": value}
     assert queries_of(row, ["logo"]) == row_queries(row, ["logo"]) == ["logo"]
@@ -268,7 +267,7 @@ def test_no_mask_in_a_detecting_job_names_the_detect_column(tmp_path):
 
 
 def test_a_rows_list_reads_as_the_jobs_detect_does():
-    from batch_inpaint.detect.rows import row_queries
+    from batch_inpaint.detect.queries import row_queries
 
     assert row_queries({"detect": ["Logo", "text, caption"]}, []) == ["logo", "text", "caption"]
     with pytest.raises(ConfigError, match="row 'a'") as bad:

@@ -13,6 +13,7 @@ from PIL import Image
 
 from batch_inpaint import Manifest
 from batch_inpaint.errors import ConfigError, ManifestError, NotFoundError
+from batch_inpaint.job.results import without_done
 from batch_inpaint.manifest.schema import SCHEMA_VERSION, VERSION_KEY
 from batch_inpaint.storage.store import Storage
 from tests.fixtures_s3 import DUMMY_SECRET, put_objects
@@ -202,16 +203,16 @@ def test_without_done(where, tmp_path, request):
         storage, out = Storage(), str(tmp_path / "out")
     m = _manifest(6)
     m.storage = storage
-    assert m.without_done(out).ids == m.ids  # no results yet: every row
+    assert without_done(m, out).ids == m.ids  # no results yet: every row
     _results(storage, out, "part-a.parquet", [("r00000", "ok"), ("r00001", "error")])
     _results(storage, out, "part-b.parquet", [("r00002", "skipped"), ("r00003", "error"),
                                               ("r00003", "ok"), ("not-in-manifest", "ok")])  # fmt: skip
     _results(storage, out, "_tmp/part-c.parquet", [("r00004", "ok")])  # unfinished write: ignored
-    assert m.without_done(out).ids == ["r00004", "r00005"]
-    assert m.without_done(out, retry_errors=True).ids == ["r00001", "r00004", "r00005"]
+    assert without_done(m, out).ids == ["r00004", "r00005"]
+    assert without_done(m, out, retry_errors=True).ids == ["r00001", "r00004", "r00005"]
     storage.write_bytes(f"{out}/metadata/broken.parquet", b"PAR1 not really")
     with pytest.raises(ManifestError, match="broken.parquet .* moved to"):
-        m.without_done(out)
+        without_done(m, out)
     assert storage.list(f"{out}/metadata/_damaged")  # set aside, never deleted
 
 
