@@ -25,38 +25,56 @@ FINAL = (*DONE, Status.ERROR.value)  # statuses a result row may have
 
 
 class ErrorKind(str, Enum):
-    """Values of the result table's `error_kind` column and of validation problems."""
+    """Values of the result table's `error_kind` column and of validation problems, each with
+    the one-line description the report prints beside it (`.description`)."""
+
+    description: str
+
+    def __new__(cls, value: str, description: str) -> ErrorKind:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
 
     # the row itself: its id, URIs, values or mask
-    MISSING_ID = "missing_id"
-    DUPLICATE_ID = "duplicate_id"
-    MISSING_IMAGE = "missing_image"
-    NO_MASK = "no_mask"
-    MASK = "mask"
-    BAD_BOX = "bad_box"
-    BAD_POLYGON = "bad_polygon"
-    NO_ALPHA = "no_alpha"
-    BAD_VALUE = "bad_value"
-    SIZE_MISMATCH = "size_mismatch"
-    URI_REJECTED = "uri_rejected"
+    MISSING_ID = "missing_id", "the row has no id"
+    DUPLICATE_ID = "duplicate_id", "the id appears more than once in the manifest"
+    MISSING_IMAGE = "missing_image", "the row gives no image URI"
+    NO_MASK = "no_mask", "the row gives no mask column and no queries to detect one"
+    MASK = "mask", "the mask could not be built (wrong size, unreadable)"
+    BAD_BOX = "bad_box", "a mask box is not [x0, y0, x1, y1]"
+    BAD_POLYGON = "bad_polygon", "a mask polygon has fewer than 3 points"
+    NO_ALPHA = "no_alpha", "mask_from_alpha is set but the image has no alpha channel"
+    BAD_VALUE = "bad_value", "a per-row override column holds a value the job refuses"
+    SIZE_MISMATCH = "size_mismatch", "the mask's size differs from the image's"
+    URI_REJECTED = "uri_rejected", "the URI is not allowed (scheme, bucket or http policy)"
     # the objects the row names
-    NOT_FOUND = "not_found"
-    ACCESS_DENIED = "access_denied"
-    DECODE = "decode"
-    STORAGE = "storage"  # a storage error that is not transient (e.g. a malformed request)
+    NOT_FOUND = "not_found", "the image or mask does not exist at its URI"
+    ACCESS_DENIED = "access_denied", "storage refused to read the image or mask"
+    DECODE = "decode", "the bytes are not a readable image (truncated, another format, too large)"
+    # a storage error that is not transient (e.g. a malformed request)
+    STORAGE = "storage", "storage refused the request for a reason retries do not fix"
     # the work
-    MODEL = "model"  # the model failed on this image (alone, after splitting its batch)
-    DETECT = "detect"  # the detector failed on this image
-    RESIDUAL = "residual"  # verify still found what was removed (above max_residual)
-    TOO_LARGE = "too_large"  # its working size needs more than max_model_memory_gb
-    ENCODE = "encode"
-    CONFIG = "config"
-    MANIFEST = "manifest"
-    LOCKED = "locked"
-    INTERNAL = "internal"  # a bug: an exception batch-inpaint did not raise on purpose
+    # the model failed on this image (alone, after splitting its batch)
+    MODEL = "model", "the model failed on this image"
+    DETECT = "detect", "the detector failed on this row (its detection or its verify)"
+    # verify still found what was removed (above max_residual)
+    RESIDUAL = "residual", ("verify still found what was removed inside the mask, above "
+                            "max_residual; the output is kept for review")  # fmt: skip
+    # its working size needs more than max_model_memory_gb
+    TOO_LARGE = "too_large", ("a model pass at its working size would need more memory than "
+                              "max_model_memory_gb (lower max_side or crop_size, or use crop "
+                              "mode)")  # fmt: skip
+    ENCODE = "encode", "the output could not be encoded"
+    CONFIG = "config", "a setting the job refuses"
+    MANIFEST = "manifest", "the manifest could not be read"
+    LOCKED = "locked", "another run holds the output's lock"
+    # a bug: an exception batch-inpaint did not raise on purpose
+    INTERNAL = "internal", "a bug in batch-inpaint: please report it with this message"
     # transient: infrastructure, not the row; the next run redoes these by default
-    STORAGE_TRANSIENT = "storage_transient"  # 5xx, resets, timeouts, full disk, after retries
-    OUT_OF_MEMORY = "out_of_memory"  # the model's worker ran out of memory on this row
+    # 5xx, resets, timeouts, full disk, after retries
+    STORAGE_TRANSIENT = "storage_transient", "storage failed after retries (5xx, timeouts)"
+    OUT_OF_MEMORY = "out_of_memory", "the model's worker ran out of memory"  # on this row
 
     def __str__(self) -> str:
         return self.value

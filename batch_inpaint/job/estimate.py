@@ -11,7 +11,6 @@ model passes per working size, scaled to the rows to do, give the estimate (job/
 
 from __future__ import annotations
 
-import io
 import math
 import random
 import time
@@ -21,12 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.errors import NotFoundError, error_kind
+from batch_inpaint.errors import error_kind
 from batch_inpaint.job import estimate_cost as cost
 from batch_inpaint.job import plan, results
 from batch_inpaint.job.report import lock_holder
 from batch_inpaint.job.scan import has_id
-from batch_inpaint.storage.uri import join, redact_uri
+from batch_inpaint.storage.uri import redact_uri
 from batch_inpaint.vocab import Status
 
 DEFAULT_SAMPLE = 64
@@ -49,7 +48,7 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
     storage = Storage(config.storage_options())
     run, state = plan.check_run(config, storage, echo=lambda *_: None)
     cfg, scan = run.config, run.scan
-    table, damaged = read_results(storage, cfg.output)
+    table, damaged = results.read_results(storage, cfg.output, dry_run=True)
     decision = plan.decide_from(run, table)  # columnar: no Python object per manifest row
     left = pc.and_(has_id(scan.ids), pc.invert(pc.is_in(scan.ids, value_set=decision.exclude)))
     todo = scan.ids.filter(left)
@@ -83,29 +82,6 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
     out["estimate"] = estimate(out, cfg, cost.load_records(records_dir), prices)
     out["seconds"] = round(time.monotonic() - started, 2)
     return out
-
-
-def read_results(storage, output: str) -> tuple[pa.Table | None, list[str]]:
-    """results.read_results without its one write: a file that can't be decoded is named (a run
-    would move it to metadata/_damaged/ and stop), not moved."""
-    prefix = join(output, "metadata")
-    try:
-        found = storage.list(prefix)
-    except NotFoundError:
-        return None, []
-    import pyarrow.parquet as pq
-
-    tables, damaged = [], []
-    for uri in sorted(u for u in found if u.endswith(".parquet")):
-        if not results._is_data(uri.rsplit("/metadata/", 1)[-1]):
-            continue
-        try:
-            tables.append(pq.read_table(io.BytesIO(storage.read_bytes(uri))))
-        except (pa.ArrowException, OSError, ValueError):
-            damaged.append(redact_uri(uri))
-    if not tables:
-        return None, damaged
-    return results.latest_per_id(pa.concat_tables(tables, promote_options="permissive")), damaged
 
 
 def _manifest_rows(storage, cfg: JobConfig, ids: list[str]) -> pa.Table:

@@ -23,35 +23,13 @@ from batch_inpaint.job.report_pictures import (
     thumb,
     without,
 )
-from batch_inpaint.vocab import DONE, Status
+from batch_inpaint.vocab import DONE, ErrorKind, Status
 
 MAX_ERRORS_SHOWN = 500  # error rows listed, all kinds together
 MAX_ERRORS_PER_KIND = 100
 PICTURES_PER_KIND = 3
 MESSAGE_CHARS = 400
-KIND_NOTES = {
-    "not_found": "the image or mask does not exist at its URI",
-    "access_denied": "storage refused to read the image or mask",
-    "decode": "the bytes are not a readable image (truncated, another format, too large)",
-    "mask": "the mask could not be built (wrong size, unreadable)",
-    "no_mask": "the row gives no mask column",
-    "bad_box": "a mask box is not [x0, y0, x1, y1]",
-    "bad_polygon": "a mask polygon has fewer than 3 points",
-    "no_alpha": "mask_from_alpha is set but the image has no alpha channel",
-    "bad_value": "a per-row override column holds a value the job refuses",
-    "size_mismatch": "the mask's size differs from the image's",
-    "uri_rejected": "the URI is not allowed (scheme, bucket or http policy)",
-    "duplicate_id": "the id appears more than once in the manifest",
-    "missing_id": "the row has no id",
-    "model": "the model failed on this image",
-    "encode": "the output could not be encoded",
-    "storage_transient": "storage failed after retries (5xx, timeouts)",
-    "out_of_memory": "the model's worker ran out of memory",
-    "internal": "a bug in batch-inpaint: please report it with this message",
-    "detect": "the detector failed on this row (its detection or its verify)",
-    "residual": "verify still found what was removed inside the mask, above max_residual; "
-    "the output is kept for review",
-}
+KIND_NOTES = {k.value: k.description for k in ErrorKind}  # vocab.ErrorKind's, as run.json
 RESIDUALS_SHOWN = 8  # rows of the "highest residuals" section
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:0;color:#1d2327;background:#f6f7f8}

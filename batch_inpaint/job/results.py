@@ -108,7 +108,7 @@ def table_bytes(table: pa.Table) -> bytes:
 
 
 def read_results(
-    storage, output: str, columns: list[str] | None = None
+    storage, output: str, columns: list[str] | None = None, *, dry_run: bool = False
 ) -> tuple[pa.Table | None, list[str]]:
     """All result rows under output/metadata (latest row per id) and the part URIs read;
     `columns`: only these (those a part has), e.g. what planning a resume needs.
@@ -117,6 +117,8 @@ def read_results(
     denied, storage down) raises with the prefix and the cause, so no run recomputes what it
     merely could not see. A part that can't be decoded is damaged: it is moved aside to
     metadata/_damaged/ (never deleted) and the run stops with a ResultsDamagedError naming both.
+    dry_run (`run --dry-run` writes nothing): damaged parts stay where they are and the second
+    value is their (redacted) URIs instead, for the plan to name.
     Hidden ('.x') and '_x' files and folders are unfinished writes or set aside, not data."""
     prefix = join(output, "metadata")
     try:
@@ -136,7 +138,14 @@ def read_results(
         try:
             tables.append(_read_part(data, columns))
         except (pa.ArrowException, OSError, ValueError) as exc:
+            if dry_run:
+                damaged.append((uri, None, exc))
+                continue
             damaged.append((uri, set_aside(storage, output, uri, data), exc))
+    if dry_run:
+        named = [redact_uri(u) for u, _, _ in damaged]
+        return (latest_per_id(pa.concat_tables(tables, promote_options="permissive"))
+                if tables else None), named  # fmt: skip
     if damaged:
         success = join(output, "_SUCCESS")  # rows went aside: the output is no longer complete
         if storage.exists(success):
