@@ -7,8 +7,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_inpaint.errors import NotFoundError
-from batch_inpaint.storage.uri import join, same_location
+from batch_inpaint.job.output_folder import OutputFolder, relative  # noqa: F401 - relative: known here
+from batch_inpaint.job.writers import FilesWriter
 from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
 
 
@@ -80,18 +80,21 @@ def output_rels(outputs) -> pa.Array:
     return pc.if_else(pc.starts_with(outputs, "images/"), outputs, tail)
 
 
-def finished_ids(storage, output: str, retry_errors: bool, table: pa.Table | None) -> pa.Array:
-    """Ids an earlier run finished, from its results `table`: ok and skipped rows whose object
-    is still under images/ (a deleted output is made again), and error rows of bad input unless
+def finished_ids(
+    storage, output: str, retry_errors: bool, table: pa.Table | None, writer=None
+) -> pa.Array:
+    """Ids an earlier run finished, from its results `table`: ok and skipped rows whose output
+    still exists (a deleted output is made again), and error rows of bad input unless
     retry_errors. Rows that failed for a transient reason (storage, memory) are always redone.
-    An Arrow array: at millions of rows no Python object per id is made."""
+    Which outputs exist is the sample writer's answer (job/writers.py; `writer` None: the files
+    writer over `output`). An Arrow array: at millions of rows no Python object per id is made."""
     if table is None or not table.num_rows:
         return pa.array([], pa.string())
     status = table.column("status")
     done = pc.is_in(status, value_set=pa.array(DONE))
     if pc.any(done).as_py():
         if "output" in table.column_names:
-            present = list_images(storage, output)
+            present = (writer or FilesWriter(OutputFolder(storage, output))).present()
             there = pc.is_in(output_rels(table.column("output")), value_set=present)
             done = pc.and_(done, pc.fill_null(there, False))
         else:
@@ -114,19 +117,6 @@ def done_ids(storage, output: str, retry_errors: bool, table: pa.Table | None) -
 
 
 def list_images(storage, output: str) -> pa.Array:
-    """Every object under output/images, as paths relative to the output ('images/...')."""
-    prefix = join(output, "images")
-    try:
-        found = storage.list(prefix)
-    except NotFoundError:
-        return pa.array([], pa.string())
-    return relative(found, output)
-
-
-def relative(uris: list[str], output: str) -> pa.Array:
-    """URIs under `output` as paths relative to it, in Arrow (the list is freed by the caller)."""
-    root = same_location(output).rstrip("/") + "/"
-    arr = pa.array(uris, pa.string())
-    if uris and same_location(uris[0]) != uris[0]:
-        arr = pa.array([same_location(u) for u in uris], pa.string())
-    return pc.utf8_slice_codeunits(arr, len(root))
+    """Every object under output/images, as paths relative to the output ('images/...'): the
+    files writer's answer to "which outputs exist"."""
+    return FilesWriter(OutputFolder(storage, output)).present()

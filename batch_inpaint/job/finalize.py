@@ -22,11 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import EXTENSIONS, JobConfig
-from batch_inpaint.errors import NotFoundError
-from batch_inpaint.job import report, results
+from batch_inpaint.job import report, results, writers
+from batch_inpaint.job.output_folder import IMAGES, MASKS, RUN_JSON, SUCCESS, OutputFolder
 from batch_inpaint.job.scan import ManifestScan
+from batch_inpaint.job.sources import RowSource, open_source
 from batch_inpaint.manifest.schema import RESULT_SCHEMA
-from batch_inpaint.storage.uri import HASH_CHARS, join, output_key
+from batch_inpaint.storage.uri import HASH_CHARS, output_key
 from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
 
 # storage.local's temp file beside a key (".<key[:100]>.<12 hex>.tmp"), left by a write cut short
@@ -46,6 +47,22 @@ class RunState:
     processed: int = 0  # rows this run took through the stages
     echo: Callable[[str], object] = print
 
+    # Made from `storage` as it is when asked: the LeasedStorage while the lock is held.
+    @property
+    def folder(self) -> OutputFolder:
+        return OutputFolder(self.storage, self.config.output)
+
+    @property
+    def samples(self) -> writers.SampleWriter:
+        """Where the rows' outputs go, and which exist (job/writers.py)."""
+        return writers.open_writer(self.config, self.storage)
+
+    @property
+    def source(self) -> RowSource:
+        """Where the rows come from (job/sources.py): the scan's."""
+        found = getattr(self.scan, "source", None)
+        return found if found is not None else open_source(self.config, self.storage)
+
 
 def finalize(run: RunState) -> dict:
     """The run's summary (also written to run.json); `success` only when every invariant holds."""
@@ -58,15 +75,15 @@ def finalize(run: RunState) -> dict:
     others = table.filter(pc.invert(in_manifest))
     pruned = 0
     if cfg.prune and others.num_rows:
-        pruned = _delete_outputs(storage, cfg.output, others)
+        pruned = _delete_outputs(run.folder, others)
         others = others.slice(0, 0)
     row_outputs = _outputs(rows)
     kept = pc.unique(pa.concat_arrays([row_outputs, _outputs(others), _outputs(rows, True),
                                        _outputs(others, True)]))  # fmt: skip
-    missing, removed, unknown = reconcile_images(storage, cfg.output, kept, _own_keys(run, rows))
+    missing, removed, unknown = reconcile_images(run.samples, kept, _own_keys(run, rows))
     mine = missing.filter(pc.is_in(missing, value_set=row_outputs))
     mine = mine.take(pc.sort_indices(mine))
-    bad_outputs = {u: "missing: no object under images/" for u in mine.slice(0, 21).to_pylist()}
+    bad_outputs = {u: f"missing: no object under {IMAGES}/" for u in mine.slice(0, 21).to_pylist()}
     if table.num_rows:
         compacted = pa.concat_tables([rows, others], promote_options="permissive")
         results.compact(storage, cfg.output, compacted, parts, run.run_id)
@@ -101,13 +118,13 @@ def finalize(run: RunState) -> dict:
         mask_concerns=report.mask_concern_counts(rows),
     )
     report_uri = report.write_report(storage, cfg, rows, summary)
-    success_uri = join(cfg.output, "_SUCCESS")
+    folder = run.folder
     if success:
         body = {"run_id": run.run_id, "rows": rows.num_rows}
-        storage.write_bytes(success_uri, results.dumps(body), root=cfg.output)
-    elif storage.exists(success_uri):  # withdrawn at the start of a run; this is for callers
-        storage.delete(success_uri, root=cfg.output)  # of finalize alone
-    storage.write_bytes(join(cfg.output, "run.json"), results.dumps(summary), root=cfg.output)
+        folder.write(SUCCESS, results.dumps(body))
+    elif folder.exists(SUCCESS):  # withdrawn at the start of a run; this is for callers
+        folder.delete(SUCCESS)  # of finalize alone
+    folder.write(RUN_JSON, results.dumps(summary))
     run.echo(report.summary_text(summary, report_uri))
     return summary
 
@@ -161,7 +178,7 @@ def _own_keys(run: RunState, rows: pa.Table) -> Callable[[str], bool]:
         nonlocal by_hash, ids
         if ids is None:
             ids = set(run.scan.result_ids.to_pylist()) | set(rows.column("id").to_pylist())
-        name = rel.removeprefix("images/")
+        name = rel.removeprefix(f"{IMAGES}/")
         partial = _PARTIAL.fullmatch(name)
         if partial and len(partial["key"]) < 100:  # a longer key was cut: can't tell, kept
             name = partial["dir"] + partial["key"]
@@ -180,40 +197,32 @@ def _own_keys(run: RunState, rows: pa.Table) -> Callable[[str], bool]:
     return ours
 
 
-def _delete_outputs(storage, output: str, table: pa.Table) -> int:
+def _delete_outputs(folder: OutputFolder, table: pa.Table) -> int:
     count = 0
     for rel in _outputs(table).to_pylist():
-        storage.delete(join(output, rel), root=output)
+        folder.delete(rel)
         count += 1
     # the masks detection saved for those rows (masks/<key>.png: the job's own files)
     if "mask_used" in table.column_names:
         for rel in pc.unique(pc.drop_null(table.column("mask_used"))).to_pylist():
-            if rel.startswith("masks/"):
-                storage.delete(join(output, rel), root=output)
+            if rel.startswith(f"{MASKS}/"):
+                folder.delete(rel)
     return count
 
 
 def reconcile_images(
-    storage, output: str, keep: pa.Array, ours: Callable[[str], bool]
+    writer: writers.SampleWriter, keep: pa.Array, ours: Callable[[str], bool]
 ) -> tuple[pa.Array, int, int]:
-    """One listing of images/: the kept outputs (relative) that have no object (missing); objects
-    no result row points to are removed when `ours(rel)` says a run of this job made them, and
-    otherwise counted and left alone. Returns (missing, removed, unknown)."""
-    try:
-        found = storage.list(join(output, "images"))
-    except NotFoundError:
-        found = []
-    rels = results.relative(found, output)
-    listed = pc.is_in(rels, value_set=keep)
-    missing = keep.filter(pc.invert(pc.is_in(keep, value_set=rels.filter(listed))))
-    unlisted = pc.invert(listed)
+    """One listing of the outputs the writer holds (images/ for files): the kept outputs
+    (relative) that do not exist (missing); outputs no result row points to are removed when
+    `ours(rel)` says a run of this job made them, and otherwise counted and left alone.
+    Returns (missing, removed, unknown)."""
+    missing, unlisted = writers.missing_and_unlisted(writer, keep)
     removed = unknown = 0
-    if pc.any(unlisted).as_py():
-        uris = pa.array(found, pa.string()).filter(unlisted).to_pylist()
-        for uri, rel in zip(uris, rels.filter(unlisted).to_pylist(), strict=True):
-            if ours(rel):
-                storage.delete(uri, root=output)
-                removed += 1
-            else:
-                unknown += 1
+    for uri, rel in unlisted:
+        if ours(rel):
+            writer.remove(uri)
+            removed += 1
+        else:
+            unknown += 1
     return missing, removed, unknown

@@ -19,6 +19,7 @@ from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.errors import InpaintError
 from batch_inpaint.image import codec, geometry
 from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.output_folder import OutputFolder
 from batch_inpaint.job.workitem import (
     DETECTIONS,
     EXIF,
@@ -38,7 +39,8 @@ from batch_inpaint.job.workitem import (
     region_from,
     row_error,
 )
-from batch_inpaint.storage.uri import join, output_key, redact_uri
+from batch_inpaint.job.writers import FilesWriter, open_writer
+from batch_inpaint.storage.uri import join, redact_uri
 from batch_inpaint.vocab import ErrorKind, Status
 
 _OUTPUT_OF = {Status.PENDING.value: Status.OK.value, Status.SKIPPED.value: Status.SKIPPED.value}
@@ -58,6 +60,7 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     if given is not None:
         mine = found["detections"] or [None] * len(given)
         found["detections"] = [d if d is not None else g for d, g in zip(mine, given, strict=True)]
+    writer = open_writer(cfg, ctx.storage)
     for i, rid in enumerate(ids):
         t0 = time.perf_counter()
         item = {k: v[i] for k, v in cols.items()}
@@ -66,9 +69,7 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
         if status in _OUTPUT_OF:
             try:
                 data = _finish_row(item, cfg)
-                rel = output_rel(cfg, rid)
-                # root: no write may follow a symlink out of the output
-                ctx.storage.write_bytes(join(cfg.output, rel), data, root=cfg.output)
+                rel = writer.write(rid, data)  # job/writers.py: today images/<key>
                 sha = hashlib.sha256(data).hexdigest()
                 status = _OUTPUT_OF[status]
             except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
@@ -93,6 +94,7 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
         }
         for name in out:
             out[name].append(row.get(name))
+    writer.close()
     keep = [c for c in table.column_names if not c.startswith(P) and c not in out]
     result = redact_columns(
         table.select(keep)
@@ -111,8 +113,8 @@ def _given_detections(table: pa.Table) -> list | None:
 
 
 def output_rel(cfg: JobConfig, row_id: str) -> str:
-    """Where a row's image goes, relative to the output root."""
-    return "images/" + output_key(str(row_id), "." + cfg.extension)
+    """Where a row's image goes, relative to the output root (the files writer's name)."""
+    return FilesWriter(OutputFolder(None, cfg.output), cfg.extension).rel(row_id)
 
 
 def output_uri(cfg: JobConfig, row_id: str) -> str:

@@ -18,12 +18,12 @@ from batch_inpaint.errors import ConfigError
 from batch_inpaint.job import detect_stage, guard, results
 from batch_inpaint.job.finalize import RunState
 from batch_inpaint.job.lock import LeasedStorage, OutputLock
+from batch_inpaint.job.output_folder import JOB_JSON, SUCCESS
 from batch_inpaint.job.scan import has_id, scan_manifest
 from batch_inpaint.models.availability import check_job_model
 from batch_inpaint.models.spec import ModelSpec, model_spec
 from batch_inpaint.storage.credentials import check_credentials
 from batch_inpaint.storage.store import Storage
-from batch_inpaint.storage.uri import join
 
 
 @dataclass
@@ -63,7 +63,7 @@ def decide_from(run: RunState, table: pa.Table | None) -> Decision:
     cfg, storage, scan = run.config, run.storage, run.scan
     done = pa.array([], pa.string())
     if cfg.resume:
-        done = results.finished_ids(storage, cfg.output, cfg.retry_errors, table)
+        done = results.finished_ids(storage, cfg.output, cfg.retry_errors, table, run.samples)
     # One hash of the done ids (unique: one result row per id), probed by every manifest id;
     # the duplicated ids are few. A duplicated id that is done counts once.
     in_done = pc.is_in(scan.ids, value_set=done)
@@ -127,11 +127,10 @@ def open_run(run: RunState, state: str, before_writes=None) -> Plan:
         before_writes(todo)
     if state != "ours":
         guard.claim(storage, cfg.output, run.run_id, state)
-    success = join(cfg.output, "_SUCCESS")
-    if storage.exists(success):
-        storage.delete(success, root=cfg.output)
-    storage.write_bytes(join(cfg.output, "job.json"), results.dumps(results.job_json(cfg, run.run_id)),
-                        root=cfg.output)  # fmt: skip
+    folder = run.folder  # run.storage: leased, its writes check the lock
+    if folder.exists(SUCCESS):
+        folder.delete(SUCCESS)
+    folder.write(JOB_JSON, results.dumps(results.job_json(cfg, run.run_id)))
     writer = results.MetadataWriter(
         storage, cfg.output, run.run_id, cfg.flush_rows, cfg.flush_interval_s
     )

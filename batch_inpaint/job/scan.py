@@ -13,10 +13,11 @@ from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
 from batch_inpaint.job.done import repeated
 from batch_inpaint.job.finish import redact_columns
 from batch_inpaint.job.guard import input_locations
+from batch_inpaint.job.sources import RowSource, check_parts, open_source  # noqa: F401
 from batch_inpaint.manifest.ids import collision_note, generated_ids
-from batch_inpaint.manifest.schema import RESULT_SCHEMA, conform_manifest
+from batch_inpaint.manifest.schema import RESULT_SCHEMA
 from batch_inpaint.storage.store import Storage, access_error
-from batch_inpaint.storage.uri import manifest_base, redact_uri
+from batch_inpaint.storage.uri import redact_uri
 from batch_inpaint.vocab import ErrorKind, Status
 
 
@@ -29,6 +30,7 @@ class ManifestScan:
         self.ids = _strings(ids)
         self.bad_rows, self.base = bad_rows, base
         self.inputs = list(inputs)  # what the manifest reads: itself, its image and mask folders
+        self.source: RowSource | None = None  # where the rows come from (scan_manifest sets it)
         self.duplicates = duplicate_ids(self.ids)  # ids used more than once, each once
         self.result_ids = result_ids(self.ids, self.duplicates)
 
@@ -97,31 +99,28 @@ def _taken_in(ids: pa.Array):
     return taken
 
 
-def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
+def scan_manifest(
+    storage: Storage, cfg: JobConfig, source: RowSource | None = None
+) -> ManifestScan:
     """Check the manifest's schema and ids on the driver before any cluster work. Rows that can't
     be processed become error rows here and never reach the cluster: every row of an id that
     appears twice (we can't know which one was meant; ids name the output objects and drive
     resume), and rows with a null or empty id. The id column is read in batches, and of the
-    image and mask URIs only their distinct folders are kept."""
-    import pyarrow.dataset as pads
-
-    fs, path = storage.pyarrow_filesystem(cfg.manifest)
-    where = f"manifest {redact_uri(cfg.manifest)}"
+    image and mask URIs only their distinct folders are kept. `source`: where the rows come
+    from (job/sources.py; by default the config's manifest); the scan keeps it."""
+    source = source if source is not None else open_source(cfg, storage)
+    where = f"manifest {redact_uri(source.uri)}"
     chunks, folders = [], []
     try:
-        dataset = pads.dataset(path, filesystem=fs, format="parquet")
-        check_parts(dataset, where, needs_mask=not cfg.detect)
-        conform_manifest(dataset.schema.empty_table(), where=where, needs_mask=not cfg.detect)
-        names = [c for c in ("id", "image", "mask") if c in dataset.schema.names]
-        # little read-ahead: the default (16 batches of 4 fragments) holds ~1 GB at 10 M rows
-        for batch in dataset.to_batches(columns=names, batch_size=1 << 18, batch_readahead=2,
-                                        fragment_readahead=1):  # fmt: skip
+        source.check(where, needs_mask=not cfg.detect)
+        names = [c for c in ("id", "image", "mask") if c in source.schema().names]
+        for batch in source.batches(names):
             chunks.append(pc.cast(batch.column("id"), pa.string()))
             folders += [_folders(batch.column(c)) for c in names[1:]]
     except InpaintError:
         raise
     except (OSError, pa.ArrowInvalid) as exc:
-        missing = access_error(cfg.manifest, exc, "reading the manifest", cfg.profile)
+        missing = access_error(source.uri, exc, "reading the manifest", cfg.profile)
         if isinstance(missing, NotFoundError):
             raise ConfigError(f"{missing}; check the path (or build a manifest with "
                               "`batch-inpaint manifest build`)") from None  # fmt: skip
@@ -129,14 +128,15 @@ def scan_manifest(storage: Storage, cfg: JobConfig) -> ManifestScan:
             raise ConfigError(str(missing)) from None
         raise ConfigError(f"cannot read {where}: {exc}") from None
     scan = ManifestScan(pa.chunked_array(chunks, pa.string()), pa.table({}), "", [])
+    scan.source = source
     bad = _bad_mask(scan.ids, scan.duplicates)
     if pc.any(bad).as_py():
         positions, named = bad_positions(scan.ids, bad)
         made = scan.result_ids.take(pa.array(positions, pa.int64())).to_pylist()
-        scan.bad_rows = _unusable_rows(dataset, positions, named, made)
-    scan.base = manifest_base(cfg.manifest)
+        scan.bad_rows = _unusable_rows(source, positions, named, made)
+    scan.base = source.base
     uris = pa.chunked_array(folders, pa.string())
-    scan.inputs = input_locations(cfg.manifest, scan.base, uris)
+    scan.inputs = input_locations(source.uri, scan.base, uris)
     return scan
 
 
@@ -147,28 +147,8 @@ def _folders(column) -> pa.Array:
     return pc.unique(pc.replace_substring_regex(uris, r"/[^/]*$", "/_"))
 
 
-def check_parts(dataset, where: str, needs_mask: bool = True) -> None:
-    """Every part of a manifest folder conforms on its own, and a column has one type in every
-    part (else Ray Data fails mid-run); an all-null column's type is no conflict."""
-    seen: dict[str, tuple[pa.DataType, str]] = {}
-    for fragment in dataset.get_fragments():
-        schema = fragment.physical_schema
-        conform_manifest(schema.empty_table(), where=f"{where}, part {fragment.path}",
-                         needs_mask=needs_mask)  # fmt: skip
-        for field in schema:
-            if pa.types.is_null(field.type):
-                continue
-            first = seen.setdefault(field.name, (field.type, fragment.path))
-            if not first[0].equals(field.type):
-                raise ConfigError(
-                    f"{where}: column {field.name!r} is {first[0]} in part {first[1]} but "
-                    f"{field.type} in part {fragment.path}; write every part with one type per "
-                    "column (e.g. rewrite it with batch-inpaint manifest build or Manifest.write)"
-                )
-
-
 def _unusable_rows(
-    dataset, positions: list[int], named: list[str | None], made: list[str]
+    source: RowSource, positions: list[int], named: list[str | None], made: list[str]
 ) -> pa.Table:
     """Error rows (with their pass-through columns) for duplicated ids and rows without an id;
     `positions`, `named` and `made` are those rows' numbers, ids and result ids, in order."""
@@ -183,7 +163,7 @@ def _unusable_rows(
     if None in rows_of:
         no_id = pc.field("id").is_null() | (pc.field("id") == "")
         where = no_id if where is None else (where | no_id)
-    table = redact_columns(dataset.to_table(filter=where))
+    table = redact_columns(source.rows_where(where))
     # The filter keeps file order, so the k-th row of an id here is its k-th position overall.
     taken: dict[str | None, int] = {}
     out_ids, msgs, kinds = [], [], []

@@ -1,6 +1,7 @@
 """The local executor: the job's pipeline (job/pipeline.py) in the driver's process, no Ray.
 
-The manifest's parts are read with pyarrow (as the driver's scan reads them), the done, duplicate
+The run's row source (job/sources.py) gives its rows in blocks (a manifest: its parts read with
+pyarrow, as the driver's scan reads them), the done, duplicate
 and id-less rows dropped with the same Arrow join as the Ray path (pipeline.drop_rows), and the
 rest cut into blocks of the same size. A few threads each take a block through every step; a
 step that holds a model (detect, model or fused, verify) has slots, each a loaded instance used
@@ -49,7 +50,7 @@ class LocalExecutor:
         threads = min(threads, MAX_THREADS)
         # A small run in blocks of the usual size would leave threads idle (20 rows: 16 + 4).
         rows = min(pipeline.block_rows(cfg), max(1, -(-job.todo // threads)))
-        blocks = read_blocks(run.storage, cfg.manifest, job.exclude, rows)
+        blocks = read_blocks(run.source, job.exclude, rows)
         yield from run_blocks(blocks, steps, slots, threads)
 
 
@@ -97,28 +98,10 @@ def _slots(steps: list[pipeline.Step]) -> queue.Queue:
     return free
 
 
-def read_blocks(storage, manifest: str, exclude: pa.Array, rows: int) -> Iterator[pa.Table]:
-    """The manifest's rows to do, in blocks of `rows`; each part is read on its own (its own
-    schema: an all-null column may be typed null in one part and not in another)."""
-    import pyarrow.dataset as pads
-
-    fs, path = storage.pyarrow_filesystem(manifest)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
-    for fragment in dataset.get_fragments():
-        buffered: list[pa.Table] = []
-        n = 0
-        for batch in fragment.to_batches(batch_size=max(rows, 1024)):
-            table = pipeline.drop_rows(pa.Table.from_batches([batch]), exclude)
-            buffered.append(table)
-            n += table.num_rows
-            if n >= rows:
-                whole = pa.concat_tables(buffered)
-                cut = n - n % rows
-                for start in range(0, cut, rows):
-                    yield whole.slice(start, rows)
-                buffered, n = [whole.slice(cut)], n - cut
-        if n:
-            yield pa.concat_tables(buffered)
+def read_blocks(source, exclude: pa.Array, rows: int) -> Iterator[pa.Table]:
+    """The source's rows to do (job/sources.py), in blocks of `rows`: done, duplicate and
+    id-less rows dropped before the rows are cut."""
+    return source.blocks(rows, lambda table: pipeline.drop_rows(table, exclude))
 
 
 def run_blocks(blocks, steps, slots: dict[str, queue.Queue], threads: int) -> Iterator[pa.Table]:

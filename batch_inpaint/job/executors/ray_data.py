@@ -1,6 +1,6 @@
 """The Ray executor: the job's pipeline (job/pipeline.py) as a Ray Data graph,
 
-    read_parquet -> drop finished rows -> repartition into blocks -> each step: a CPU task, or an
+    the row source (a manifest: read_parquet) -> drop finished rows -> repartition into blocks -> each step: a CPU task, or an
     actor pool for a step that holds a model (detect, model or fused, verify) -> the driver
 
 streaming only small result rows back to the driver. Only modules under job/executors/ import
@@ -21,7 +21,6 @@ from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.executors import ray_errors
 from batch_inpaint.job.report_progress import native_stderr_to
 from batch_inpaint.job.resources import DetectPlan, plan_resources, start_size
-from batch_inpaint.storage.store import Storage
 
 ACTOR_INIT_DEATHS = 5  # consecutive model actors that may die while loading
 
@@ -56,7 +55,7 @@ class RayExecutor:
                                                    provider_factory, echo, cluster.source == "local")  # fmt: skip
             ctx = JobContext(config=cfg_run, storage=run.storage, manifest_base=run.scan.base,
                              spec=job.spec)  # fmt: skip
-            ds = build_dataset(cfg_run, ctx, run.storage, job.exclude, gpus, inpainter_factory,
+            ds = build_dataset(cfg_run, ctx, run.source, job.exclude, gpus, inpainter_factory,
                                detect=detect)  # fmt: skip
             # No prefetch: with it, Ray Data hands over a finished block only once the next one
             # is ready, so its rows reach a metadata part a whole block later (lost if killed).
@@ -74,7 +73,7 @@ class RayExecutor:
 def build_dataset(
     cfg: JobConfig,
     ctx: JobContext,
-    storage: Storage,
+    source,
     exclude,
     gpus: float,
     inpainter_factory=None,
@@ -85,8 +84,7 @@ def build_dataset(
     # An actor that dies while loading the model (node lost, OOM) is replaced a few times
     # (Ray's default: the first such death fails the job).
     ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
-    fs, path = storage.pyarrow_filesystem(cfg.manifest)
-    ds = ray.data.read_parquet(path, filesystem=fs)
+    ds = source.ray_dataset(ray.data)  # job/sources.py: a manifest is read_parquet
     # Always: rows without an id never reach the stages (the driver wrote their error rows).
     # The ids to leave out go to the object store once (not pickled into every task); each
     # task reads them zero-copy and filters a whole block with one hash join.
