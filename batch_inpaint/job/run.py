@@ -7,6 +7,8 @@ report)."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Iterable
 
 import pyarrow as pa
@@ -16,6 +18,7 @@ from batch_inpaint.config import JobConfig
 from batch_inpaint.job import attempts, executors, plan
 from batch_inpaint.job.finalize import finalize
 from batch_inpaint.job.report_progress import Progress
+from batch_inpaint.job.startup import Startup
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import Status
 
@@ -34,45 +37,68 @@ def run_job(
     executors.check_executor(config)  # --executor ray without Ray: exit 2 before any work
     storage = Storage(config.storage_options())
     run, state = plan.check_run(config, storage, echo)
-    executor = None
+    executor = startup = None
 
     def start(todo: int) -> None:  # before open_run writes anything
-        nonlocal executor
+        nonlocal executor, startup
         if todo:
-            executor = start_executor(run, todo)
+            executor, startup = start_executor(run, todo)
 
     with plan.lock_for(run):
-        job = plan.open_run(run, state, before_writes=start)
-        if job.todo:
-            # run.storage: the lease is checked before its records are cleared
-            with attempts.watch(run.storage, config.output, run.echo):  # says when actors die
-                stream(job, executor.results(job, inpainter_factory, provider_factory))
+        try:
+            job = plan.open_run(run, state, before_writes=start)
+            if job.todo:
+                # run.storage: the lease is checked before its records are cleared
+                with attempts.watch(run.storage, config.output, run.echo):  # says when actors die
+                    stream(job, executor.results(job, inpainter_factory, provider_factory),
+                           startup)  # fmt: skip
+        finally:
+            if startup is not None:  # a start that failed: its line goes, the error follows
+                startup.close(started=False)
+            run.echo = echo
         job.writer.flush()
         return finalize(run)
 
 
-def start_executor(run, todo: int) -> executors.Executor:
-    """Pick the run's executor, say which and why, and connect it (before anything is written)."""
+def start_executor(run, todo: int) -> tuple[executors.Executor, Startup | None]:
+    """Pick the run's executor, say which and why, and connect it (before anything is written).
+    For Ray, the start-up line (job/startup.py) runs from here to the first batch."""
     name, why = executors.choose(run.config, todo)
     run.echo(f"batch-inpaint: executor {name} ({why})")
+    startup = None
     if name == "ray":
         from batch_inpaint.job.executors.ray_data import RayExecutor
 
         executor: executors.Executor = RayExecutor()
+        startup = Startup("Ray and the model actors", run.echo, in_place=not run.config.verbose)
+        run.echo = startup.start().echo
     else:
         from batch_inpaint.job.executors.local import LocalExecutor
 
         executor = LocalExecutor()
-    executor.connect(run)
-    return executor
+    try:
+        executor.connect(run)
+    except BaseException:
+        if startup is not None:
+            startup.close(started=False)
+            run.echo = startup.plain_echo
+        raise
+    return executor, startup
 
 
-def stream(job: plan.Plan, batches: Iterable[pa.Table]) -> None:
-    """Result batches, as the executor finishes them, into metadata parts, with the progress."""
+def stream(job: plan.Plan, batches: Iterable[pa.Table], startup: Startup | None = None) -> None:
+    """Result batches, as the executor finishes them, into metadata parts, with the progress
+    (after the start-up line, which ends when the first batch arrives)."""
     run = job.run
+    batches = iter(batches)
+    first: list[pa.Table] = []
+    with startup or contextlib.nullcontext():
+        first.extend(itertools.islice(batches, 1))
+    if startup is not None:
+        run.echo = startup.plain_echo  # the progress bar wants the terminal's own print
     progress = Progress(job.todo, run.config.progress_interval_s, run.echo, started=run.started)
     try:
-        for batch in batches:
+        for batch in itertools.chain(first, batches):
             job.writer.add(batch)
             run.processed += batch.num_rows
             errors = pc.sum(pc.equal(batch.column("status"), Status.ERROR.value)).as_py()

@@ -81,6 +81,7 @@ def connect(address: str | None = None, *, echo: Callable[[str], object] = print
         ctx = ray.get_runtime_context()
         cluster = Cluster("existing", ctx.gcs_address, _session_dir(), ctx.get_node_id())
         echo(f"{_PREFIX} using the instance already running in this process ({cluster.address})")
+        _say_dashboard(echo)
         return cluster
 
     env_address = os.environ.get("RAY_ADDRESS", "").strip()
@@ -115,6 +116,7 @@ def connect(address: str | None = None, *, echo: Callable[[str], object] = print
 
     ctx = ray.get_runtime_context()
     cluster = Cluster(source, ctx.gcs_address, _session_dir(), ctx.get_node_id(), owned=True)
+    _say_dashboard(echo)
     if source == "local" and cluster.session_dir and sys.platform.startswith("linux"):
         try:
             cluster._watchdog, cluster._pipe = _start_watchdog(cluster.session_dir, cluster.node_id)
@@ -124,6 +126,28 @@ def connect(address: str | None = None, *, echo: Callable[[str], object] = print
                 f"the processes of {cluster.session_dir} by hand"
             )
     return cluster
+
+
+def dashboard_url() -> str | None:
+    """The Ray dashboard's URL, or None (an instance started without it, Ray Client). As ray.init's
+    own log line in Ray 2.60: RAY_OVERRIDE_DASHBOARD_URL wins, else the node's webui_url."""
+    import ray
+
+    url = os.environ.get("RAY_OVERRIDE_DASHBOARD_URL", "").strip()
+    if not url:
+        try:
+            url = ray._private.worker._global_node.webui_url
+        except AttributeError:  # no node in this process, or a Ray without the attribute
+            url = None
+    if not url:
+        return None
+    return url if "://" in url else f"http://{url}"
+
+
+def _say_dashboard(echo) -> None:
+    url = dashboard_url()
+    if url:
+        echo(f"{_PREFIX} dashboard at {url}")
 
 
 def local_cpus() -> int:
