@@ -70,8 +70,6 @@ def _commands(parser, name="batch-inpaint"):
 def test_every_commands_help_ends_with_examples():
     missing = []
     for name, p in _commands(build_parser()):
-        if name.endswith(" demo"):  # cli/demo.py is edited elsewhere: its examples come there
-            continue
         text = p.format_help().rstrip().splitlines()
         tail = text[text.index("examples:") + 1 :] if "examples:" in text else []
         if not 2 <= len([t for t in tail if t.strip().startswith("batch-inpaint")]) <= 4:

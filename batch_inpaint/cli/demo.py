@@ -165,8 +165,15 @@ def _lama_home() -> str:
 
 
 def add_parser(sub) -> None:
+    from batch_inpaint.cli.flags import examples
+
+    tail = examples(
+        "batch-inpaint demo    # the best backend this machine runs offline, into demo-output/",
+        "batch-inpaint demo --backend opencv --no-text-pass --output /tmp/demo",
+        "batch-inpaint demo --backend lama --model big-lama.safetensors",
+    )["epilog"]  # the description is preformatted: RawDescription keeps both as written
     p = sub.add_parser("demo", help="run the job on the bundled samples (local Ray, no network)",
-                       description=__doc__,
+                       description=__doc__, epilog=tail,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument(
         "--output", default="demo-output", help="local output folder (default: %(default)s)"
