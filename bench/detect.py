@@ -107,7 +107,9 @@ SHAPES = {"512²": (512, 512), "1920x1080": (1080, 1920)}
 def d3(args) -> rec.Record:
     """The shipped text detector (PP-OCRv6 small det from the rapidocr wheel, onnxruntime, real
     weights): rows/s at 512² and 1920x1080, detection alone (resize, model, boxes), with one
-    onnxruntime thread (per core) and with every core; photos with three text lines drawn."""
+    onnxruntime thread (per core) and with every core; photos with text lines drawn. With
+    --rows N, also N rows per shape through `run --detect text --verify --backend opencv` in
+    process (every core)."""
     import os
 
     from batch_inpaint.detect.shipped import OnnxTextDetector
@@ -138,7 +140,44 @@ def d3(args) -> rec.Record:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = was
+    if args.rows:
+        r.rows += _job_rows(shapes, args.rows)
     r.notes.append("The shorter side is brought up to 736 px (rapidocr's rule), so a 512² row "
                    "runs at 736²; 1920x1080 runs at its own size. Other load on a shared "
                    "machine shows in load_average.")  # fmt: skip
     return r
+
+
+def _job_rows(shapes: dict, n: int) -> list[dict]:
+    """`run --detect text --verify --backend opencv` in process on n captioned rows per shape:
+    rows/s end to end (read, detect, fill, write, verify) and the stages' seconds per row."""
+    import tempfile
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from batch_inpaint.config import JobConfig
+    from batch_inpaint.job.run import run_job
+
+    from .clean_text import render
+
+    out = []
+    for name, (h, w) in shapes.items():
+        base = Path(tempfile.mkdtemp(prefix="d3-job-"))
+        root = base / "in"  # the output lies apart from what the manifest reads
+        root.mkdir()
+        for i in range(n):
+            Image.fromarray(render(rec.sample_image(h, w, i), i)[0]).save(root / f"{i}.png")
+        pq.write_table(pa.table({"id": [str(i) for i in range(n)],
+                                 "image": [f"{i}.png" for i in range(n)]}), root / "m.parquet")  # fmt: skip
+        cfg = JobConfig(manifest=str(root / "m.parquet"), output=str(base / "out"),
+                        backend="opencv", detect=["text"], verify=True, resume=False)  # fmt: skip
+        summary = run_job(cfg, echo=lambda *_: None)
+        stages = summary.get("stage_seconds_total") or {}
+        out.append({"shape": name, "job": "detect -> opencv -> verify", "rows": n,
+                    "rows_per_s": summary.get("rows_per_s"),
+                    "rows_per_s_per_core": (summary.get("rows_per_s") or 0) / rec.cores(),
+                    **{f"{k}_per_row": v / n for k, v in stages.items()}})  # fmt: skip
+    return out
