@@ -37,10 +37,10 @@ from batch_inpaint.job.workitem import (
     replace_columns,
     row_error,
 )
-from batch_inpaint.storage.uri import join, output_key, redact_uri, resolve
+from batch_inpaint.job.writers import open_writer
+from batch_inpaint.storage.uri import redact_uri, resolve
 from batch_inpaint.vocab import ErrorKind, Status
 
-MASKS_DIR = "masks"
 ProviderFactory = Callable[[JobContext], MaskProvider]  # picklable: Ray ships it to each actor
 
 
@@ -245,13 +245,7 @@ def row_note(row: Mapping, given: np.ndarray | None) -> str | None:
     return note
 
 
-def mask_rel(row_id: str) -> str:
-    return f"{MASKS_DIR}/" + output_key(str(row_id), ".png")
-
-
 def save_mask(ctx: JobContext, row_id: str, changed: np.ndarray) -> str:
     """Write the mask of the pixels the job may change under {output}/masks/; its relative path."""
     cfg = ctx.config
-    rel = mask_rel(row_id)
-    ctx.storage.write_bytes(join(cfg.output, rel), encode_mask(changed), root=cfg.output)
-    return rel
+    return open_writer(cfg, ctx.storage).write_mask(row_id, encode_mask(changed))

@@ -27,6 +27,14 @@ import pyarrow.compute as pc
 
 from batch_inpaint import __version__
 from batch_inpaint.errors import ConfigError, InpaintError, NotFoundError
+from batch_inpaint.job.output_folder import (  # the output's names (job/output_folder.py)
+    JOB_JSON,
+    LOCK,
+    MANIFESTS,
+    MARKER,
+    OWN_NAMES,
+    OutputFolder,
+)
 from batch_inpaint.storage.uri import (
     is_local,
     join,
@@ -36,17 +44,10 @@ from batch_inpaint.storage.uri import (
     resolve,
 )
 
-MARKER = "_BATCH_INPAINT"
-LOCK = "_LOCK"
 # lock.py's create-only takeover markers: `_LOCK.takeover-` and 16 hex digits
 _TAKEOVER = re.compile(r"_LOCK\.takeover-[0-9a-f]{16}")
 # a lock body of the job has an owner and a time (acquired_at and expires_at before 0.3)
 _LOCK_TIMES = ("renewed_at", "acquired_at", "expires_at")
-# Every name the job writes directly under its output (clean.py adds manifests/).
-OWN_NAMES = (
-    "images", "metadata", "manifests", "job.json", "run.json", "report.html", "_SUCCESS", "_LOCK",
-    "masks", MARKER,
-)  # fmt: skip
 
 
 def _keys(uri: str) -> tuple[str, str]:
@@ -79,7 +80,7 @@ def check_output_location(output: str, inputs: list[str]) -> None:
     """ConfigError naming both locations when the output equals, contains or lies inside one of
     the inputs; writing there could overwrite or delete what the job reads."""
     outs = _keys(output)
-    own_manifests = _keys(join(output, "manifests"))  # jobs/clean.py writes its manifests there
+    own_manifests = _keys(join(output, MANIFESTS))  # jobs/clean.py writes its manifests there
     for loc in inputs:
         keys = _keys(loc)
         if loc == inputs[0] and any(
@@ -113,8 +114,7 @@ def check_owner(storage, output: str, allow_non_empty: bool) -> str:
     why = output_uri_problem(output)
     if why:
         raise ConfigError(f"output {why}")
-    marker = join(output, MARKER)
-    if storage.exists(marker):
+    if OutputFolder(storage, output).exists(MARKER):
         check_lock_file(storage, output)
         return "ours"
     try:
@@ -155,7 +155,7 @@ def check_lock_file(storage, output: str, folder: bool = False) -> None:
     """ConfigError when `{output}/_LOCK` exists and is not a lock that a run of the job wrote
     (or is a folder): a user's file of that name would be taken over as a stale lock
     (overwritten), then deleted."""
-    uri = join(output, LOCK)
+    uri = OutputFolder(storage, output).lock
     try:
         raw = storage.read_bytes(uri)
     except NotFoundError:
@@ -184,7 +184,8 @@ def claim(storage, output: str, run_id: str, state: str) -> None:
     """Write the ownership marker (once: it is never rewritten)."""
     body = {"tool": "batch-inpaint", "version": __version__, "run_id": run_id,
             "created_at": time.time(), "adopted": state == "adopted"}  # fmt: skip
-    storage.write_bytes(join(output, MARKER), json.dumps(body).encode(), overwrite=False)
+    storage.write_bytes(OutputFolder(storage, output).marker, json.dumps(body).encode(),
+                        overwrite=False)  # fmt: skip
 
 
 def _rel(uri: str, root: str, output: str) -> str:
@@ -195,10 +196,10 @@ def _rel(uri: str, root: str, output: str) -> str:
 
 def _legacy_output(storage, output: str, names: list[str]) -> bool:
     """An output made by a version of batch-inpaint from before the marker: its job.json."""
-    if "job.json" not in names:
+    if JOB_JSON not in names:
         return False
     try:
-        body = json.loads(storage.read_bytes(join(output, "job.json")))
+        body = json.loads(OutputFolder(storage, output).read(JOB_JSON))
     except (InpaintError, ValueError):
         return False
     return isinstance(body, dict) and {"run_id", "config", "versions"} <= set(body)

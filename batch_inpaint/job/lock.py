@@ -24,6 +24,7 @@ import time
 import uuid
 
 from batch_inpaint.errors import InpaintError, NotFoundError
+from batch_inpaint.job.output_folder import OutputFolder
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import ErrorKind
 
@@ -43,7 +44,7 @@ class LostLockError(LockedError):
 class OutputLock:
     def __init__(self, storage, output: str, ttl_s: float):
         self.storage = storage
-        self.uri = output.rstrip("/") + "/_LOCK"
+        self.uri = OutputFolder(storage, output).lock
         self.stale_s = ttl_s  # without renewal for this long, the lock is stale
         self.renew_s = ttl_s / RENEWALS_BEFORE_STALE
         self.host, self.pid = socket.gethostname(), os.getpid()

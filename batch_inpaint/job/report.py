@@ -13,6 +13,15 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from batch_inpaint.job.output_folder import (
+    IMAGES,
+    LOCK,
+    METADATA,
+    REPORT,
+    RUN_JSON,
+    SUCCESS,
+    OutputFolder,
+)
 from batch_inpaint.job.report_html import render as render
 from batch_inpaint.job.report_pictures import row_pictures as row_pictures
 from batch_inpaint.job.report_pictures import sample_indices
@@ -56,7 +65,7 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     for p in summary.get("problems", []):
         lines.append(f"  problem: {p}")
     out = summary.get("output", "")
-    lines.append(f"  outputs:  {join(out, 'images')}/   metadata: {join(out, 'metadata')}/")
+    lines.append(f"  outputs:  {join(out, IMAGES)}/   metadata: {join(out, METADATA)}/")
     if summary.get("unknown_objects_kept"):
         lines.append(
             f"  note: {summary['unknown_objects_kept']} object(s) under images/ were not written "
@@ -115,10 +124,9 @@ def mask_concern_counts(table: pa.Table) -> dict[str, int]:
 
 
 def write_report(storage, cfg, table: pa.Table, summary: dict) -> str:
-    uri = join(cfg.output, "report.html")
-    page = render(summary, table, cfg, storage, cfg.report_sample)
-    storage.write_bytes(uri, page.encode("utf-8"), root=cfg.output)
-    return uri
+    folder = OutputFolder(storage, cfg.output)
+    folder.write(REPORT, render(summary, table, cfg, storage, cfg.report_sample).encode("utf-8"))
+    return folder.report
 
 
 def side_by_side(output: str | Path, dest: str | Path | None = None, *, storage=None,
@@ -171,9 +179,9 @@ def local_copy(dest: Path, page: str, storage, output: str) -> str:
         if dest.resolve() not in target.parents:  # a key that would leave the copy's folder
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(join(output, rel)))
-    (dest / "report.html").write_text(page, encoding="utf-8")
-    return str(dest / "report.html")
+        target.write_bytes(OutputFolder(storage, output).read(rel))
+    (dest / REPORT).write_text(page, encoding="utf-8")
+    return str(dest / REPORT)
 
 
 def load_job(output: str, storage=None):
@@ -184,17 +192,18 @@ def load_job(output: str, storage=None):
     from batch_inpaint.storage.store import Storage
 
     probe = storage or Storage()
+    job_json = OutputFolder(probe, output).job_json
     try:
-        body = json.loads(probe.read_bytes(join(output, "job.json")))
+        body = json.loads(probe.read_bytes(job_json))
     except NotFoundError:
         raise ConfigError(
             f"{output}: no job.json, so no run of batch-inpaint wrote here; give the --output "
             "of a run"
         ) from None
     except ValueError as exc:
-        raise ConfigError(f"{join(output, 'job.json')} is not valid JSON: {exc}") from None
+        raise ConfigError(f"{job_json} is not valid JSON: {exc}") from None
     known = {k: v for k, v in (body.get("config") or {}).items() if k in KEYS}
-    cfg = JobConfig.from_dict({**known, "output": output}, source=join(output, "job.json"))
+    cfg = JobConfig.from_dict({**known, "output": output}, source=job_json)
     return cfg, storage or Storage(cfg.storage_options()), body.get("run_id")
 
 
@@ -204,7 +213,7 @@ def lock_holder(storage, output: str, ttl_s: float = 120.0) -> dict | None:
     from batch_inpaint.job.lock import OutputLock, _parse, _renewed_at
 
     try:
-        body = _parse(storage.read_bytes(join(output, "_LOCK")))
+        body = _parse(OutputFolder(storage, output).read(LOCK))
     except InpaintError:  # not found, or unreadable: nobody we can name holds it
         return None
     if body is None or OutputLock(storage, output, ttl_s)._holder_died(body):
@@ -229,23 +238,24 @@ def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = 
     from batch_inpaint.manifest.schema import RESULT_SCHEMA
 
     cfg, storage, run_id = load_job(output, storage)
+    folder = OutputFolder(storage, output)
     held = lock_holder(storage, output, cfg.lock_ttl_s)
     if held:
         raise LockedError(
-            f"{join(output, '_LOCK')}: a run into this output is in progress (host "
+            f"{folder.lock}: a run into this output is in progress (host "
             f"{held.get('host', '?')} process {held.get('pid', '?')}); make the report after it ends"
         )
     table, _ = results.read_results(storage, output)
     table = table if table is not None else RESULT_SCHEMA.empty_table()
-    success_file = storage.exists(join(output, "_SUCCESS"))
+    success_file = folder.exists(SUCCESS)
     try:
-        summary = json.loads(storage.read_bytes(join(output, "run.json")))
+        summary = json.loads(folder.read(RUN_JSON))
     except Exception:  # noqa: BLE001 - a run that never finished wrote none: summarize here
         summary = results.summarize(table, time.time(), time.time(), 0)
         summary.update(run_id=run_id, problems=["run.json is missing: the last run did not "
                                                  "finish; rerun the job to finish it"])  # fmt: skip
     if not isinstance(summary, dict):
-        raise ConfigError(f"{join(output, 'run.json')} does not hold a run summary")
+        raise ConfigError(f"{folder.run_json} does not hold a run summary")
     if summary.get("success") and not success_file:
         summary.setdefault("problems", []).append(
             "_SUCCESS is missing: a later run started and did not finish; rerun to finish it"

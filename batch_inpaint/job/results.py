@@ -1,7 +1,7 @@
 """Result metadata on storage: written in parts as rows finish, read back for resume, compacted to one
 row per id at the end, and checked before `_SUCCESS` is written.
 
-Layout under the output URI::
+Layout under the output URI (its names: job/output_folder.py)::
 
     images/<key>.<ext>        one object per ok/skipped row (key from storage.output_key)
     metadata/*.parquet        result rows; after finalize exactly one per manifest row
@@ -33,7 +33,8 @@ from batch_inpaint.job.done import (  # noqa: F401 - the names callers know from
     relative,
     repeated,
 )
-from batch_inpaint.storage.uri import join, redact_uri
+from batch_inpaint.job.output_folder import METADATA, SUCCESS, OutputFolder
+from batch_inpaint.storage.uri import redact_uri
 from batch_inpaint.vocab import Status
 
 if TYPE_CHECKING:
@@ -77,13 +78,14 @@ class MetadataWriter:
         if not self.buffer:
             return
         table = pa.concat_tables(self.buffer, promote_options="permissive")
-        uri = join(self.output, "metadata", f"part-{self.run_id}-{self.seq:05d}.parquet")
+        folder = OutputFolder(self.storage, self.output)
+        uri = folder.uri(METADATA, f"part-{self.run_id}-{self.seq:05d}.parquet")
         try:
             self.storage.write_bytes(uri, table_bytes(table), root=self.output)
         except TransientStorageError as exc:
             raise TransientStorageError(
                 f"the run stopped: {table.num_rows} result row(s) could not be written to "
-                f"{redact_uri(join(self.output, 'metadata'))} ({exc}). Nothing was lost that a "
+                f"{redact_uri(folder.metadata)} ({exc}). Nothing was lost that a "
                 "rerun can't redo: rerun once the storage is back (or has room) to finish"
             ) from exc
         self.parts.append(uri)
@@ -120,7 +122,8 @@ def read_results(
     dry_run (`run --dry-run` writes nothing): damaged parts stay where they are and the second
     value is their (redacted) URIs instead, for the plan to name.
     Hidden ('.x') and '_x' files and folders are unfinished writes or set aside, not data."""
-    prefix = join(output, "metadata")
+    folder = OutputFolder(storage, output)
+    prefix = folder.metadata
     try:
         found = storage.list(prefix)
     except NotFoundError:
@@ -147,9 +150,8 @@ def read_results(
         return (latest_per_id(pa.concat_tables(tables, promote_options="permissive"))
                 if tables else None), named  # fmt: skip
     if damaged:
-        success = join(output, "_SUCCESS")  # rows went aside: the output is no longer complete
-        if storage.exists(success):
-            storage.delete(success, root=output)
+        if folder.exists(SUCCESS):  # rows went aside: the output is no longer complete
+            folder.delete(SUCCESS)
         lines = "; ".join(f"{redact_uri(u)} ({e}) moved to {redact_uri(m)}" for u, m, e in damaged)
         raise ResultsDamagedError(
             f"{len(damaged)} results file(s) under {redact_uri(prefix)} can't be read: {lines}. "
@@ -180,9 +182,10 @@ class ResultsDamagedError(ManifestError):
 def set_aside(storage, output: str, uri: str, data: bytes) -> str:
     """Copy a damaged results file to metadata/_damaged/ (a name readers skip), then remove it."""
     name = uri.rsplit("/", 1)[-1]
-    target = join(output, "metadata", "_damaged", f"{new_run_id()}-{name}")
+    folder = OutputFolder(storage, output)
+    target = folder.uri(METADATA, "_damaged", f"{new_run_id()}-{name}")
     storage.write_bytes(target, data, root=output)
-    storage.delete(uri, root=output)
+    folder.delete_uri(uri)
     return target
 
 
@@ -193,7 +196,7 @@ def _is_data(rel: str) -> bool:
 def compact(storage, output: str, table: pa.Table, old_parts: list[str], run_id: str) -> str:
     """One Parquet file with one row per id replaces the parts (written first, then the parts
     deleted: a crash in between leaves duplicates that the next read dedupes)."""
-    uri = join(output, "metadata", f"results-{run_id}.parquet")
+    uri = OutputFolder(storage, output).uri(METADATA, f"results-{run_id}.parquet")
     storage.write_bytes(uri, table_bytes(table))
     for old in old_parts:
         if old != uri:
