@@ -144,3 +144,13 @@ def test_run_detect_text_verify_with_opencv(ray_local, caption_manifest, tmp_pat
     assert cap["residual_score"] is not None and cap["residual_score"] < 0.5, cap["note"]
     assert clean["status"] == "skipped" and clean["detections"] == []
     assert clean["residual_score"] is None
+
+
+def test_the_drivers_check_needs_no_folder_for_the_shipped_detector(tmp_path):
+    from batch_inpaint.config import JobConfig
+    from batch_inpaint.job.detect_checks import check_detection
+
+    for value in (None, "rapidocr"):
+        cfg = JobConfig(manifest=str(tmp_path / "m.parquet"), output=str(tmp_path / "out"),
+                        detect=["text", "caption"], text_detector=value)  # fmt: skip
+        check_detection(cfg, ["text", "caption"])  # no folder, no network: nothing to refuse
