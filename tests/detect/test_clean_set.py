@@ -69,3 +69,27 @@ def test_an_oracle_detector_scores_full_recall_and_inpainting_beats_the_dirty_im
     assert by[("opencv", "gt")]["mae_in_mask"] < by[("none (dirty)", "-")]["mae_in_mask"]
     assert by[("opencv", "detected")]["images"] == 3
     assert any("lama skipped" in n for n in notes)  # no weights given: said, not failed
+
+
+def test_the_text_set_is_the_same_every_time_and_its_boxes_hold_the_lines():
+    """bench/clean_text.py: same seed, same pixels; 1-3 lines per row inside the picture, each
+    box the pixels its line changed; an oracle's boxes score recall and precision 1."""
+    from bench.clean_text import _kept, build, setting_rows
+
+    rows = build(seed=1, synthetic=2, variants=1)
+    again = build(seed=1, synthetic=2, variants=1)
+    assert [r["id"] for r in rows] == [r["id"] for r in again]
+    for r, a in zip(rows, again, strict=True):
+        assert (r["dirty"] == a["dirty"]).all() and r["lines"] == a["lines"]
+        h, w = r["dirty"].shape[:2]
+        assert 1 <= len(r["lines"]) <= 3
+        changed = (r["dirty"] != r["photo"]).any(axis=-1)
+        for ln in r["lines"]:
+            x0, y0, x1, y1 = (int(v) for v in ln["box"])
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+            assert 12 <= ln["size"] <= 72 and 0.4 <= ln["opacity"] <= 1 and abs(ln["angle"]) <= 15
+            assert changed[y0:y1, x0:x1].any()
+        r["candidates"] = [(ln["box"], 0.9, 1.0) for ln in r["lines"]]  # an oracle detector
+    assert _kept(rows[0], 0.5, 0.5) == [ln["box"] for ln in rows[0]["lines"]]
+    best = setting_rows(rows)[0]
+    assert best["recall"] == 1.0 and best["precision"] == 1.0 and best["boxes_on_distractors"] == 0
