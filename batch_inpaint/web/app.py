@@ -54,10 +54,16 @@ def launch(
         max_file_size=settings.max_upload_bytes,
         allowed_paths=[],  # nothing outside gradio's own upload/cache folders is served
         show_error=True,
-        prevent_thread_lock=not block,
-        quiet=quiet,
+        prevent_thread_lock=True,
+        # gradio's own lines end with "set `share=True` in `launch()`": a public tunnel, which
+        # this page must not open (it writes manifests); the one line below says where it is.
+        quiet=True,
         theme=gr.themes.Soft(),
         css=CSS,
         footer_links=[],
     )
+    if not quiet:
+        print(f"serve: the page is at {demo.local_url} (Ctrl-C stops the server)", flush=True)
+    if block:
+        demo.block_thread()
     return demo

@@ -37,13 +37,24 @@ TITLES = {
 
 
 OK_MARK, ERROR_MARK = "✓", "⚠️"  # the first character of a message: the page's JS reads it
-# After a run the result comes into view (it is below the editor), unless the run failed.
+# After a run what it says comes into view: a mistake's message under Inpaint (it may be below
+# the fold); after a success the message and the result (below the editor) together when the
+# window holds both, else the result.
 SCROLL_TO_RESULT = """(message) => {
-    if (message && message.startsWith("✓")) {
-        document.querySelector("#result")?.scrollIntoView({behavior: "smooth", block: "start"});
+    const said = document.querySelector("#run-message");
+    const result = document.querySelector("#result");
+    if (!message || !said) return [];
+    let target = said, block = "nearest";
+    if (message.startsWith("✓") && result) {
+        const gap = result.getBoundingClientRect().top - said.getBoundingClientRect().top;
+        target = gap >= 0 && gap < window.innerHeight / 2 ? said : result;
+        block = "start";
     }
+    target.scrollIntoView({behavior: "smooth", block: block});
     return [];
 }"""
+MASK_RESIZED = ("The mask is not the image's size: it was resized to it (nearest), and the job "
+                "config says `mask_resize: true`, so a job with this mask does the same.")  # fmt: skip
 
 
 def _escape(text: str) -> str:
@@ -151,6 +162,8 @@ class PageEvents:
             _warn(exc, "Can't use that mask", "mask")
             return gr.update(), None
         self.sessions.put(request.session_hash, state)
+        if state.mask_resized:
+            gr.Info(MASK_RESIZED.replace("`", ""), title="Mask resized")
         return editor, gr.update()
 
     def editor_cleared(self, request: gr.Request) -> None:
@@ -198,6 +211,8 @@ class PageEvents:
         message += f", seed {result.seed}." if seeded else "."
         if result.status != Status.OK.value:
             message += " The mask was empty after processing: the result is the input."
+        if state.mask_resized:
+            message += f" {MASK_RESIZED}"
         return (
             (_shrink(picture.rgb), _shrink(result.image)),
             gr.update(value=path, visible=True),

@@ -31,6 +31,7 @@ from batch_inpaint.params import (
     MaskOptions,
     row_overrides,
 )
+from batch_inpaint.vocab import MaskConcern
 from batch_inpaint.web.inputs import (
     EDITOR_MAX_SIDE,
     Picture,
@@ -60,6 +61,7 @@ class PageState:
     picture: Picture | None = None
     uploaded_mask: np.ndarray | None = None
     last_seed: int | None = None
+    mask_resized: bool = False  # the uploaded mask had another size: the exports say mask_resize
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,9 @@ def ignored_controls(ignores: tuple[str, ...]) -> frozenset[str]:
     return frozenset(c for field in ignores for c in CONTROLS.get(field, ()))
 
 
-def make_options(fields: Fields) -> tuple[InpaintOptions, int]:
-    """The page's fields as InpaintOptions and the seed to use; ConfigError names a bad field."""
+def make_options(fields: Fields, mask_resize: bool = False) -> tuple[InpaintOptions, int]:
+    """The page's fields as InpaintOptions and the seed to use; ConfigError names a bad field.
+    `mask_resize`: the uploaded mask was resized to the image, as a job does with mask_resize."""
     f = fields
     if f.random_seed or f.seed is None or f.seed == "":
         used = secrets.randbelow(SEED_LIMIT)
@@ -190,14 +193,9 @@ def make_options(fields: Fields) -> tuple[InpaintOptions, int]:
         guidance_scale=float(f.guidance),
         seed=used,
     )
-    options = InpaintOptions(
-        generation=generation,
-        mask=MaskOptions(
-            dilate=_int(f.dilate, "mask dilation"), feather=_int(f.feather, "feather")
-        ),
-        geometry=GeometryOptions(mode=f.mode),
-    )
-    return options, used
+    mask = MaskOptions(dilate=_int(f.dilate, "mask dilation"), feather=_int(f.feather, "feather"),
+                       resize=mask_resize)  # fmt: skip
+    return InpaintOptions(generation, mask, GeometryOptions(mode=f.mode)), used
 
 
 def _int(v: Any, what: str) -> int:
@@ -246,13 +244,8 @@ def row_json(params: dict, row: dict[str, Any] | None = None) -> str:
 
 
 # -- running ----------------------------------------------------------------------------------
-def run_inpaint(
-    picture: Picture,
-    mask: np.ndarray,
-    inpainter: Any,
-    options: InpaintOptions,
-    seed: int,
-) -> RunResult:
+def run_inpaint(picture: Picture, mask: np.ndarray, inpainter: Any, options: InpaintOptions,
+                seed: int) -> RunResult:  # fmt: skip
     """Inpaint the picture where `mask` is set, through the same path a job row takes."""
     from batch_inpaint.image.inpaint import inpaint_array
 
@@ -294,8 +287,11 @@ def upload_mask(
     """The state and editor value with a mask file added (or removed, for None)."""
     if state.picture is None:
         raise ConfigError("load an image first, then its mask")
-    mask = load_mask_upload(path, state.picture, settings) if path else None
-    return replace(state, uploaded_mask=mask), editor_value(state.picture, mask, settings)
+    concerns: list[str] = []
+    mask = load_mask_upload(path, state.picture, settings, concerns) if path else None
+    resized = any(c.split(":")[0] == MaskConcern.SIZE for c in concerns)
+    new = replace(state, uploaded_mask=mask, mask_resized=resized)
+    return new, editor_value(state.picture, mask, settings)
 
 
 def painted_mask(state: PageState, editor: dict | None, settings: ServeSettings) -> np.ndarray:
@@ -320,7 +316,7 @@ def run(
 ) -> tuple[RunResult, PageState]:
     """Inpaint what was painted; the new state remembers the seed used."""
     mask = painted_mask(state, editor, settings)
-    options, used = make_options(fields)
+    options, used = make_options(fields, state.mask_resized)
     result = run_inpaint(state.picture, mask, inpainter, options, used)
     return result, replace(state, last_seed=used)
 
@@ -339,12 +335,12 @@ def add(
     mask = painted_mask(state, editor, settings)
     # With "random seed" ticked, the row keeps the seed of the last run (the result seen).
     seed = state.last_seed if fields.random_seed else fields.seed
-    options, used = make_options(replace(fields, seed=seed, random_seed=seed is None))
+    options, used = make_options(replace(fields, seed=seed, random_seed=seed is None),
+                                 state.mask_resized)  # fmt: skip
     params = reproduction_params(options, used, model, ignores)
     root = settings.manifest_root
     path, row, added = add_to_manifest(root, manifest_name, state.picture, mask, params)
-    shown = path.relative_to(Path(root).resolve().parent)
-    if not added:
-        return (f"Already in `{shown}` as row `{row['id']}` (same image, mask and settings); "
+    if not added:  # the path in full: the server's working folder is not the person's
+        return (f"Already in `{path}` as row `{row['id']}` (same image, mask and settings); "
                 "nothing added.", row_json(params, row))  # fmt: skip
-    return f"Added row `{row['id']}` to `{shown}`.", row_json(params, row)
+    return f"Added row `{row['id']}` to `{path}`.", row_json(params, row)

@@ -224,15 +224,15 @@ def mask_from_layers(
 
 
 def load_mask_upload(
-    path: str | os.PathLike, picture: Picture, settings: ServeSettings
+    path: str | os.PathLike, picture: Picture, settings: ServeSettings, concerns=None
 ) -> np.ndarray:
-    """An uploaded mask image (white = inpaint), resized to the picture if its size differs."""
+    """An uploaded mask image (white = inpaint), resized to the picture if its size differs.
+    `concerns` (a list): masks.mask_concerns's notes are appended (MaskConcern.SIZE: resized)."""
     over = f" (over {settings.max_upload_mb:g} MB)"
     data = read_checked(path, settings.max_upload_bytes, "the mask file", over)
     try:
-        return masks.mask_from_image(
-            data, picture.size, MaskOptions(resize=True), max_pixels=settings.max_pixels
-        )
+        return masks.mask_from_image(data, picture.size, MaskOptions(resize=True),
+                                     max_pixels=settings.max_pixels, concerns=concerns)  # fmt: skip
     except DecodeError as exc:
         raise DecodeError(f"the mask can't be used: {exc}") from None
 
