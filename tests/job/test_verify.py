@@ -192,7 +192,7 @@ def test_the_report_shows_the_highest_residuals_and_counts_those_above_the_limit
     section = page.split('id="residuals"', 1)[1].split("<h2>", 1)[0]
     cards = section.split('class="card"')[1:]
     assert [c.split('data-id="', 1)[1].split('"', 1)[0] for c in cards] == ["wm", "lg", "fc"]
-    assert "&#x27;watermark&#x27; at 0.800 inside the mask" in cards[0]
+    assert "&#39;watermark&#39; at 0.800 inside the mask" in cards[0]  # jinja2's escape of '
     assert "above max_residual" in cards[0] and "above max_residual" not in cards[1]
     assert all(c.count("<img") == 3 for c in cards)  # input | mask | output, the error row's too
     assert 'id="n-residual">above max_residual 0.5: 1<' in page
