@@ -122,10 +122,7 @@ class OnnxTextDetector(DBText):
         return out[:, 0]
 
     def describe(self) -> dict[str, Any]:
-        d = {**super().describe(), "device": "cpu"}
-        if self.reader is not None:
-            d["min_confidence"] = self.min_confidence
-        return d
+        return {**super().describe(), "device": "cpu"}
 
 
 class TextReader:

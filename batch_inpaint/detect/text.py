@@ -93,6 +93,12 @@ class DBText(Detector):
                 out[i] = finalize(found, (w, h), threshold, max_detections, nms_iou=None)
         return out
 
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        if self.reader is not None:
+            d.update(min_confidence=self.min_confidence, reader=self.reader.model_id)
+        return d
+
     def read_with(self, reader: Any, min_confidence: float) -> None:
         """Keep only lines `reader` (detect/shipped.TextReader) reads with at least this
         confidence: stripes and textures the detector takes for text are dropped."""
