@@ -42,6 +42,12 @@ def write_inputs(folder: Path) -> Path:
 
     from batch_inpaint.manifest import Manifest
 
+    ours = {f"{Path(n).stem}.png" for n, _, _ in PHOTOS} | {"manifest.parquet"}
+    if folder.is_dir() and any(p.name not in ours for p in folder.iterdir()):
+        from batch_inpaint.errors import ConfigError
+
+        raise ConfigError(f"{folder} holds files the demo did not write; the text pass writes "
+                          "its pictures there: move them, or give another --output")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     ids = []
     for name, caption, mark in PHOTOS:
