@@ -89,7 +89,8 @@ def test_no_detector_no_picture_and_no_queries_say_what_to_do(uploaded, settings
         detection.detect(h.PageState(), None, "watermark", provider, settings)
     with pytest.raises(ConfigError, match="type what to find first"):
         detection.detect(state, editor, " , ", provider, settings)
-    assert detection.load_provider() is None  # no model flag: no provider, nothing downloaded
+    shipped = detection.load_provider()  # no model flag: only the text detector in the package
+    assert shipped.detector.open_vocab is None and shipped.detector.text is not None
 
 
 def test_serve_checks_the_detect_threshold_before_loading_anything():
@@ -98,7 +99,28 @@ def test_serve_checks_the_detect_threshold_before_loading_anything():
     from batch_inpaint.vocab import ExitCode
 
     assert main(["serve", "--backend", "opencv", "--threshold", "2"]) == ExitCode.CONFIG
-    assert _load_provider(build_parser().parse_args(["serve", "--backend", "opencv"])) is None
+    plain = _load_provider(build_parser().parse_args(["serve", "--backend", "opencv"]))
+    assert plain.detector.open_vocab is None  # nothing named, nothing downloaded
+    assert type(plain.detector.text).__name__ == "OnnxTextDetector"  # text: the shipped one
+
+
+def test_the_page_finds_text_with_no_model_flag_offline(tmp_path, settings):
+    """serve with no detector flag: the Detect button finds a caption with the shipped weights."""
+    from pathlib import Path
+
+    import cv2
+
+    from batch_inpaint.cli import build_parser
+    from batch_inpaint.cli.serve import _load_provider
+
+    repo = Path(__file__).resolve().parents[1]
+    photo = np.array(Image.open(repo / "examples/images/astronaut.png").convert("RGB"))
+    cv2.putText(
+        photo, "SAMPLE CAPTION", (40, 470), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (255, 255, 255), 3
+    )
+    provider = _load_provider(build_parser().parse_args(["serve", "--backend", "opencv"]))
+    found = provider.masks([np.ascontiguousarray(photo)], [["text"]])[0]
+    assert found.detections and found.mask[440:480, 40:400].any()
 
 
 def test_the_tiny_grounding_dino_runs_the_real_path(tmp_path, uploaded, settings):
@@ -112,7 +134,7 @@ def test_the_tiny_grounding_dino_runs_the_real_path(tmp_path, uploaded, settings
     args = build_parser().parse_args(["serve", "--backend", "opencv", "--device", "cpu",
                                       "--detector", str(model), "--threshold", "0"])  # fmt: skip
     provider = _load_provider(args)
-    assert provider.detector.text is None  # only the model named is loaded
+    assert provider.detector.open_vocab is not None  # the model named, and text's shipped one
     state, editor = uploaded
     found = detection.detect(state, editor, "watermark", provider, settings)
     assert 1 <= len(found.detections) <= provider.max_detections and found.mask.any()

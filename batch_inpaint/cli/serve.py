@@ -54,8 +54,8 @@ def add_parser(sub) -> None:
                    help="folder of sample images to offer (default: the bundled examples/images)")  # fmt: skip
     d = p.add_argument_group(
         "the Detect button (as `batch-inpaint detect`; a Hub id, local folder or s3:// prefix). "
-        "Without --detector or --text-detector the page has no detector and Detect says so; "
-        "--text-detector rapidocr finds text offline with the shipped model"
+        "Without flags, Detect finds text with the detector shipped in the package (offline; "
+        "--text-detector none turns it off); other queries need --detector"
     )
     from batch_inpaint.cli.detect import add_model_flags
 
@@ -112,9 +112,8 @@ def _load_provider(args: argparse.Namespace):
     from batch_inpaint.web.detection import MODEL_FLAGS, load_provider
 
     if args.detector is None and args.text_detector is None:
-        print("serve: no --detector or --text-detector: the Detect button will say so",
-              file=sys.stderr)  # fmt: skip
-        return None
+        print("serve: Detect finds text with the shipped text detector (offline); for other "
+              "queries (logo, watermark ...) pass --detector MODEL", file=sys.stderr)  # fmt: skip
     print("serve: loading the detector...", file=sys.stderr)
     models = {k: getattr(args, k) for k in MODEL_FLAGS}
     return load_provider(**models, threshold=args.threshold, device=args.device)

@@ -52,15 +52,14 @@ def load_provider(
     device: str = "auto",
     **options: Any,
 ):
-    """The server's MaskProvider, loaded once, or None when no detector model was named. Only the
-    models named are loaded (an unnamed one is off here, never a download of the default)."""
-    if detector is None and text_detector is None:
-        return None
+    """The server's MaskProvider, loaded once. Only the models named are loaded (an unnamed one
+    is never a download of the default), except the text detector shipped with the package: it
+    needs no download, so text queries work on every page (`text_detector="none"` turns it off)."""
     from batch_inpaint.detect.provider import MaskProvider
 
     return MaskProvider.load(
         detector=detector if detector is not None else "none",
-        text_detector=text_detector if text_detector is not None else "none",
+        text_detector=text_detector if text_detector is not None else "rapidocr",
         threshold=threshold,
         device=device,
         **options,
