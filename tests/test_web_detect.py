@@ -91,6 +91,7 @@ def test_no_detector_no_picture_and_no_queries_say_what_to_do(uploaded, settings
         detection.detect(state, editor, " , ", provider, settings)
     shipped = detection.load_provider()  # no model flag: only the text detector in the package
     assert shipped.detector.open_vocab is None and shipped.detector.text is not None
+    assert detection.load_provider(text_detector="none") is None  # both off: Detect says so
 
 
 def test_serve_checks_the_detect_threshold_before_loading_anything():

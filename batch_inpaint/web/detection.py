@@ -57,6 +57,8 @@ def load_provider(
     needs no download, so text queries work on every page (`text_detector="none"` turns it off)."""
     from batch_inpaint.detect.provider import MaskProvider
 
+    if detector is None and str(text_detector) == "none":
+        return None  # both turned off: Detect says no detector is configured
     return MaskProvider.load(
         detector=detector if detector is not None else "none",
         text_detector=text_detector if text_detector is not None else "rapidocr",
