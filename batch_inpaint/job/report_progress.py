@@ -41,6 +41,8 @@ class Progress:
 
             self.bar = tqdm(total=total, unit="row", file=stream, dynamic_ncols=True,
                             smoothing=0.05, desc="batch-inpaint", postfix=_errors(0))  # fmt: skip
+            if started is not None:  # the bar, made once the first batch is in: the run's clock
+                self.bar.start_t = self.bar.last_print_t = min(started, self.bar.start_t)
 
     def update(self, rows: int, errors: int) -> None:
         self.done += rows

@@ -81,3 +81,25 @@ def test_a_ray_run_says_it_is_starting_before_the_first_progress_line(ray_local,
     again: list[str] = []
     run_job(JobConfig(output=str(tmp_path / "out2"), **settings), echo=again.append)
     assert not [s for s in again if "dashboard" in s], again  # ray_local has none: nothing said
+
+
+def test_the_bar_drawn_after_start_up_counts_from_the_runs_start():
+    # The bar is made when the first batch is in; its rate and elapsed time still count the
+    # start-up, as the plain line and the summary's rows/s do (issue 25, item 10).
+    from batch_inpaint.job.report_progress import Progress
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    with os.fdopen(slave, "w", encoding="utf-8") as tty:
+        p = Progress(12, 0.0, stream=tty, started=time.time() - 4.0)
+        assert p.bar is not None
+        p.update(12, 0)
+        p.close()
+        tty.flush()
+        drawn = b""
+        while select.select([master], [], [], 0.3)[0]:
+            drawn += os.read(master, 65536)
+    os.close(master)
+    final = drawn.decode().replace("\r", "\n").strip().splitlines()[-1]
+    rate = float(re.search(r"([\d.]+)row/s", final)[1])
+    assert "12/12 [00:04<00:00" in final and 2.5 < rate < 3.1, final
