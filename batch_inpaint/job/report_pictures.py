@@ -15,7 +15,7 @@ from PIL import Image
 
 from batch_inpaint.image import codec
 from batch_inpaint.job.results import output_rel
-from batch_inpaint.storage.uri import join
+from batch_inpaint.job.writers import open_writer
 from batch_inpaint.vocab import ErrorKind, Status
 
 THUMB = 256
@@ -46,7 +46,7 @@ def input_and_mask(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray]:
 def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A finished row's input, mask and output (decoded the way the job decodes them)."""
     rgb, mask = input_and_mask(row, storage, cfg)
-    out = codec.decode_image(storage.read_bytes(join(cfg.output, output_rel(row["output"]))))
+    out = codec.decode_image(open_writer(cfg, storage).read(output_rel(row["output"])))
     return rgb, mask, out
 
 
@@ -72,7 +72,7 @@ def error_pictures(row: dict, storage, cfg) -> tuple[list[tuple[str, str]], str 
         return pictures, f"no mask picture: {_short(exc)}"
     if row.get("output"):  # an error row with an output (e.g. residual): kept for review
         try:
-            out = storage.read_bytes(join(cfg.output, output_rel(row["output"])))
+            out = open_writer(cfg, storage).read(output_rel(row["output"]))
             pictures.append(("output", thumb(codec.decode_image(out))))
         except Exception as exc:  # noqa: BLE001 - input and mask, and why there is no output
             return pictures, f"no output picture: {_short(exc)}"
@@ -92,7 +92,7 @@ def _mask(row: dict, rgb: np.ndarray, alpha, storage, cfg) -> np.ndarray:
     from batch_inpaint.storage.uri import manifest_base
 
     if row.get("mask_used"):  # a detected row: the job saved the mask it used
-        used = codec.decode_image(storage.read_bytes(join(cfg.output, row["mask_used"])))
+        used = codec.decode_image(open_writer(cfg, storage).read(row["mask_used"]))
         return np.where(used >= 128, 255, 0).astype(np.uint8)
     options = cfg.inpaint_options().mask
     h, w = rgb.shape[:2]

@@ -39,7 +39,7 @@ from batch_inpaint.job.attempts import counted_table
 from batch_inpaint.job.context import JobContext
 from batch_inpaint.job.results import output_rel
 from batch_inpaint.job.workitem import replace_columns
-from batch_inpaint.storage.uri import join
+from batch_inpaint.job.writers import open_writer
 from batch_inpaint.vocab import TRANSIENT_KINDS, ErrorKind, Status
 
 SCORE, NOTE, SECONDS = "residual_score", "note", "verify_s"
@@ -138,10 +138,9 @@ def _queries(row: dict, default) -> list[str]:
 def _read(row: dict, ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
     """The row's written output (RGB) and its mask (bool), as the job wrote them."""
     cfg, storage = ctx.config, ctx.storage
-    out_uri = join(cfg.output, output_rel(row["output"]))
-    image = codec.decode_image(storage.read_bytes(out_uri), max_pixels=cfg.max_pixels)
-    mask_rgb = codec.decode_image(storage.read_bytes(join(cfg.output, row["mask_used"])),
-                                  max_pixels=cfg.max_pixels)  # fmt: skip
+    writer = open_writer(cfg, storage)  # job/writers.py: where the row's output went
+    image = codec.decode_image(writer.read(output_rel(row["output"])), max_pixels=cfg.max_pixels)
+    mask_rgb = codec.decode_image(writer.read(row["mask_used"]), max_pixels=cfg.max_pixels)
     mask = mask_rgb[..., 0] >= 128
     if mask.shape != image.shape[:2]:
         raise InpaintError(

@@ -7,7 +7,7 @@ answers from its shard list and the result parts, without a LIST call per 1,000 
 
 - worker side (finish, detect): `write(row_id, data, row)` -> the output's name relative to
   the output root (the result row's `output`), `write_mask(row_id, data)` -> its `mask_used`,
-  `close()` when the block's rows are final;
+  `close()` when the block's rows are final; `read(rel)` one back (verify, the report);
 - driver side: `present()` / `listing()` (what exists), `remove(uri)` (an orphan or a pruned
   row's output; only the job's own, job/finalize.py decides).
 
@@ -38,6 +38,9 @@ class SampleWriter(Protocol):
 
     def close(self) -> None:
         """The rows written so far are final (a shard writer writes its shard here)."""
+
+    def read(self, rel: str) -> bytes:
+        """One output (or mask) back, by its name relative to the root (verify, the report)."""
 
     def listing(self) -> tuple[list[str], pa.Array]:
         """(full URIs, names relative to the root) of every output that exists."""
@@ -78,6 +81,9 @@ class FilesWriter:
 
     def close(self) -> None:
         """Nothing is held back: every object was whole when `write` returned."""
+
+    def read(self, rel: str) -> bytes:
+        return self.folder.read(rel)
 
     def listing(self) -> tuple[list[str], pa.Array]:
         found = self.folder.list(IMAGES)
