@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from batch_inpaint.job import guard
-    from batch_inpaint.job.run import run_job
+    from batch_inpaint.job.output_folder import MANIFESTS, OutputFolder
     from batch_inpaint.job.results import new_run_id
+    from batch_inpaint.job.run import run_job
     from batch_inpaint.manifest.manifest import Manifest
     from batch_inpaint.storage.store import Storage
-    from batch_inpaint.storage.uri import join
 
     if args.images:
         if args.manifest:
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
         if state != "ours":
             guard.claim(storage, cfg.output, run_id, state)
-        cfg.manifest = join(cfg.output, "manifests", f"{run_id}.parquet")
+        cfg.manifest = OutputFolder(storage, cfg.output).uri(MANIFESTS, f"{run_id}.parquet")
         built.write(cfg.manifest)
     summary = run_job(cfg)
     return job_exit_status(summary)

@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from batch_inpaint.errors import ModelError, NotFoundError, TransientStorageError
+from batch_inpaint.job.output_folder import METADATA
 from batch_inpaint.storage.uri import join
 from batch_inpaint.vocab import ErrorKind
 
@@ -53,7 +54,7 @@ class Attempts:
         self.storage, self.output, self.stage = storage, output, stage
 
     def _uri(self, name: str) -> str:
-        return join(self.output, "metadata", name)
+        return join(self.output, METADATA, name)
 
     def _name(self, what: str, ids: list[str]) -> str:
         return _key(what if self.stage == "model" else f"{self.stage}-{what}", ids)
@@ -83,7 +84,7 @@ class Attempts:
     def records(self) -> dict[str, dict]:
         """Every record present: name -> its body (a record removed meanwhile is left out)."""
         try:
-            uris = self.storage.list(join(self.output, "metadata"), suffixes=(".json",))
+            uris = self.storage.list(join(self.output, METADATA), suffixes=(".json",))
         except NotFoundError:
             return {}
         out = {}

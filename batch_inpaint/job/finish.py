@@ -40,7 +40,7 @@ from batch_inpaint.job.workitem import (
     row_error,
 )
 from batch_inpaint.job.writers import FilesWriter, open_writer
-from batch_inpaint.storage.uri import join, redact_uri
+from batch_inpaint.storage.uri import redact_uri
 from batch_inpaint.vocab import ErrorKind, Status
 
 _OUTPUT_OF = {Status.PENDING.value: Status.OK.value, Status.SKIPPED.value: Status.SKIPPED.value}
@@ -118,7 +118,7 @@ def output_rel(cfg: JobConfig, row_id: str) -> str:
 
 
 def output_uri(cfg: JobConfig, row_id: str) -> str:
-    return join(cfg.output, output_rel(cfg, row_id))
+    return OutputFolder(None, cfg.output).uri(output_rel(cfg, row_id))
 
 
 def redact_columns(table: pa.Table) -> pa.Table:
