@@ -30,6 +30,7 @@ from batch_inpaint.job.report_pictures import (
     thumb,
     without,
 )
+from batch_inpaint.storage.uri import manifest_base
 from batch_inpaint.vocab import DONE, ErrorKind, Status
 
 MAX_ERRORS_SHOWN = 500  # error rows listed, all kinds together
@@ -244,7 +245,7 @@ def _card(row: dict, cfg, storage, extra: str | None = None) -> dict:
     if row.get("output") and (status in DONE or row.get("error_kind") == "residual"):
         try:
             a, m, o = (thumb(x) for x in row_pictures(row, storage, cfg))
-            card["trio"] = list(zip((a, m, o), ("input", "mask", "output"), full_size(row),
+            card["trio"] = list(zip((a, m, o), ("input", "mask", "output"), full_size(row, manifest_base(cfg.manifest)),
                                     strict=True))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a thumbnail that can't be made is not fatal
             card["thumb_error"] = str(exc)

@@ -109,18 +109,22 @@ def _short(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def full_size(row: dict) -> tuple[str | None, str | None, str | None]:
+def full_size(row: dict, base: str | None = None) -> tuple[str | None, str | None, str | None]:
     """Where a card's pictures link to, full size: the output and a detected mask relative to the
     report (they travel with a copied output and `report --to`); the input and a given mask by
-    their own location when a browser can open it (a local file, http(s)); else no link."""
+    their own location when a browser can open it (a local file, http(s)); else no link.
+    `base`: the manifest's folder, which relative URIs in its rows resolve against."""
+    import os
+
+    from batch_inpaint.storage.uri import resolve, uri_scheme
 
     def opened(uri) -> str | None:
         if not uri:
             return None
-        uri = str(uri)
+        uri = resolve(str(uri), base)
         if uri.startswith(("http://", "https://", "file://")):
             return uri
-        return "file://" + uri if uri.startswith("/") else None
+        return None if uri_scheme(uri) else "file://" + os.path.abspath(uri)
 
     mask = row.get("mask_used") or None
     return opened(row.get("image")), mask or opened(row.get("mask")), row.get("output") or None
