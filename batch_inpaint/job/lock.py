@@ -268,8 +268,8 @@ class HolderStorage(Storage):
             owner = None
         if owner != self.token:
             raise LostLockError(
-                f"{self.lock_uri}: this run no longer holds the output's lock (another run took it "
-                "over while this run's driver was stalled); nothing written for this row"
+                f"{self.lock_uri}: this run lost the output's lock (another run took it over "
+                "while this run's driver was stalled); its workers write nothing more"
             )
 
     def write_bytes(self, uri, data, *, overwrite=True, root=None) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from batch_inpaint.errors import ModelError
 from batch_inpaint.job.executors.ray_errors import job_error
+from batch_inpaint.job.lock import LostLockError
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,10 @@ def _fails():
     raise ModelError("could not load model '/m': in a task")
 
 
+def _loses_lock():
+    raise LostLockError("/o/_LOCK: this run lost the output's lock")
+
+
 def test_job_error_finds_the_model_error_inside_rays_exceptions(ray_local):
     import ray
 
@@ -39,6 +44,9 @@ def test_job_error_finds_the_model_error_inside_rays_exceptions(ray_local):
         ray.get(ray.remote(_fails).remote(), timeout=120)
     assert isinstance(job_error(failed.value), ModelError)
     assert job_error(RuntimeError("unrelated")) is None
+    with pytest.raises(Exception) as lost:  # an error class outside batch_inpaint.errors
+        ray.get(ray.remote(_loses_lock).remote(), timeout=120)
+    assert isinstance(job_error(lost.value), LostLockError)
 
 
 def test_a_model_that_fails_to_load_in_its_actors_is_one_line_not_a_traceback(

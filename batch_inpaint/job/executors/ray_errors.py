@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 
-from batch_inpaint import errors
 from batch_inpaint.errors import InpaintError
 
-_RAISED = re.compile(r"batch_inpaint\.errors\.(?P<cls>\w+): (?P<msg>[^\n]+)")
+_RAISED = re.compile(r"(?P<mod>batch_inpaint(?:\.\w+)*)\.(?P<cls>\w+): (?P<msg>[^\n]+)")
 
 
 def raylet_lines_to(path: str) -> None:
@@ -53,8 +53,11 @@ def job_error(exc: BaseException) -> InpaintError | None:
     found = _RAISED.findall(str(exc))
     if not found:
         return None
-    name, message = found[-1]
-    cls = getattr(errors, name, None)
+    module, name, message = found[-1]
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        cls = None
     if not (isinstance(cls, type) and issubclass(cls, InpaintError)):
         cls = InpaintError
     return cls(message)
