@@ -111,15 +111,7 @@ class DiffusersInpainter(Inpainter):
     def _load(self, storage, cache_dir, local_files_only: bool, variant: str | None):
         from diffusers import AutoPipelineForInpainting
 
-        source, local = self.model_id, local_files_only
-        if "://" in source:
-            from batch_inpaint.storage.model_cache import fetch_model_dir
-
-            source, local = str(fetch_model_dir(source, storage, cache_dir)), True
-        elif os.path.isdir(source):
-            local = True
-        elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
-            raise ConfigError(f"model {source!r}: no such directory (and not a Hub id org/name)")
+        source, local = _where(self.model_id, "model", storage, cache_dir, local_files_only)
         kwargs: dict[str, Any] = {
             _dtype_keyword(): self.dtype,
             "use_safetensors": True,
@@ -155,15 +147,7 @@ class DiffusersInpainter(Inpainter):
         s3:// URI of one, or a Hub id (the Hub cache first); safetensors only, in our dtype."""
         from diffusers import AutoencoderKL
 
-        source, local = self.vae_id, local_files_only
-        if "://" in source:
-            from batch_inpaint.storage.model_cache import fetch_model_dir
-
-            source, local = str(fetch_model_dir(source, storage, cache_dir)), True
-        elif os.path.isdir(source):
-            local = True
-        elif source.startswith(("/", ".", "~")) or source.count("/") > 1:
-            raise ConfigError(f"vae {source!r}: no such directory (and not a Hub id org/name)")
+        source, local = _where(self.vae_id, "vae", storage, cache_dir, local_files_only)
         kwargs: dict[str, Any] = {_dtype_keyword(): self.dtype, "use_safetensors": True}
         if local and os.path.isfile(os.path.join(source, "vae", "config.json")):
             kwargs["subfolder"] = "vae"
@@ -263,3 +247,17 @@ class DiffusersInpainter(Inpainter):
                 raise ModelError(f"diffusers pipeline failed: {type(exc).__name__}: {exc}") from exc
         arr = np.asarray(out.images)
         return [(a * 255.0).round().clip(0, 255).astype(np.uint8) for a in arr]
+
+
+def _where(source: str, what: str, storage, cache_dir, local_files_only: bool) -> tuple[str, bool]:
+    """(folder or Hub id, whether it is local) for a model or VAE source: an s3:// (or other
+    remote) folder is fetched into the cache first; a path that isn't a folder is refused."""
+    if "://" in source:
+        from batch_inpaint.storage.model_cache import fetch_model_dir
+
+        return str(fetch_model_dir(source, storage, cache_dir)), True
+    if os.path.isdir(source):
+        return source, True
+    if source.startswith(("/", ".", "~")) or source.count("/") > 1:
+        raise ConfigError(f"{what} {source!r}: no such directory (and not a Hub id org/name)")
+    return source, local_files_only
