@@ -332,7 +332,9 @@ def test_upload_paint_run_and_add_without_gradio(tmp_path, settings, opencv):
     assert message.startswith("Added row") and json.loads(row)["seed"] == 3
     again, same = h.add(state, value, fields, "made here", opencv.describe(), settings)
     where = settings.manifest_root.resolve() / "made-here" / "manifest.parquet"
-    assert again.startswith(f"Already in `{where}` as row")  # absolute: the server's cwd is not ours
+    assert again.startswith(
+        f"Already in `{where}` as row"
+    )  # absolute: the server's cwd is not ours
     assert "nothing added" in again and json.loads(same)["id"] == json.loads(row)["id"]
     ignoring, row = h.add(state, value, fields, "made here", opencv.describe(), settings,
                           opencv.spec.ignores)  # fmt: skip
