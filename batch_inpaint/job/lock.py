@@ -127,11 +127,8 @@ class OutputLock:
     def _hold(self, body: bytes, started: float) -> None:
         self.held = True
         self._acquired_at = time.time()
-        self._written, self._lease_end, self._lost = (
-            body,
-            started + self.stale_s - self.margin,
-            None,
-        )
+        self._lost = None
+        self._renewed(body, started)
         self._stop.clear()
         self._beat = threading.Thread(target=self._renew_loop, name="output-lock", daemon=True)
         self._beat.start()
@@ -157,7 +154,11 @@ class OutputLock:
                           f"{holder.get('pid', '?')}) took the lock over")  # fmt: skip
             self._stop.set()
         else:
-            self._written, self._lease_end = body, started + self.stale_s - self.margin
+            self._renewed(body, started)
+
+    def _renewed(self, body: bytes, started: float) -> None:
+        """`body` is the lock now, written at `started`: the lease runs from then."""
+        self._written, self._lease_end = body, started + self.stale_s - self.margin
 
     def check(self) -> None:
         """Raise LostLockError unless this run still holds the lock for certain: call it right
