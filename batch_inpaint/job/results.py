@@ -11,6 +11,7 @@ Layout under the output URI (its names: job/output_folder.py)::
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -58,7 +59,6 @@ class MetadataWriter:
         self.seq = 0
         self.last_flush = time.monotonic()
         self.parts: list[str] = []
-        self.failed: TransientStorageError | None = None
 
     def add(self, table: pa.Table) -> None:
         lease = getattr(self.storage, "lease", None)  # job/lock.LeasedStorage: the driver's
@@ -68,10 +68,9 @@ class MetadataWriter:
             self.buffer.append(table)
             self.buffered += table.num_rows
         if self.buffered >= self.flush_rows or time.monotonic() - self.last_flush > self.flush_s:
-            try:
+            # the rows stay buffered on a transient failure; the next flush tries them again
+            with contextlib.suppress(TransientStorageError):
                 self.flush()
-            except TransientStorageError as exc:
-                self.failed = exc  # the rows stay buffered; the next flush tries them again
 
     def flush(self) -> None:
         self.last_flush = time.monotonic()
@@ -90,7 +89,7 @@ class MetadataWriter:
             ) from exc
         self.parts.append(uri)
         self.seq += 1
-        self.buffer, self.buffered, self.failed = [], 0, None
+        self.buffer, self.buffered = [], 0
 
 
 def without_done(manifest: Manifest, results_uri: str, retry_errors: bool = False) -> Manifest:
