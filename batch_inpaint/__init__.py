@@ -21,8 +21,8 @@ def run_job(config: JobConfig, **kwargs):
 
 def plan_job(config: JobConfig, **kwargs) -> dict:
     """What `run_job(config)` would do and cost (the dry run): starts no Ray, writes nothing; see
-    batch_inpaint.job.estimate.plan_job."""
-    from batch_inpaint.job.estimate import plan_job as _plan_job
+    batch_inpaint.job.driver.estimate.plan_job."""
+    from batch_inpaint.job.driver.estimate import plan_job as _plan_job
 
     return _plan_job(config, **kwargs)
 

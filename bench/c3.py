@@ -142,7 +142,7 @@ def _status_mib(key: str) -> float:
 def drive(spec: dict) -> dict:
     """In the child: one whole run_job."""
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.ray_job import run_job
+    from batch_inpaint.job.run import run_job
 
     summary = run_job(JobConfig(**spec), echo=lambda line: print(line, flush=True))
     keep = ("success", "counts", "rows_this_run", "wall_s", "rows_per_s", "problems")
@@ -152,7 +152,7 @@ def drive(spec: dict) -> dict:
 def plan_only(spec: dict) -> dict:
     """In the child: what a run does before any cluster work, and nothing after it."""
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job import plan
+    from batch_inpaint.job.driver import plan
     from batch_inpaint.storage.store import Storage
 
     base = _rss_mib()
@@ -171,7 +171,7 @@ def make_plan_data(root: Path, rows: int, ok_files: int) -> tuple[Path, Path]:
     """A manifest of `rows` rows (parts of 1 M) and an output whose results hold half of them
     finished: the first `ok_files` ok with an (empty) image object, the rest error rows of bad
     input (done without a listing). Made once."""
-    from batch_inpaint.job.guard import MARKER
+    from batch_inpaint.job.driver.guard import MARKER
 
     manifest, out = root / "manifest", root / "out"
     if (root / "ready").exists():
@@ -212,7 +212,7 @@ def _ids(lo: int, hi: int) -> pa.Array:
 
 
 def _count_done(output: Path) -> int:
-    from batch_inpaint.job import results
+    from batch_inpaint.job.driver import results
     from batch_inpaint.storage.store import Storage
 
     table, _ = results.read_results(Storage(), str(output), results.PLAN_COLUMNS)

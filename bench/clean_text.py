@@ -251,7 +251,7 @@ def fill_rows(rows: list[dict], provider, t: float, mc: float | None, dilates=(0
     from batch_inpaint.detect.base import Detection
     from batch_inpaint.detect.masks import mask_from_detections
     from batch_inpaint.detect.provider import MaskProvider
-    from batch_inpaint.job.verify_stage import residual
+    from batch_inpaint.job.stages.verify import residual
     from batch_inpaint.params import InpaintOptions
 
     if mc is not None:  # verify asks the provider the run loaded: with the recogniser

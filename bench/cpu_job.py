@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.fused import FusedStage
-from batch_inpaint.job.stages import JobContext
+from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.fused import FusedStage
 from batch_inpaint.models.spec import model_spec
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import Status
@@ -140,7 +140,7 @@ def ray_job(cfg: JobConfig) -> dict:
     import importlib
     import sys
 
-    from batch_inpaint.job import ray_job as rj
+    from batch_inpaint.job import run as rj
 
     try:  # where the Ray graph is built: job/executors/ray_data.py since the executors
         graph = importlib.import_module("batch_inpaint.job.executors.ray_data")

@@ -15,7 +15,10 @@ import numpy as np
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.image import codec
-from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.finish import finish_batch
+from batch_inpaint.job.stages.model import ModelStage
+from batch_inpaint.job.stages.prepare import prepare_batch
 from batch_inpaint.models.base import Inpainter
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import Status

@@ -143,8 +143,9 @@ def run_one(run: str, argv: list[str], device: str, out: Path) -> dict:
 def model_loop(inp, device: str, work: Path, size: int, rows: int, steps: int) -> dict:
     """The bare model loop on the sd2 run's rows: ModelStage on batches prepared beforehand."""
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.context import JobContext
-    from batch_inpaint.job.stages import ModelStage, prepare_batch
+    from batch_inpaint.job.stages.context import JobContext
+    from batch_inpaint.job.stages.model import ModelStage
+    from batch_inpaint.job.stages.prepare import prepare_batch
     from batch_inpaint.storage.store import Storage, StorageOptions
 
     inputs = work / "in"

@@ -23,7 +23,10 @@ from batch_inpaint.config import JobConfig
 from batch_inpaint.image import codec
 from batch_inpaint.image.inpaint import inpaint_array
 from batch_inpaint.image.masks import random_mask
-from batch_inpaint.job.stages import JobContext, ModelStage, finish_batch, prepare_batch
+from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.finish import finish_batch
+from batch_inpaint.job.stages.model import ModelStage
+from batch_inpaint.job.stages.prepare import prepare_batch
 from batch_inpaint.params import GenerationParams, GeometryOptions, InpaintOptions
 from batch_inpaint.storage.store import Storage, StorageOptions
 from batch_inpaint.vocab import Status

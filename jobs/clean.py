@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from batch_inpaint.job import guard
-    from batch_inpaint.job.output_folder import MANIFESTS, OutputFolder
-    from batch_inpaint.job.results import new_run_id
+    from batch_inpaint.job.driver import guard
+    from batch_inpaint.job.driver.results import new_run_id
+    from batch_inpaint.job.io.output_folder import MANIFESTS, OutputFolder
     from batch_inpaint.job.run import run_job
     from batch_inpaint.manifest.manifest import Manifest
     from batch_inpaint.storage.store import Storage
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if len(built.unpaired):
             print(f"jobs/clean.py: unpaired files (not processed):\n{built.unpaired}")
         # A manifest per run: a run in progress keeps reading its own while the next is built.
-        # It lives in the output, so the output must be the job's first (see job/guard.py).
+        # It lives in the output, so the output must be the job's first (see job/driver/guard.py).
         run_id = new_run_id()
         state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
         if state != "ours":

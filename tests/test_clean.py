@@ -58,7 +58,7 @@ def test_manifest_and_prefixes_together_is_a_config_error(tmp_path, capsys):
 
 def test_a_held_lock_exits_locked_from_every_entry_point(tmp_path, capsys):
     from batch_inpaint.cli import main as cli
-    from batch_inpaint.job.lock import OutputLock
+    from batch_inpaint.job.driver.lock import OutputLock
     from batch_inpaint.storage.store import Storage
 
     out = tmp_path / "out"

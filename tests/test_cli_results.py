@@ -14,7 +14,7 @@ import pytest
 from batch_inpaint import __version__
 from batch_inpaint.cli import build_parser, main
 from batch_inpaint.vocab import ExitCode
-from tests.job.test_report import finished_output
+from tests.job.report.test_report import finished_output
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.resources import pool
+from batch_inpaint.job.driver.resources import pool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ def test_gpu_worker_fits_the_default_job():
         gpus_per_actor = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else 1.0
         assert gpus_per_actor <= res["GPU"]
         assert (res["GPU"] / gpus_per_actor) == int(res["GPU"] / gpus_per_actor)
-        # the shares as a run on one such worker resolves them (job/resources.py)
+        # the shares as a run on one such worker resolves them (job/driver/resources.py)
         used = pool(cfg, gpus_per_actor, res["CPU"], detect_pools=2)
         assert (used.cpus_per_actor, used.cpus_per_detect_actor) == (1.0, 1.0)  # room for all
         need = used.cpus_per_actor + 2 * used.cpus_per_detect_actor + used.cpus_per_task

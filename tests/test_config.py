@@ -15,7 +15,7 @@ import pytest
 from batch_inpaint.cli.flags import add_arguments, config_from_args
 from batch_inpaint.config import KEYS, JobConfig
 from batch_inpaint.errors import ConfigError
-from batch_inpaint.job.model_stage import batch_size_for
+from batch_inpaint.job.stages.model import batch_size_for
 from tests.fixtures_ray import REPO
 
 # field -> values that must be refused, each with an error naming the field

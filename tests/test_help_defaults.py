@@ -12,7 +12,7 @@ import pytest
 from batch_inpaint.cli import build_parser, results
 from batch_inpaint.config import KEYS
 from batch_inpaint.detect import grounding, text
-from batch_inpaint.job.estimate import DEFAULT_SAMPLE
+from batch_inpaint.job.driver.estimate import DEFAULT_SAMPLE
 from batch_inpaint.option import default
 from batch_inpaint.storage.options import StorageOptions
 

@@ -14,7 +14,7 @@ import pytest
 from batch_inpaint.cli import main
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import AccessDeniedError, ConfigError, ManifestError, NotFoundError
-from batch_inpaint.job.scan import scan_manifest
+from batch_inpaint.job.driver.scan import scan_manifest
 from batch_inpaint.manifest.manifest import Manifest
 from batch_inpaint.storage import Storage
 from batch_inpaint.vocab import ExitCode

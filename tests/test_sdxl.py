@@ -183,8 +183,8 @@ def test_job_with_the_sdxl_checkpoint_gives_every_row_once(ray_local, sdxl_dir, 
 
 # -- the dry run's estimate -----------------------------------------------------------------------
 def test_dry_run_counts_sdxl_flops(sdxl_dir, tmp_path):
-    from batch_inpaint.job import estimate_cost as cost
-    from batch_inpaint.job.estimate import plan_job
+    from batch_inpaint.job.driver import cost
+    from batch_inpaint.job.driver.estimate import plan_job
 
     manifest, _ = local_dataset(tmp_path / "in", 2, w=64, h=64)
     cfg = JobConfig(manifest=str(manifest), output=str(tmp_path / "out"), model=str(sdxl_dir))

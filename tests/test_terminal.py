@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_inpaint.job.report_progress import Progress, native_stderr_to
+from batch_inpaint.job.report.progress import Progress, native_stderr_to
 
 REPO = Path(__file__).resolve().parents[1]
 RAY_LINE = re.compile(r"\t(DEBUG|INFO|WARNING|ERROR) \S+\.py:\d+ -- |core_worker\.cc|\(\w+ pid=\d+")
@@ -101,7 +101,7 @@ def test_native_writes_to_fd2_go_to_the_file_and_python_stderr_stays(tmp_path):
     log = tmp_path / "native.err"
     code = (
         "import os, sys\n"
-        "from batch_inpaint.job.report_progress import native_stderr_to\n"
+        "from batch_inpaint.job.report.progress import native_stderr_to\n"
         f"with native_stderr_to({str(log)!r}):\n"
         "    os.write(2, b'E core_worker.cc: harmless but alarming\\n')\n"
         "    print('python says', file=sys.stderr)\n"

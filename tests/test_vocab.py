@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from batch_inpaint.job.report_html import KIND_NOTES
+from batch_inpaint.job.report.page import KIND_NOTES
 from batch_inpaint.vocab import ErrorKind
 
 

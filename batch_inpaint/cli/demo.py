@@ -254,8 +254,8 @@ def mark_report(out: Path, summary: dict, choice: Choice) -> dict:
     import json
 
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job import report
-    from batch_inpaint.job.results import dumps, read_results
+    from batch_inpaint.job.driver.results import dumps, read_results
+    from batch_inpaint.job.report import summary as report
     from batch_inpaint.storage.store import Storage
 
     summary = {
@@ -283,7 +283,7 @@ def side_by_side(out: Path, choice: Choice | None = None) -> list[Path]:
     from PIL import Image
 
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.report import row_pictures
+    from batch_inpaint.job.report.summary import row_pictures
     from batch_inpaint.storage.store import Storage
     from batch_inpaint.vocab import DONE
 

@@ -110,7 +110,7 @@ def sheets(out: Path, choice: Any, captioned: Any) -> list[str]:
     from PIL import Image, ImageDraw
 
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.report import row_pictures
+    from batch_inpaint.job.report.summary import row_pictures
     from batch_inpaint.storage.store import Storage
 
     cfg = JobConfig.from_dict(json.loads((out / "job.json").read_text())["config"])

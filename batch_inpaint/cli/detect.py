@@ -132,7 +132,7 @@ def _detect(args: argparse.Namespace) -> int:
     if not wanted:
         raise ConfigError(f"nothing to detect: give --detect 'watermark,text' or a "
                           f"'{QUERY_COLUMN}' column in the manifest")  # fmt: skip
-    # never over the inputs or files detect did not write (run's rules, job/guard.py)
+    # never over the inputs or files detect did not write (run's rules, job/driver/guard.py)
     state = check_output(args.manifest, manifest, args.output, args.allow_non_empty_output)
 
     # 2. Models, then the rows; transformers' warnings (e.g. a sequence longer than the text

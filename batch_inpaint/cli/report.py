@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
 
 def _report(args) -> int:
     from batch_inpaint.cli.manifest import storage_from_args
-    from batch_inpaint.job.report import regenerate, summary_text
+    from batch_inpaint.job.report.summary import regenerate, summary_text
     from batch_inpaint.vocab import ExitCode
 
     flags = (

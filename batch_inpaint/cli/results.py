@@ -68,8 +68,8 @@ def _results(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     from batch_inpaint.errors import ConfigError
-    from batch_inpaint.job import results
-    from batch_inpaint.job.report import load_job, lock_holder
+    from batch_inpaint.job.driver import results
+    from batch_inpaint.job.report.summary import load_job, lock_holder
     from batch_inpaint.manifest.schema import RESULT_SCHEMA
 
     if args.limit is not None and args.limit < 0:

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
         ),
     )
     from batch_inpaint.cli.flags import add_arguments
-    from batch_inpaint.job.estimate import DEFAULT_SAMPLE
+    from batch_inpaint.job.driver.estimate import DEFAULT_SAMPLE
 
     add_arguments(p)
     g = p.add_argument_group("dry run")
@@ -56,7 +56,7 @@ def _run(args) -> int:
         from batch_inpaint.job.run import run_job
 
         return job_exit_status(run_job(cfg))
-    from batch_inpaint.job.estimate import DEFAULT_SAMPLE, plan_job
+    from batch_inpaint.job.driver.estimate import DEFAULT_SAMPLE, plan_job
 
     if args.sample is not None and args.sample < 0:
         raise ConfigError(f"--sample must be >= 0, got {args.sample}")

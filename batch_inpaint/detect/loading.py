@@ -59,7 +59,7 @@ def check_safetensors(folder: Path, what: str = "model") -> None:
 def safetensors_problem(names: list[str]) -> str | None:
     """Why a model's files (names or paths) can't be loaded: pickled weights only, or no weights
     at all; None when a .safetensors file is there. Shared with the driver's check
-    (job/detect_checks.py), which lists s3:// prefixes too."""
+    (job/driver/detect_checks.py), which lists s3:// prefixes too."""
     if any(n.endswith(".safetensors") for n in names):
         return None
     pickled = sorted(n for n in names if n.endswith(PICKLED))

@@ -1,7 +1,7 @@
 """Masks for a manifest's rows, in process: read each row's image, detect its queries, write the
 mask under {output}/masks/<output_key(id)>.png and a manifest that `batch-inpaint run` accepts as
 it is. What `batch-inpaint detect` runs: a plain loop over batches, in process (the job's own
-stage is job/detect_stage.py). It sits beside the job: it shares the job's output checks
+stage is job/stages/detect.py). It sits beside the job: it shares the job's output checks
 (guard), its row masks (prepare.given_mask) and its error rows (workitem.row_error).
 
 A row's mask is the union of what it already had (mask image, boxes, polygons, alpha) and what
@@ -27,8 +27,8 @@ from batch_inpaint.detect.queries import parse_queries, row_queries
 from batch_inpaint.errors import ConfigError, InpaintError, ModelError
 from batch_inpaint.image.codec import decode_image_with_alpha
 from batch_inpaint.image.mask_png import encode_mask
-from batch_inpaint.job.prepare import given_mask
-from batch_inpaint.job.workitem import row_error
+from batch_inpaint.job.stages.prepare import given_mask
+from batch_inpaint.job.stages.workitem import row_error
 from batch_inpaint.manifest.manifest import Manifest
 from batch_inpaint.params import MaskOptions
 from batch_inpaint.storage.uri import is_local, join, local_path, output_key, redact_uri, resolve
@@ -50,14 +50,14 @@ def absolute(uri: str) -> str:
 
 def check_output(manifest_uri: str, manifest: Manifest, output: str,
                  allow_non_empty: bool = False) -> str:  # fmt: skip
-    """`run`'s output checks (job/guard.py), for detect's output, before any model loads:
+    """`run`'s output checks (job/driver/guard.py), for detect's output, before any model loads:
     ConfigError when the output equals, contains or lies inside the manifest or a folder its
     images or masks are in, when it is a `run` output, or when it is not empty and no detect
     made it (allow_non_empty: share it, if none of OWN_NAMES is there yet). Returns 'ours' (an
     earlier detect's: rerun into it), 'new' or 'adopted', for claim_output."""
     import pyarrow.compute as pc
 
-    from batch_inpaint.job import guard
+    from batch_inpaint.job.driver import guard
 
     storage = manifest.storage
     storage.check(output)
@@ -185,7 +185,7 @@ def _read_image(row, storage, base) -> tuple[np.ndarray, np.ndarray | None]:
 
 def _detect_split(todo: list[dict[str, Any]], provider: MaskProvider) -> None:
     """Detect a batch, split on failure (batches.isolate), so one bad image fails alone with
-    kind `detect`, as in the job's stage (job/detect_stage.py)."""
+    kind `detect`, as in the job's stage (job/stages/detect.py)."""
 
     def run(items: list[dict[str, Any]]) -> list[Any]:
         return provider.masks([it["image"] for it in items], [it["queries"] for it in items])

@@ -20,12 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.context import JobContext
-from batch_inpaint.job.detect_stage import DetectStage
-from batch_inpaint.job.fused import FusedStage
-from batch_inpaint.job.resources import DetectPlan
-from batch_inpaint.job.stages import ModelStage, finish_batch, prepare_batch
-from batch_inpaint.job.verify_stage import VerifyStage
+from batch_inpaint.job.driver.resources import DetectPlan
+from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.detect import DetectStage
+from batch_inpaint.job.stages.finish import finish_batch
+from batch_inpaint.job.stages.fused import FusedStage
+from batch_inpaint.job.stages.model import ModelStage
+from batch_inpaint.job.stages.prepare import prepare_batch
+from batch_inpaint.job.stages.verify import VerifyStage
 
 BLOCK_BATCHES = 2  # model batches per block: the unit of streaming, retry and progress
 TASK_BATCH = 8  # rows per call of the CPU tasks (prepare, finish)
@@ -64,7 +66,7 @@ def steps(
     detect: DetectPlan | None = None,
     inpainter_factory=None,
 ) -> list[Step]:
-    """The stages of a run whose config has its resources resolved (job/resources.py): device,
+    """The stages of a run whose config has its resources resolved (job/driver/resources.py): device,
     fuse_stages, max_actors and the CPU shares. Fused (a model on the CPU): prepare, model and
     finish run in one step, so only rows travel; split, CPU tasks keep a GPU model fed."""
     out = []

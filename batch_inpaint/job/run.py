@@ -15,10 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job import attempts, executors, plan
-from batch_inpaint.job.finalize import finalize
-from batch_inpaint.job.report_progress import Progress
-from batch_inpaint.job.startup import Startup
+from batch_inpaint.job import executors
+from batch_inpaint.job.driver import plan
+from batch_inpaint.job.driver.finalize import finalize
+from batch_inpaint.job.report.progress import Progress
+from batch_inpaint.job.report.startup import Startup
+from batch_inpaint.job.stages import attempts
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import Status
 
@@ -33,7 +35,7 @@ def run_job(
     -> Inpainter`, a picklable callable, replaces the model the config names in every model
     actor or slot (e.g. a test's failing model); it must match the config's model spec.
     `provider_factory(ctx) -> MaskProvider`, picklable too, replaces the configured detectors
-    (job/detect_stage.py)."""
+    (job/stages/detect.py)."""
     executors.check_executor(config)  # --executor ray without Ray: exit 2 before any work
     storage = Storage(config.storage_options())
     run, state = plan.check_run(config, storage, echo)
@@ -62,7 +64,7 @@ def run_job(
 
 def start_executor(run, todo: int) -> tuple[executors.Executor, Startup | None]:
     """Pick the run's executor, say which and why, and connect it (before anything is written).
-    For Ray, the start-up line (job/startup.py) runs from here to the first batch."""
+    For Ray, the start-up line (job/report/startup.py) runs from here to the first batch."""
     name, why = executors.choose(run.config, todo)
     run.echo(f"batch-inpaint: executor {name} ({why})")
     startup = None

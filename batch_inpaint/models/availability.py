@@ -4,7 +4,7 @@ dry run and `serve` stop at once with one message naming the ways out, where loa
 minutes in retries (offline) and then fail in every model actor.
 
 A local diffusers folder must hold a pipeline index and UNet weights (folder_problem); local
-files and object-storage prefixes are checked elsewhere (job/plan.py's local check, models/spec.py
+files and object-storage prefixes are checked elsewhere (job/driver/plan.py's local check, models/spec.py
 reading their configs)."""
 
 from __future__ import annotations

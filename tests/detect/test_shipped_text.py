@@ -148,7 +148,7 @@ def test_run_detect_text_verify_with_opencv(ray_local, caption_manifest, tmp_pat
 
 def test_the_drivers_check_needs_no_folder_for_the_shipped_detector(tmp_path):
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.detect_checks import check_detection
+    from batch_inpaint.job.driver.detect_checks import check_detection
 
     for value in (None, "rapidocr"):
         cfg = JobConfig(manifest=str(tmp_path / "m.parquet"), output=str(tmp_path / "out"),

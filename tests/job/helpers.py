@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job.context import JobContext
+from batch_inpaint.job.stages.context import JobContext
 from batch_inpaint.models.opencv_backend import OpenCVInpainter
 from batch_inpaint.models.spec import model_spec
 from batch_inpaint.storage.store import Storage

@@ -18,11 +18,13 @@ import pytest
 from batch_inpaint.cli import main
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError
-from batch_inpaint.job import plan, results
-from batch_inpaint.job.finalize import finalize
-from batch_inpaint.job.lock import OutputLock
-from batch_inpaint.job.ray_job import run_job
-from batch_inpaint.job.stages import ModelStage, finish_batch, prepare_batch
+from batch_inpaint.job.driver import plan, results
+from batch_inpaint.job.driver.finalize import finalize
+from batch_inpaint.job.driver.lock import OutputLock
+from batch_inpaint.job.run import run_job
+from batch_inpaint.job.stages.finish import finish_batch
+from batch_inpaint.job.stages.model import ModelStage
+from batch_inpaint.job.stages.prepare import prepare_batch
 from batch_inpaint.models.opencv_backend import OpenCVInpainter
 from batch_inpaint.storage.store import Storage
 from batch_inpaint.vocab import ExitCode

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 from batch_inpaint.cli import job_exit_status
-from batch_inpaint.job import results
-from batch_inpaint.job.finalize import RunState, finalize
-from batch_inpaint.job.scan import scan_manifest
-from batch_inpaint.job.stages import ModelStage, finish_batch, prepare_batch
+from batch_inpaint.job.driver import results
+from batch_inpaint.job.driver.finalize import RunState, finalize
+from batch_inpaint.job.driver.scan import scan_manifest
+from batch_inpaint.job.stages.finish import finish_batch
+from batch_inpaint.job.stages.model import ModelStage
+from batch_inpaint.job.stages.prepare import prepare_batch
 from batch_inpaint.models.opencv_backend import OpenCVInpainter
 from batch_inpaint.vocab import ErrorKind, ExitCode
 from tests.fixtures_ray import local_dataset, manifest_table

@@ -16,10 +16,13 @@ from PIL import Image
 
 from batch_inpaint.cli import job_exit_status, main
 from batch_inpaint.image import masks as M
-from batch_inpaint.job import report, results
-from batch_inpaint.job.finalize import RunState, finalize
-from batch_inpaint.job.scan import scan_manifest
-from batch_inpaint.job.stages import ModelStage, finish_batch, prepare_batch
+from batch_inpaint.job.driver import results
+from batch_inpaint.job.driver.finalize import RunState, finalize
+from batch_inpaint.job.driver.scan import scan_manifest
+from batch_inpaint.job.report import summary as report
+from batch_inpaint.job.stages.finish import finish_batch
+from batch_inpaint.job.stages.model import ModelStage
+from batch_inpaint.job.stages.prepare import prepare_batch
 from batch_inpaint.models.opencv_backend import OpenCVInpainter
 from batch_inpaint.params import MaskOptions
 from batch_inpaint.vocab import ExitCode, MaskConcern

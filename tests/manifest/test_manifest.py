@@ -13,7 +13,7 @@ from PIL import Image
 
 from batch_inpaint import Manifest
 from batch_inpaint.errors import ConfigError, ManifestError, NotFoundError
-from batch_inpaint.job.results import without_done
+from batch_inpaint.job.driver.results import without_done
 from batch_inpaint.manifest.schema import SCHEMA_VERSION, VERSION_KEY
 from batch_inpaint.storage.store import Storage
 from tests.fixtures_s3 import DUMMY_SECRET, put_objects

@@ -115,7 +115,7 @@ def run(work: Path, name: str, address: str, *, rows: int, actors: int | None, d
     """One run_job on the cluster at `address`; `fault()` fires once `min_rows` rows are done.
     `actors`: the model pool's min and max size; None leaves both unset (the job sizes it)."""
     from batch_inpaint.config import JobConfig
-    from batch_inpaint.job.ray_job import run_job
+    from batch_inpaint.job.run import run_job
 
     root = work / name
     manifest, manifest_rows = local_dataset(root / "in", rows)

@@ -1,6 +1,6 @@
 """The local executor: the job's pipeline (job/pipeline.py) in the driver's process, no Ray.
 
-The run's row source (job/sources.py) gives its rows in blocks (a manifest: its parts read with
+The run's row source (job/io/sources.py) gives its rows in blocks (a manifest: its parts read with
 pyarrow, as the driver's scan reads them), the done, duplicate
 and id-less rows dropped with the same Arrow join as the Ray path (pipeline.drop_rows), and the
 rest cut into blocks of the same size. A few threads each take a block through every step; a
@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from batch_inpaint.config import JobConfig
 from batch_inpaint.job import pipeline
-from batch_inpaint.job.context import JobContext
-from batch_inpaint.job.resources import detect_plan, gpus_per_actor, pool
+from batch_inpaint.job.driver.resources import detect_plan, gpus_per_actor, pool
+from batch_inpaint.job.stages.context import JobContext
 
 MAX_THREADS = 8
 
@@ -99,7 +99,7 @@ def _slots(steps: list[pipeline.Step]) -> queue.Queue:
 
 
 def read_blocks(source, exclude: pa.Array, rows: int) -> Iterator[pa.Table]:
-    """The source's rows to do (job/sources.py), in blocks of `rows`: done, duplicate and
+    """The source's rows to do (job/io/sources.py), in blocks of `rows`: done, duplicate and
     id-less rows dropped before the rows are cut."""
     return source.blocks(rows, lambda table: pipeline.drop_rows(table, exclude))
 

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from batch_inpaint.config import JobConfig
-from batch_inpaint.job import attempts, pipeline
-from batch_inpaint.job.context import JobContext
+from batch_inpaint.job import pipeline
+from batch_inpaint.job.driver.resources import DetectPlan, plan_resources, start_size
 from batch_inpaint.job.executors import ray_errors
-from batch_inpaint.job.report_progress import native_stderr_to
-from batch_inpaint.job.resources import DetectPlan, plan_resources, start_size
+from batch_inpaint.job.report.progress import native_stderr_to
+from batch_inpaint.job.stages import attempts
+from batch_inpaint.job.stages.context import JobContext
 
 ACTOR_INIT_DEATHS = 5  # consecutive model actors that may die while loading
 
@@ -84,7 +85,7 @@ def build_dataset(
     # An actor that dies while loading the model (node lost, OOM) is replaced a few times
     # (Ray's default: the first such death fails the job).
     ray.data.DataContext.get_current().max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
-    ds = source.ray_dataset(ray.data)  # job/sources.py: a manifest is read_parquet
+    ds = source.ray_dataset(ray.data)  # job/io/sources.py: a manifest is read_parquet
     # Always: rows without an id never reach the stages (the driver wrote their error rows).
     # The ids to leave out go to the object store once (not pickled into every task); each
     # task reads them zero-copy and filters a whole block with one hash join.
@@ -123,7 +124,7 @@ def _map(ds, step: pipeline.Step, block_rows: int, start: int | None = None):
             num_gpus=step.gpus or None,
             num_cpus=step.cpus,
             # Actors always come back (node loss); a block's task is retried a bounded number
-            # of times (Ray's default: for ever); job/attempts.py turns deaths into error rows.
+            # of times (Ray's default: for ever); job/stages/attempts.py turns deaths into error rows.
             max_restarts=-1,
             max_task_retries=attempts.task_retries(block_rows),
         )

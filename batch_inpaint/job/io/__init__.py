@@ -1,0 +1,1 @@
+"""Rows in and rows out."""

@@ -1,0 +1,166 @@
+"""Stage 3 (CPU tasks): paste the results back, encode, write the image, build the result row.
+
+Reads MODELLED, returns the manifest's own columns plus the result columns of RESULT_SCHEMA (the
+`_bi_` columns dropped); a row that fails here becomes an error row like any other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from batch_inpaint.config import JobConfig
+from batch_inpaint.detect.base import detections_arrow_type
+from batch_inpaint.errors import InpaintError
+from batch_inpaint.image import codec, geometry
+from batch_inpaint.job.io.output_folder import OutputFolder
+from batch_inpaint.job.io.writers import FilesWriter, open_writer
+from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.workitem import (
+    DETECTIONS,
+    EXIF,
+    FINISHED,
+    MASK_USED,
+    MODELLED,
+    NOTE,
+    PARAMS,
+    PIXELS,
+    REGIONS,
+    RESULTS,
+    SOFT,
+    STATUS,
+    T_DETECT,
+    P,
+    pixels_from,
+    region_from,
+    row_error,
+)
+from batch_inpaint.storage.uri import redact_uri
+from batch_inpaint.vocab import ErrorKind, Status
+
+_OUTPUT_OF = {Status.PENDING.value: Status.OK.value, Status.SKIPPED.value: Status.SKIPPED.value}
+
+
+def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
+    MODELLED.check(table)
+    cfg = ctx.config
+    cols = {name: table.column(name).to_pylist() for name in MODELLED.schema.names}
+    ids = table.column("id").to_pylist()
+    out: dict[str, list] = {f.name: [] for f in FINISHED.schema}
+    # detection's columns (job/stages/detect.py), in jobs with queries
+    found = {name: table.column(col).to_pylist() if col in table.column_names else None
+             for name, col in (("detections", DETECTIONS), ("mask_used", MASK_USED),
+                               ("note", NOTE), ("detect_s", T_DETECT))}  # fmt: skip
+    given = _given_detections(table)  # a `batch-inpaint detect` manifest's: not detected again
+    if given is not None:
+        mine = found["detections"] or [None] * len(given)
+        found["detections"] = [d if d is not None else g for d, g in zip(mine, given, strict=True)]
+    writer = open_writer(cfg, ctx.storage)
+    for i, rid in enumerate(ids):
+        t0 = time.perf_counter()
+        item = {k: v[i] for k, v in cols.items()}
+        status, kind, err = item[STATUS], item[f"{P}error_kind"], item[f"{P}error"]
+        rel = sha = None
+        if status in _OUTPUT_OF:
+            try:
+                data = _finish_row(item, cfg)
+                rel = writer.write(rid, data)  # job/io/writers.py: today images/<key>
+                sha = hashlib.sha256(data).hexdigest()
+                status = _OUTPUT_OF[status]
+            except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
+                status, (kind, err), rel, sha = Status.ERROR.value, row_error(rid, exc), None, None
+        params = item[PARAMS]
+        row = {
+            "status": status,
+            "error_kind": kind,
+            "error": err,
+            "output": rel,  # relative to the output root: a copied or moved output resumes
+            "sha256": sha,
+            "width": item[f"{P}width"],
+            "height": item[f"{P}height"],
+            "seed": item[f"{P}seed"],
+            "params": None if params is None else json.dumps(params, sort_keys=True),
+            "prepare_s": item[f"{P}t_prepare"],
+            "model_s": item[f"{P}t_model"],
+            "write_s": time.perf_counter() - t0,
+            "finished_at": dt.datetime.now(dt.timezone.utc),
+            **ctx.spec.describe(),
+            **{name: None if v is None else v[i] for name, v in found.items()},
+        }
+        for name in out:
+            out[name].append(row.get(name))
+    writer.close()
+    keep = [c for c in table.column_names if not c.startswith(P) and c not in out]
+    result = redact_columns(
+        table.select(keep)
+    )  # a manifest column named like a result one gives way
+    for f in FINISHED.schema:
+        result = result.append_column(f.name, pa.array(out[f.name], f.type))
+    return FINISHED.check(result)
+
+
+def _given_detections(table: pa.Table) -> list | None:
+    if "detections" not in table.column_names:
+        return None
+    if not table.schema.field("detections").type.equals(detections_arrow_type()):
+        return None
+    return table.column("detections").to_pylist()
+
+
+def output_rel(cfg: JobConfig, row_id: str) -> str:
+    """Where a row's image goes, relative to the output root (the files writer's name)."""
+    return FilesWriter(OutputFolder(None, cfg.output), cfg.extension).rel(row_id)
+
+
+def output_uri(cfg: JobConfig, row_id: str) -> str:
+    return OutputFolder(None, cfg.output).uri(output_rel(cfg, row_id))
+
+
+def redact_columns(table: pa.Table) -> pa.Table:
+    """The manifest's URI columns as results store them: without passwords and signatures."""
+    for name in ("image", "mask"):
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            values = [None if v is None else redact_uri(v) for v in table.column(name).to_pylist()]
+            table = table.set_column(
+                table.schema.get_field_index(name), name, pa.array(values, pa.string())
+            )
+    return table
+
+
+def _finish_row(c: dict, cfg: JobConfig) -> bytes:
+    w, h = c[f"{P}width"], c[f"{P}height"]
+    original = pixels_from(c[PIXELS], h, w, 3)
+    if c[STATUS] == Status.SKIPPED.value:
+        image = original
+    else:
+        soft = np.zeros((h, w), np.uint8)  # paste reads it inside the boxes only
+        pieces = []
+        for value, res, weights in zip(c[REGIONS], c[RESULTS], c[SOFT], strict=True):
+            region = region_from(value)
+            x0, y0, x1, y1 = region.box
+            soft[y0:y1, x0:x1] = pixels_from(weights, y1 - y0, x1 - x0)
+            pieces.append((region, pixels_from(res, region.work_size[1], region.work_size[0], 3)))
+        image = geometry.paste(original, soft, pieces)
+    exif = c.get(EXIF) if cfg.keep_exif else None
+    data = codec.encode_image(
+        image,
+        cfg.output_format,
+        quality=cfg.jpeg_quality,
+        png_compress_level=cfg.png_compress_level,
+        exif=exif,
+    )
+    # Checked here, once, so finalize need not read every output back: what is written decodes.
+    if codec.ENCODE_FORMATS.get(cfg.output_format) == "PNG" and exif is None:
+        codec.check_png(data, (w, h))  # OpenCV's PNG, whole: a full decode cost 6-9 ms a row
+        return data
+    check = codec.open_image(data, max_pixels=max(cfg.max_pixels, w * h))
+    if check.size != (w, h):
+        raise InpaintError(
+            f"encoded output is {check.size}, expected {(w, h)}", kind=ErrorKind.ENCODE.value
+        )
+    return data
