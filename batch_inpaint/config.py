@@ -53,7 +53,9 @@ def _http(v: str) -> str | None:
 @dataclass(init=False)
 class JobConfig:
     """One inpainting job. Build it with the flat YAML keys (`JobConfig(steps=20, mode="crop")`),
-    or with whole `generation` / `mask` / `geometry` objects; `cfg.steps` reads through KEYS."""
+    or with whole `generation` / `mask` / `geometry` objects. Read nested settings where they
+    live (`cfg.generation.num_inference_steps`), or by flat key with `cfg.value("steps")`; change
+    them with `dataclasses.replace(cfg, steps=30)` (flat keys accepted, checked again)."""
 
     # fmt: off
     manifest: str = option("", group="job",
@@ -191,19 +193,6 @@ class JobConfig:
                 object.__setattr__(self, f.name, values.get(f.name, default(f)))
         self.validate()
 
-    # Flat names of nested options (`cfg.steps`) read and write through KEYS.
-    def __getattr__(self, name: str) -> Any:
-        k = KEYS.get(name)
-        if k is None or k.part is None or k.part not in self.__dict__:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(self.__dict__[k.part], k.field.name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        k = KEYS.get(name)
-        if k is not None and k.part is not None:
-            name, value = k.part, _replaced(k.part, getattr(self, k.part), {k.field.name: value})
-        object.__setattr__(self, name, value)
-
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> JobConfig:
         for f in fields(self):
@@ -256,10 +245,17 @@ class JobConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every setting by its flat YAML key; holds no secret (credentials never enter it)."""
         out = {}
-        for name, k in KEYS.items():
-            v = getattr(self if k.part is None else getattr(self, k.part), k.field.name)
+        for name in KEYS:
+            v = self.value(name)
             out[name] = list(v) if isinstance(v, list) else v
         return out
+
+    def value(self, key: str) -> Any:
+        """A setting by its flat YAML key (`steps` reads generation.num_inference_steps)."""
+        k = KEYS.get(key)
+        if k is None:
+            raise ConfigError(unknown_fields("config", [key], KEYS))
+        return getattr(self if k.part is None else getattr(self, k.part), k.field.name)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod

@@ -125,9 +125,9 @@ def test_cross_field_rules():
 
 def test_good_values_pass_and_ints_widen_to_floats():
     cfg = JobConfig(guidance_scale=5, lock_ttl_s=10, gpus_per_actor=0, allowed_buckets=("a", "b"))
-    assert isinstance(cfg.guidance_scale, float) and cfg.guidance_scale == 5.0
+    assert isinstance(cfg.generation.guidance_scale, float) and cfg.generation.guidance_scale == 5.0
     assert cfg.allowed_buckets == ["a", "b"]
-    assert JobConfig(crop_size=None, seed=None, model=None).crop_size is None
+    assert JobConfig(crop_size=None, seed=None, model=None).geometry.crop_size is None
     assert JobConfig(mode="crop", crop_size=256).inpaint_options().geometry.crop_size == 256
 
 
@@ -181,7 +181,11 @@ def test_yaml_loads_and_accepts_dashed_keys(tmp_path):
         """,
     )
     cfg = JobConfig.from_yaml(p)
-    assert (cfg.backend, cfg.steps, cfg.guidance_scale) == ("opencv", 20, 5.0)
+    assert (cfg.backend, cfg.generation.num_inference_steps, cfg.generation.guidance_scale) == (
+        "opencv",
+        20,
+        5.0,
+    )
     assert cfg.allowed_buckets == ["b"] and cfg.vae_tiling is True
 
 
@@ -247,12 +251,16 @@ def test_flags_override_yaml_and_yaml_overrides_defaults(tmp_path):
         """,
     )
     cfg = _parse(["--config", str(p), "--steps", "3", "--resume", "--allowed-buckets", "x,y"])
-    assert cfg.steps == 3 and cfg.resume is True  # flags win
+    assert cfg.generation.num_inference_steps == 3 and cfg.resume is True  # flags win
     assert cfg.allowed_buckets == ["x", "y"]
-    assert cfg.prompt == "from yaml" and cfg.manifest == "m.parquet"  # yaml beats defaults
-    assert cfg.guidance_scale == JobConfig().guidance_scale  # defaults fill the rest
+    assert (
+        cfg.generation.prompt == "from yaml" and cfg.manifest == "m.parquet"
+    )  # yaml beats defaults
+    assert (
+        cfg.generation.guidance_scale == JobConfig().generation.guidance_scale
+    )  # defaults fill the rest
     cfg = _parse(["--config", str(p), "--no-resume"])
-    assert cfg.resume is False and cfg.steps == 20
+    assert cfg.resume is False and cfg.generation.num_inference_steps == 20
 
 
 def test_every_field_has_a_flag():

@@ -75,7 +75,7 @@ def test_keys_are_the_readme_keys_and_nest_once():
     assert {n: (k.part, k.field.name) for n, k in KEYS.items() if k.part} == NESTED
     cfg = JobConfig(**GOOD_VALUES)
     for name, (part, attr) in NESTED.items():
-        assert getattr(getattr(cfg, part), attr) == GOOD_VALUES[name] == getattr(cfg, name)
+        assert getattr(getattr(cfg, part), attr) == GOOD_VALUES[name] == cfg.value(name)
     opts = cfg.inpaint_options()
     assert (opts.generation, opts.mask, opts.geometry) == (cfg.generation, cfg.mask, cfg.geometry)
 
@@ -96,16 +96,19 @@ def test_nested_objects_and_flat_names_mix():
 
     cfg = JobConfig(generation=GenerationParams(prompt="wall", eta=0.2), steps=7,
                     geometry=GeometryOptions(mode="crop"))  # fmt: skip
-    assert (cfg.generation.prompt, cfg.generation.eta, cfg.steps, cfg.mode) == (
+    assert (cfg.generation.prompt, cfg.generation.eta, cfg.value("steps"), cfg.value("mode")) == (
         "wall",
         0.2,
         7,
         "crop",
     )
-    cfg.dilate = 3  # a flat name writes through to the nested options, checked
+    cfg = dataclasses.replace(cfg, dilate=3)  # a flat name reaches the nested options, checked
     assert cfg.mask.dilate == 3 and cfg.to_dict()["dilate"] == 3
     with pytest.raises(ConfigError, match="'dilate'"):
-        cfg.dilate = -1
+        dataclasses.replace(cfg, dilate=-1)
+    assert not hasattr(cfg, "steps")  # typed: nested settings are read where they live
+    with pytest.raises(ConfigError, match="did you mean"):
+        cfg.value("stepz")
     with pytest.raises(ConfigError, match="'generation'.*num_images_per_prompt"):
         JobConfig(generation=GenerationParams(num_images_per_prompt=2))  # not a job setting
     with pytest.raises(ConfigError, match=r"unknown field\(s\) \['num_steps'\]"):

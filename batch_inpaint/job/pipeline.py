@@ -83,7 +83,9 @@ def steps(
         out.append(Step("prepare", prepare_batch, **task))
         out.append(Step("model", ModelStage, **model))
         out.append(Step("finish", finish_batch, **task))
-    if detect is not None and cfg.verify:  # the detector again, on the outputs it just wrote
+    if (
+        detect is not None and cfg.detection.verify
+    ):  # the detector again, on the outputs it just wrote
         out.append(_detector("verify", VerifyStage, ctx, detect))
     return out
 
@@ -100,9 +102,9 @@ def _detector(name: str, cls, ctx: JobContext, detect: DetectPlan) -> Step:
         "provider_factory": detect.provider_factory,
         "queries": list(detect.queries),
     }
-    return Step(name, cls, cfg.detect_batch_size, args, pool="detect",
-                slots=(1, cfg.detect_actors), gpus=detect.gpus,
-                cpus=cfg.cpus_per_detect_actor)  # fmt: skip
+    return Step(name, cls, cfg.detection.detect_batch_size, args, pool="detect",
+                slots=(1, cfg.detection.detect_actors), gpus=detect.gpus,
+                cpus=cfg.detection.cpus_per_detect_actor)  # fmt: skip
 
 
 def id_array(ids) -> pa.Array:

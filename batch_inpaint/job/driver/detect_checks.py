@@ -19,18 +19,18 @@ def check_detection(cfg, queries: Sequence[str], storage=None) -> None:
     `queries`: job_queries(); `storage` reads s3:// model prefixes (default: the job's)."""
     from batch_inpaint.detect.provider import NONE
 
-    if cfg.max_residual is not None and not cfg.verify:
+    if cfg.detection.max_residual is not None and not cfg.detection.verify:
         raise ConfigError("config field 'max_residual': needs verify (--verify / verify: true), "
                           "or unset max_residual")  # fmt: skip
     if not queries:
-        if cfg.verify:
+        if cfg.detection.verify:
             raise ConfigError("config field 'verify': nothing to verify: give detect "
                               "(--detect 'watermark') or a 'detect' column in the manifest")  # fmt: skip
-        if not cfg.detect:
+        if not cfg.detection.detect:
             check_unused(cfg)
         return
     off = [n for n in ("detector", "text_detector")
-           if str(getattr(cfg, n) or "").strip().lower() in NONE and getattr(cfg, n) is not None]  # fmt: skip
+           if str(getattr(cfg.detection, n) or "").strip().lower() in NONE and getattr(cfg.detection, n) is not None]  # fmt: skip
     if len(off) == 2:
         raise ConfigError("config fields 'detector' and 'text_detector' are both 'none': "
                           f"nothing can detect {', '.join(queries)}; give one of them")  # fmt: skip
@@ -46,7 +46,7 @@ def check_shipped(cfg, queries: Sequence[str], off: Sequence[str]) -> None:
     from batch_inpaint.detect.base import TEXT_QUERIES
     from batch_inpaint.detect.shipped import SHIPPED, install_problem, is_shipped
 
-    if not is_shipped(cfg.text_detector):
+    if not is_shipped(cfg.detection.text_detector):
         return
     if "detector" in off or any(q in TEXT_QUERIES for q in queries):
         problem = install_problem()
@@ -103,7 +103,7 @@ def check_local_folder(cfg, name: str) -> None:
     """A local model folder that is not on this machine, when the actors run here too."""
     from pathlib import Path
 
-    value = getattr(cfg, name) or ""
+    value = getattr(cfg.detection, name) or ""
     if _local_value(value) and _here(cfg):
         path = Path(os.path.expanduser(value.removeprefix("file://")))
         if not path.is_dir():
@@ -124,7 +124,7 @@ def check_model_files(cfg, name: str, storage=None) -> None:
     from batch_inpaint.detect.loading import safetensors_problem
     from batch_inpaint.detect.provider import NONE
 
-    value = getattr(cfg, name)
+    value = getattr(cfg.detection, name)
     if value is None or value.strip().lower() in NONE:
         return
     if _local_value(value) or os.path.isdir(value):

@@ -115,7 +115,7 @@ def finalize(run: RunState) -> dict:
         rows_of_other_manifests_kept=others.num_rows,
         rows_pruned=pruned,
         error_rate=rate,
-        residuals=report.residual_summary(rows, cfg.max_residual),
+        residuals=report.residual_summary(rows, cfg.detection.max_residual),
         top_errors=report.top_errors(rows),
         mask_concerns=report.mask_concern_counts(rows),
     )

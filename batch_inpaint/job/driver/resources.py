@@ -118,12 +118,12 @@ def detect_plan(
     queries = detect_stage.job_queries(storage, cfg)
     if not queries:
         return None
-    gpus = cfg.gpus_per_detect_actor
+    gpus = cfg.detection.gpus_per_detect_actor
     if gpus is None:
         gpus = 0.25 if resources.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
     echo(f"batch-inpaint: detecting {', '.join(queries)} on "
          f"{'GPU' if gpus > 0 else 'CPU'} actors before inpainting")  # fmt: skip
-    return DetectPlan(tuple(queries), gpus, provider_factory, 2 if cfg.verify else 1)
+    return DetectPlan(tuple(queries), gpus, provider_factory, 2 if cfg.detection.verify else 1)
 
 
 def pool(

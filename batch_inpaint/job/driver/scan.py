@@ -112,7 +112,7 @@ def scan_manifest(
     where = f"manifest {redact_uri(source.uri)}"
     chunks, folders = [], []
     try:
-        source.check(where, needs_mask=not cfg.detect)
+        source.check(where, needs_mask=not cfg.detection.detect)
         names = [c for c in ("id", "image", "mask") if c in source.schema().names]
         for batch in source.batches(names):
             chunks.append(pc.cast(batch.column("id"), pa.string()))

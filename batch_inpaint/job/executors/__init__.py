@@ -99,7 +99,7 @@ def choose(cfg: JobConfig, todo: int) -> tuple[str, str]:
 def visible_gpus(cfg: JobConfig) -> int:
     """CUDA devices this process sees (0 for a run on the CPU), without importing torch when
     CUDA_VISIBLE_DEVICES says."""
-    if cfg.device == "cpu" or (cfg.backend == "opencv" and not cfg.detect):
+    if cfg.device == "cpu" or (cfg.backend == "opencv" and not cfg.detection.detect):
         return 0
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and not visible.strip():

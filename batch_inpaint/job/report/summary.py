@@ -262,7 +262,7 @@ def regenerate(output: str, storage=None, side_by_side_dir: str | Path | None = 
         )
     summary.update(output=output, success=bool(summary.get("success")) and success_file)
     if "residuals" not in summary:  # run.json of an older version, or none
-        summary["residuals"] = residual_summary(table, cfg.max_residual)
+        summary["residuals"] = residual_summary(table, cfg.detection.max_residual)
     if to is not None:
         uri = local_copy(Path(to), render(summary, table, cfg, storage, cfg.report_sample),
                          storage, output)  # fmt: skip

@@ -57,8 +57,8 @@ def job_queries(storage, cfg) -> list[str]:
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     names = [c for c in (QUERY_COLUMN, DONE_COLUMN) if c in dataset.schema.names]
     if not names:
-        return list(cfg.detect)
-    if not cfg.detect and QUERY_COLUMN not in names:
+        return list(cfg.detection.detect)
+    if not cfg.detection.detect and QUERY_COLUMN not in names:
         return []
     found: list[str] = []
     bad: tuple[pa.Table, Exception] | None = None  # the first batch with a bad value
@@ -76,14 +76,16 @@ def job_queries(storage, cfg) -> list[str]:
                 values = list({repr(v): v for v in column.to_pylist()}.values())
         for value in values:
             try:
-                qs = queries_of({QUERY_COLUMN: value}, cfg.detect)
+                qs = queries_of({QUERY_COLUMN: value}, cfg.detection.detect)
             except ConfigError as exc:
                 bad = bad or (table, exc)
                 continue
             found += [q for q in qs if q not in found]
     if bad is not None and not found:
         table, exc = bad
-        rid = next((r.get("id") for r in table.to_pylist() if _bad_row(r, cfg.detect)), None)
+        rid = next(
+            (r.get("id") for r in table.to_pylist() if _bad_row(r, cfg.detection.detect)), None
+        )
         raise ConfigError(f"row {rid!r}: {exc}; no other row has queries to detect: fix the "
                           f"'{QUERY_COLUMN}' column")  # fmt: skip
     return found
@@ -102,16 +104,16 @@ def load_provider(ctx: JobContext, queries: Sequence[str] | None = None) -> Mask
     s3:// prefix, pinned revision, safetensors, the job's storage options). `queries`: those the
     job will ask (a detector none of them needs is not loaded); None: the config's `detect`."""
     cfg = ctx.config
-    wanted = list(queries) if queries is not None else list(cfg.detect)
+    wanted = list(queries) if queries is not None else list(cfg.detection.detect)
     return MaskProvider.load(
-        detector=cfg.detector, detector_revision=cfg.detector_revision,
-        text_detector=cfg.text_detector, text_detector_revision=cfg.text_detector_revision,
-        text_threshold=cfg.text_threshold, text_min_confidence=cfg.text_min_confidence,
-        segmenter=cfg.segmenter, segmenter_revision=cfg.segmenter_revision,
+        detector=cfg.detection.detector, detector_revision=cfg.detection.detector_revision,
+        text_detector=cfg.detection.text_detector, text_detector_revision=cfg.detection.text_detector_revision,
+        text_threshold=cfg.detection.text_threshold, text_min_confidence=cfg.detection.text_min_confidence,
+        segmenter=cfg.detection.segmenter, segmenter_revision=cfg.detection.segmenter_revision,
         queries=wanted or None,
         device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype,
-        storage=ctx.storage, threshold=cfg.detect_threshold,
-        max_detections=cfg.max_detections, dilate=cfg.detect_dilate,
+        storage=ctx.storage, threshold=cfg.detection.detect_threshold,
+        max_detections=cfg.detection.max_detections, dilate=cfg.detection.detect_dilate,
     )  # fmt: skip
 
 
@@ -147,7 +149,7 @@ class DetectStage:
         for i, row in enumerate(rows):
             t0 = time.perf_counter()
             try:
-                qs = queries_of(row, cfg.detect)
+                qs = queries_of(row, cfg.detection.detect)
                 if qs and row.get("id") and row.get("image"):  # else prepare says what's wrong
                     if given_up is not None:
                         raise given_up
@@ -156,7 +158,7 @@ class DetectStage:
                 self._fail(out, i, row.get("id"), exc)
             if out[STATUS][i] == Status.ERROR.value or (todo and todo[-1][0] == i):
                 out[T_DETECT][i] = time.perf_counter() - t0
-        step = cfg.detect_batch_size
+        step = cfg.detection.detect_batch_size
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
             t0 = time.perf_counter()

@@ -101,7 +101,7 @@ def verify_table(
     queries: list[list[str]] = []
     for i, row in enumerate(rows):
         made = row.get("status") == Status.OK.value and row.get("output")
-        qs = _queries(row, cfg.detect) if made and row.get("mask_used") else []
+        qs = _queries(row, cfg.detection.detect) if made and row.get("mask_used") else []
         if qs:
             todo.append(i)
             queries.append(qs)
@@ -122,7 +122,7 @@ def verify_table(
     for i in todo:
         columns[SECONDS][i] = share
     for i, res in found.items():
-        _apply(columns, i, rows[i], res, cfg.max_residual)
+        _apply(columns, i, rows[i], res, cfg.detection.max_residual)
     return replace_columns(table, {n: pa.array(v, _COLUMNS[n]) for n, v in columns.items()})
 
 

@@ -235,7 +235,7 @@ def test_both_executors_read_one_pipeline():
     def names(**kw):
         cfg = JobConfig(backend="opencv", **kw)
         ctx = context(Path("/tmp"), output="")
-        detect = DetectPlan(("text",), 0.0) if cfg.detect else None
+        detect = DetectPlan(("text",), 0.0) if cfg.detection.detect else None
         return [(s.name, s.pool) for s in pipeline.steps(cfg, ctx, 0.0, detect)]
 
     assert names(fuse_stages=True) == [("fused", "model")]

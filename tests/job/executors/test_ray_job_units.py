@@ -71,7 +71,11 @@ def test_the_split_graph_leaves_its_tasks_cpus():
 def test_pool_counts_the_detect_actors_before_sizing_the_model_pool():
     assert pool(_cfg(), 0.0, 2, detect_pools=0).max_actors == 2
     cfg = pool(_cfg(), 0.0, 2, detect_pools=2)
-    assert (cfg.max_actors, cfg.cpus_per_actor, cfg.cpus_per_detect_actor) == (1, 0.3333, 0.3333)
+    assert (cfg.max_actors, cfg.cpus_per_actor, cfg.detection.cpus_per_detect_actor) == (
+        1,
+        0.3333,
+        0.3333,
+    )
 
 
 @pytest.mark.parametrize(
