@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -21,6 +20,7 @@ from batch_inpaint.image import codec, geometry
 from batch_inpaint.job.io.output_folder import OutputFolder
 from batch_inpaint.job.io.writers import FilesWriter, open_writer
 from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.timing import StageClock
 from batch_inpaint.job.stages.workitem import (
     DETECTIONS,
     EXIF,
@@ -36,6 +36,7 @@ from batch_inpaint.job.stages.workitem import (
     STATUS,
     T_DETECT,
     P,
+    map_rows,
     pixels_from,
     region_from,
     row_error,
@@ -49,21 +50,12 @@ _OUTPUT_OF = {Status.PENDING.value: Status.OK.value, Status.SKIPPED.value: Statu
 def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     MODELLED.check(table)
     cfg = ctx.config
-    cols = {name: table.column(name).to_pylist() for name in MODELLED.schema.names}
-    ids = table.column("id").to_pylist()
-    out: dict[str, list] = {f.name: [] for f in FINISHED.schema}
-    # detection's columns (job/stages/detect.py), in jobs with queries
-    found = {name: table.column(col).to_pylist() if col in table.column_names else None
-             for name, col in (("detections", DETECTIONS), ("mask_used", MASK_USED),
-                               ("note", NOTE), ("detect_s", T_DETECT))}  # fmt: skip
+    described = ctx.spec.describe()
     given = _given_detections(table)  # a `batch-inpaint detect` manifest's: not detected again
-    if given is not None:
-        mine = found["detections"] or [None] * len(given)
-        found["detections"] = [d if d is not None else g for d, g in zip(mine, given, strict=True)]
     writer = open_writer(cfg, ctx.storage)
-    for i, rid in enumerate(ids):
-        t0 = time.perf_counter()
-        item = {k: v[i] for k, v in cols.items()}
+
+    def one(_: int, item: dict) -> dict:
+        rid = item["id"]
         status, kind, err = item[STATUS], item[f"{P}error_kind"], item[f"{P}error"]
         rel = sha = None
         if status in _OUTPUT_OF:
@@ -74,8 +66,8 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
                 status = _OUTPUT_OF[status]
             except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
                 status, (kind, err), rel, sha = Status.ERROR.value, row_error(rid, exc), None, None
-        params = item[PARAMS]
-        row = {
+        params, detections = item[PARAMS], item.get(DETECTIONS)
+        return {
             "status": status,
             "error_kind": kind,
             "error": err,
@@ -87,29 +79,32 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
             "params": None if params is None else json.dumps(params, sort_keys=True),
             "prepare_s": item[f"{P}t_prepare"],
             "model_s": item[f"{P}t_model"],
-            "write_s": time.perf_counter() - t0,
             "finished_at": dt.datetime.now(dt.timezone.utc),
-            **ctx.spec.describe(),
-            **{name: None if v is None else v[i] for name, v in found.items()},
+            **described,
+            # detection's columns (job/stages/detect.py), in jobs with queries
+            "detections": item.get("detections") if detections is None and given else detections,
+            "mask_used": item.get(MASK_USED),
+            "note": item.get(NOTE),
+            "detect_s": item.get(T_DETECT),
         }
-        for name in out:
-            out[name].append(row.get(name))
+
+    reads = ["id", *MODELLED.schema.names, DETECTIONS, MASK_USED, NOTE, T_DETECT, "detections"]
+    out = map_rows(table, one, FINISHED.schema, reads, StageClock("write_s", table.num_rows))
     writer.close()
     keep = [c for c in table.column_names if not c.startswith(P) and c not in out]
     result = redact_columns(
         table.select(keep)
     )  # a manifest column named like a result one gives way
-    for f in FINISHED.schema:
-        result = result.append_column(f.name, pa.array(out[f.name], f.type))
+    for name, column in out.items():
+        result = result.append_column(name, column)
     return FINISHED.check(result)
 
 
-def _given_detections(table: pa.Table) -> list | None:
+def _given_detections(table: pa.Table) -> bool:
+    """Whether the manifest has a `detections` column of the results' type."""
     if "detections" not in table.column_names:
-        return None
-    if not table.schema.field("detections").type.equals(detections_arrow_type()):
-        return None
-    return table.column("detections").to_pylist()
+        return False
+    return table.schema.field("detections").type.equals(detections_arrow_type())
 
 
 def output_rel(cfg: JobConfig, row_id: str) -> str:

@@ -6,7 +6,6 @@ A row that fails becomes an error work item and travels on, so it still reaches 
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +16,7 @@ from batch_inpaint.image import codec, masks
 from batch_inpaint.image.inpaint import prepare
 from batch_inpaint.job.stages.context import JobContext
 from batch_inpaint.job.stages.model import check_memory
+from batch_inpaint.job.stages.timing import StageClock
 from batch_inpaint.job.stages.workitem import (
     DETECT_MASK,
     ERROR,
@@ -25,8 +25,9 @@ from batch_inpaint.job.stages.workitem import (
     NOTE,
     PREPARED,
     STATUS,
+    T_PREPARE,
     WorkItem,
-    prepared_columns,
+    map_rows,
     replace_columns,
 )
 from batch_inpaint.params import MaskOptions, derive_seed, row_generation
@@ -36,11 +37,12 @@ from batch_inpaint.vocab import ErrorKind, Status
 
 def prepare_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     """The manifest's table with the PREPARED columns added, one work item per row."""
-    items = []
     detecting = DETECT_MASK in table.column_names  # the detect stage ran (job/stages/detect.py)
-    found: list[dict] = []  # per row: its note and the mask saved, with detection
-    for row in table.to_pylist():
-        t0 = time.perf_counter()
+    schema = PREPARED.schema
+    if detecting:  # with the note and the mask saved
+        schema = schema.append(pa.field(MASK_USED, pa.string()))
+
+    def one(_: int, row: dict) -> dict:
         extra: dict = {NOTE: row.get(NOTE), MASK_USED: None} if detecting else {}
         try:
             if detecting and row.get(STATUS) == Status.ERROR.value:  # kept as the stage left it
@@ -49,15 +51,14 @@ def prepare_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
                 item = prepare_row(row, ctx, extra if detecting else None)
         except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
             item = WorkItem.failed(row.get("id"), exc)
-        item.t_prepare = time.perf_counter() - t0
-        items.append(item)
-        found.append(extra)
-    columns = prepared_columns(items)
-    if detecting:
-        notes = [_with_detection(f[NOTE], it.note) for f, it in zip(found, items, strict=True)]
-        columns[NOTE] = pa.array(notes, pa.string())
-        columns[MASK_USED] = pa.array([f[MASK_USED] for f in found], pa.string())
-    return PREPARED.check(replace_columns(table, columns))
+        out = item.values()
+        if detecting:
+            out[NOTE] = _with_detection(extra[NOTE], item.note)
+            out[MASK_USED] = extra[MASK_USED]
+        return out
+
+    clock = StageClock(T_PREPARE, table.num_rows)
+    return PREPARED.check(replace_columns(table, map_rows(table, one, schema, clock=clock)))
 
 
 def row_seed(row: Mapping, base: int | None) -> int:

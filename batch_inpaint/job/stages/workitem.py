@@ -12,6 +12,7 @@ values, no data copied), so a stage that drifts fails at once, not two stages la
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ import pyarrow.compute as pc
 from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.image.geometry import Region
+from batch_inpaint.job.stages.timing import StageClock
 from batch_inpaint.manifest.schema import RESULT_SCHEMA
 from batch_inpaint.params import GenerationParams
 from batch_inpaint.vocab import FINAL, ErrorKind, Status
@@ -168,32 +170,25 @@ class WorkItem:
     seed: int | None = None
     params: GenerationParams | None = None
     exif: bytes | None = None
-    t_prepare: float = 0.0
-    note: str | None = None
+    note: str | None = None  # its seconds: the prepare stage's clock (T_PREPARE)
 
     @classmethod
     def failed(cls, row_id, exc: BaseException) -> WorkItem:
         kind, message = row_error(row_id, exc)
         return cls(status=Status.ERROR, error_kind=kind, error=message)
 
+    def values(self) -> dict:
+        """The item as PREPARED column values (map_rows' row), by column name."""
+        out = {col: getattr(self, name) for name, col in _ITEM_COLUMNS.items()}
+        out[STATUS] = Status(self.status).value
+        if self.regions is not None:
+            out[REGIONS] = [region_value(r) for r in self.regions]
+        if self.params is not None:
+            out[PARAMS] = self.params.to_dict()
+        return out
+
 
 _ITEM_COLUMNS = {f.name: f"{P}{f.name}" for f in dataclasses.fields(WorkItem)}  # field -> column
-
-
-def prepared_columns(items: list[WorkItem]) -> dict[str, pa.Array]:
-    """The PREPARED columns of `items`, in declared order."""
-    values: dict[str, list] = {col: [] for col in PREPARED.schema.names}
-    for item in items:
-        for name, col in _ITEM_COLUMNS.items():
-            v = getattr(item, name)
-            if name == "status":
-                v = Status(v).value
-            elif name == "regions" and v is not None:
-                v = [region_value(r) for r in v]
-            elif name == "params" and v is not None:
-                v = v.to_dict()
-            values[col].append(v)
-    return {c: pa.array(v, PREPARED.schema.field(c).type) for c, v in values.items()}
 
 
 def row_error(row_id, exc: BaseException) -> tuple[str, str]:
@@ -228,6 +223,36 @@ def replace_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, arr) if i >= 0 else table.append_column(name, arr)
     return table
+
+
+def map_rows(
+    table: pa.Table,
+    fn: Callable[[int, dict], Mapping],
+    schema: pa.Schema,
+    reads: Iterable[str] | None = None,
+    clock: StageClock | None = None,
+) -> dict[str, pa.Array]:
+    """The pivot of a row-by-row stage: fn(i, row) for each row position i, `row` a dict of the
+    table's `reads` columns (those it has; None: all), and the mapping fn returns becomes the
+    row's value in each column of `schema` (a name it leaves out: null). Returns those columns,
+    typed by `schema`, for replace_columns. `clock`: each call is timed as its row's own work and
+    the clock's column, when `schema` has it, is filled from the clock."""
+    have = table.column_names
+    names = have if reads is None else [c for c in dict.fromkeys(reads) if c in have]
+    data = table.select(names).to_pydict()  # one conversion a column, not one a cell
+    values: dict[str, list] = {name: [] for name in schema.names}
+    for i in range(table.num_rows):
+        row = {k: v[i] for k, v in data.items()}
+        if clock is None:
+            got = fn(i, row)
+        else:
+            with clock.row(i):
+                got = fn(i, row)
+        for name, column in values.items():
+            column.append(got.get(name))
+    if clock is not None and clock.column in values:
+        values[clock.column] = clock.seconds
+    return {f.name: pa.array(values[f.name], f.type) for f in schema}
 
 
 @dataclass
