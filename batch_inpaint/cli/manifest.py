@@ -61,7 +61,16 @@ def add_parser(sub: Any) -> None:
         "--mask-pattern '{stem}_mask.png' -o s3://b/manifest.parquet",
         "batch-inpaint manifest build --images photos/ --detect 'text,logo' -o manifest.parquet",
     ))  # fmt: skip
-    b.add_argument("--images", required=True, help="directory or prefix of images")
+    b.add_argument("--images", help="directory or prefix of images")
+    g = b.add_argument_group("shards (instead of --images): a shard list file, *.shards.json")
+    g.add_argument("--webdataset", metavar="SOURCE", help="WebDataset tars: a folder, a file or "
+                   "a pattern such as 's3://b/shards/{00000..00099}.tar'")  # fmt: skip
+    g.add_argument("--parquet-dataset", metavar="SOURCE", help="Parquet with image bytes (a "
+                   "`datasets` or img2dataset dataset): a folder, a file or a pattern")  # fmt: skip
+    g.add_argument("--image-column", default="image", help="(Parquet) default: %(default)s")
+    g.add_argument("--mask-column", default="mask", help="(Parquet) default: %(default)s")
+    g.add_argument("--id-column", help="(Parquet) default: id, else <shard>:<row index>")
+    g.add_argument("--mask-member", default="mask.png", help="(WebDataset) default: %(default)s")
     b.add_argument("--masks", help="directory or prefix of masks")
     b.add_argument(
         "--mask-pattern",
@@ -75,7 +84,8 @@ def add_parser(sub: Any) -> None:
                    "e.g. 'text,logo'; `run` (or `batch-inpaint detect`) finds the masks from them. "
                    "Without --masks every image is a row")  # fmt: skip
     b.add_argument("--prompt", help="prompt column for every row")
-    b.add_argument("-o", "--output", required=True, help="manifest URI (.parquet, or dir/)")
+    b.add_argument("-o", "--output", required=True,
+                   help="manifest URI (.parquet, or dir/; shards: NAME.shards.json)")  # fmt: skip
     b.add_argument("--rows-per-file", type=int, help="write a directory of parts")
     b.add_argument("--strict", action="store_true", help="exit 1 if any file is unpaired")
     add_storage_flags(b)
@@ -122,9 +132,15 @@ def add_parser(sub: Any) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from batch_inpaint.errors import ConfigError
     from batch_inpaint.manifest.manifest import Manifest
 
     storage = storage_from_args(args)
+    given = [f for f in ("images", "webdataset", "parquet_dataset") if getattr(args, f)]
+    if len(given) != 1:
+        raise ConfigError("give one of --images, --webdataset, --parquet-dataset")
+    if not args.images:
+        return _build_shards(args, storage)
     queries = None if args.detect is None else ",".join(_queries(args.detect))
     if queries and args.masks is None and not args.mask_from_alpha:
         m = _images_only(args.images, storage, queries, args.prompt)
@@ -145,6 +161,25 @@ def _build(args: argparse.Namespace) -> int:
     if len(m.unpaired):
         print(f"unpaired: {m.unpaired}", file=sys.stderr)
         return ExitCode.INCOMPLETE if args.strict else ExitCode.OK
+    return ExitCode.OK
+
+
+def _build_shards(args: argparse.Namespace, storage: Any) -> int:
+    """A shard list file (manifest/shard_set.py): which shards, so a run, its dry run and
+    `manifest validate` read the same ones."""
+    from batch_inpaint.manifest.manifest import Manifest
+
+    if args.webdataset:
+        found = Manifest.from_webdataset(args.webdataset, args.mask_member, storage=storage)
+    else:
+        found = Manifest.from_parquet_dataset(args.parquet_dataset, args.image_column,
+                                              args.mask_column, args.id_column,
+                                              storage=storage)  # fmt: skip
+    written = found.write(args.output)
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in written.config().items() if k != "manifest"]
+    print(f"wrote a list of {len(found)} {found.format} shards to {args.output}")
+    command = ["batch-inpaint run --manifest", args.output, *flags, "--output OUT --dry-run"]
+    print("check it:", " ".join(command))
     return ExitCode.OK
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from batch_inpaint.errors import ConfigError, ManifestError, NotFoundError
 from batch_inpaint.manifest.pairing import IMAGE_EXTENSIONS, Unpaired, pair_files
 from batch_inpaint.manifest.schema import MANIFEST_SCHEMA, conform_manifest
+from batch_inpaint.manifest.shard_set import ShardSet, check_image_column, shard_set
 from batch_inpaint.manifest.validation import ValidationReport, validate_table
 from batch_inpaint.storage.store import Storage, StorageOptions, access_error
 from batch_inpaint.storage.uri import is_local, local_path, redact_uri
@@ -100,6 +101,37 @@ class Manifest:
             stacklevel=2,
         )
         return cls.from_prefix(images, masks, **kwargs)
+
+    @classmethod
+    def from_parquet_dataset(
+        cls,
+        uri_or_files: str | Sequence[str],
+        image_column: str = "image",
+        mask_column: str = "mask",
+        id_column: str | None = None,
+        *,
+        storage: Storage | StorageOptions | None = None,
+    ) -> ShardSet:
+        """Parquet shards with the image bytes inside (a `datasets` dataset, img2dataset's
+        Parquet): a folder, pattern, file or list of files. Returns a ShardSet (its rows stay in
+        the shards): `JobConfig(output=..., **shards.config())` runs it; docs/manifests.md."""
+        found = shard_set(uri_or_files, _storage(storage), "parquet", image_column=image_column,
+                          mask_column=mask_column, id_column=id_column)  # fmt: skip
+        check_image_column(found)
+        return found
+
+    @classmethod
+    def from_webdataset(
+        cls,
+        pattern_or_folder: str | Sequence[str],
+        mask_member: str = "mask.png",
+        *,
+        storage: Storage | StorageOptions | None = None,
+    ) -> ShardSet:
+        """WebDataset tars (`shards/{00000..00099}.tar`, a folder, a file or a list of files).
+        Returns a ShardSet, as from_parquet_dataset does."""
+        return shard_set(pattern_or_folder, _storage(storage), "webdataset",
+                         mask_member=mask_member)  # fmt: skip
 
     @staticmethod
     def _records_table(records: list[dict[str, Any]]) -> pa.Table:

@@ -1,4 +1,4 @@
-"""Which shards a source names (job/io/shard_listing.py): files, folders, brace patterns as
+"""Which shards a source names (manifest/shard_listing.py): files, folders, brace patterns as
 webdataset writes them, globs and lists; on local disk and a local S3 server."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from batch_inpaint.errors import ConfigError
-from batch_inpaint.job.io.shard_listing import Shard, expand, list_shards, shard_root
+from batch_inpaint.manifest.shard_listing import Shard, expand, list_shards, shard_root
 from batch_inpaint.storage.store import Storage
 from tests.fixtures_s3 import put_objects
 
