@@ -1,8 +1,12 @@
 """Scheduled dataset cleaning: run this on a schedule (cron, KubeRay RayCronJob, Airflow) and each
 run processes only what earlier runs into the same output did not finish.
 
-Two sources of work:
+Three sources of work:
   --manifest URI            a manifest that grows over time (new rows are picked up)
+  --manifest SHARDS         shards that grow in number: WebDataset tars or Parquet with image
+                            bytes (a folder, 's3://b/shards/{00000..09999}.tar', a glob); shards
+                            already written under {output}/data/ are done, the others are run
+                            (and done shards holding rows that failed transiently, redone)
   --images PREFIX --masks PREFIX [--mask-pattern '{stem}.*']
                             every image under a prefix, paired with its mask by the pattern; new
                             objects are picked up, unpaired ones are listed in the log
@@ -46,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from batch_inpaint.job.driver import guard
-    from batch_inpaint.job.driver.results import new_run_id
-    from batch_inpaint.job.io.output_folder import MANIFESTS, OutputFolder
     from batch_inpaint.job.run import run_job
     from batch_inpaint.manifest.manifest import Manifest
     from batch_inpaint.storage.store import Storage
@@ -67,16 +68,71 @@ def run(args: argparse.Namespace) -> int:
                                      storage=storage)  # fmt: skip
         if len(built.unpaired):
             print(f"jobs/clean.py: unpaired files (not processed):\n{built.unpaired}")
-        # A manifest per run: a run in progress keeps reading its own while the next is built.
-        # It lives in the output, so the output must be the job's first (see job/driver/guard.py).
-        run_id = new_run_id()
-        state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
-        if state != "ours":
-            guard.claim(storage, cfg.output, run_id, state)
-        cfg.manifest = OutputFolder(storage, cfg.output).uri(MANIFESTS, f"{run_id}.parquet")
+        cfg.manifest = own_manifest(cfg, ".parquet")
         built.write(cfg.manifest)
+    elif (todo := new_shards(cfg)) is not None:
+        done, shards = todo
+        if not shards:
+            print(f"jobs/clean.py: no new shards ({done} done)")
+            return ExitCode.OK
+        print(f"jobs/clean.py: {len(shards)} shards to run ({done} done)")
+        cfg.manifest = shards.write(own_manifest(cfg, ".shards.json")).source
     summary = run_job(cfg)
     return job_exit_status(summary)
+
+
+def own_manifest(cfg, suffix: str) -> str:
+    """A manifest per run, in the output (so the output must be the job's first; see
+    job/driver/guard.py): a run in progress keeps reading its own while the next is built."""
+    from batch_inpaint.job.driver import guard
+    from batch_inpaint.job.driver.results import new_run_id
+    from batch_inpaint.job.io.output_folder import MANIFESTS, OutputFolder
+    from batch_inpaint.storage.store import Storage
+
+    storage = Storage(cfg.storage_options())
+    run_id = new_run_id()
+    state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
+    if state != "ours":
+        guard.claim(storage, cfg.output, run_id, state)
+    return OutputFolder(storage, cfg.output).uri(MANIFESTS, f"{run_id}{suffix}")
+
+
+def new_shards(cfg):
+    """(shards done, the ShardSet to run) when the manifest names shards, else None: the shards
+    with no output under {output}/data/ yet, and those whose rows failed transiently."""
+    from dataclasses import replace
+
+    from batch_inpaint.errors import NotFoundError
+    from batch_inpaint.job.driver.results import read_results
+    from batch_inpaint.job.io.output_folder import DATA, OutputFolder
+    from batch_inpaint.manifest.shard_set import holds_uris, shard_set
+    from batch_inpaint.storage.store import Storage
+    from batch_inpaint.vocab import ErrorKind
+
+    storage = Storage(cfg.storage_options())
+    s = cfg.shards
+    try:
+        found = shard_set(cfg.manifest, storage, missing_ok=True, image_column=s.image_column,
+                          mask_column=s.mask_column, id_column=s.id_column,
+                          mask_member=s.mask_member)  # fmt: skip
+    except InpaintError:
+        return None  # not shards: the job reads it as a manifest of URIs (and says what is wrong)
+    if found.format == "parquet" and holds_uris(found):
+        return None
+    data = OutputFolder(storage, cfg.output).uri(DATA)
+    try:  # one listing: the shards written, whole (a temp name is hidden: '.x')
+        written = {uri[len(data) + 1 :] for uri in storage.list(data)}
+    except NotFoundError:
+        written = set()
+    redo = set()
+    results, _ = read_results(storage, cfg.output, ["shard", "status", "error_kind"])
+    if results is not None and "shard" in results.column_names:
+        transient = {k.value for k in ErrorKind if k.transient}
+        for row in results.select(["shard", "error_kind"]).to_pylist():
+            if row["error_kind"] in transient:
+                redo.add(row["shard"])
+    todo = tuple(x for x in found.shards if x.name not in written or x.name in redo)
+    return len(found) - len(todo), replace(found, shards=todo)
 
 
 if __name__ == "__main__":
