@@ -141,3 +141,30 @@ def delete_local(path: str, root: str | None = None) -> None:
         pass
     finally:
         os.close(dir_fd)
+
+
+def is_dir(path: str) -> bool:
+    """os.path.isdir, except that a folder we may not look into raises PermissionError instead
+    of passing for 'not there' (which would make resume redo finished work)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def stat_exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
+
+
+def walk_local(root: str) -> list[str]:
+    """Every file under a local folder; an unreadable folder raises (PermissionError) instead of
+    being skipped as fsspec's find does, so a listing never reports less than is there."""
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    return [os.path.join(d, f) for d, _, files in os.walk(root, onerror=fail) for f in files]

@@ -20,8 +20,12 @@ from batch_inpaint.errors import (
     TransientStorageError,
 )
 from batch_inpaint.storage.http_get import http_get
-from batch_inpaint.storage.local import delete_local, write_local
+from batch_inpaint.storage.local import delete_local, is_dir, stat_exists, walk_local, write_local
 from batch_inpaint.storage.options import StorageOptions
+from batch_inpaint.storage.s3_objects import PUT_MAX, plain_range
+from batch_inpaint.storage.s3_objects import delete as s3_delete
+from batch_inpaint.storage.s3_objects import get as s3_get
+from batch_inpaint.storage.s3_objects import put as s3_put
 from batch_inpaint.storage.transient import is_transient
 from batch_inpaint.storage.uri import check_uri, is_local, local_path, redact_uri, uri_scheme
 
@@ -167,6 +171,9 @@ class Storage:
             return self._retry(
                 "reading", uri, lambda: http_get(uri, self.check, timeout, start, end)
             )
+        if uri_scheme(uri) == "s3" and plain_range(start, end):
+            self.check(uri)  # one GET through this process's client: no s3fs, no HEAD first
+            return self._retry("reading", uri, lambda: s3_get(self.options, uri, start, end))
         fs, path = self.filesystem(uri)
         if is_local(uri) and os.path.isdir(path):
             raise NotFoundError(f"{redact_uri(uri)}: is a directory, not an object")
@@ -189,6 +196,11 @@ class Storage:
         root (e.g. the job's output): the URI must lie below it, and on local disk no folder
         between root and the target, nor the target, may be a symbolic link (StorageError naming
         the link; nothing is written). Local files get mode 0666 & ~umask."""
+        if uri_scheme(uri) == "s3" and len(data) <= PUT_MAX:
+            self.check(uri)
+            self._root(uri, root)  # one PUT (If-None-Match: * when not overwriting)
+            op = lambda: s3_put(self.options, uri, data, overwrite)  # noqa: E731
+            return self._retry("writing", uri, op)
         fs, path = self.filesystem(uri)
         confine = self._root(uri, root)
         if is_local(uri):
@@ -230,7 +242,7 @@ class Storage:
     def exists(self, uri: str) -> bool:
         """True if there is an object; a location we may not look into raises (access denied)."""
         fs, path = self.filesystem(uri)
-        check = (lambda: _stat_exists(path)) if is_local(uri) else (lambda: fs.exists(path))
+        check = (lambda: stat_exists(path)) if is_local(uri) else (lambda: fs.exists(path))
         return bool(self._retry("checking", uri, check))
 
     def size(self, uri: str) -> int:
@@ -240,6 +252,11 @@ class Storage:
     def delete(self, uri: str, *, root: str | None = None) -> None:
         """Remove the object if it exists; root as for write_bytes (a link at the target itself
         is removed, never followed)."""
+        if uri_scheme(uri) == "s3":
+            self.check(uri)
+            self._root(uri, root)
+            self._retry("deleting", uri, lambda: s3_delete(self.options, uri))
+            return
         fs, path = self.filesystem(uri)
         confine = self._root(uri, root)
         if is_local(uri):
@@ -273,10 +290,10 @@ class Storage:
         """Every object under a prefix (recursive, paginated), as sorted URIs of the same kind
         as the prefix; suffixes filters by file extension, case-insensitive."""
         fs, path = self.filesystem(prefix)
-        if is_local(prefix) and not self._retry("listing", prefix, lambda: _is_dir(path)):
+        if is_local(prefix) and not self._retry("listing", prefix, lambda: is_dir(path)):
             raise NotFoundError(f"{redact_uri(prefix)}: no such directory")
         root = path.rstrip("/")
-        find = _walk_local if is_local(prefix) else lambda r: fs.find(r, withdirs=False)
+        find = walk_local if is_local(prefix) else lambda r: fs.find(r, withdirs=False)
         found = self._retry("listing", prefix, lambda: find(root))
         out = []
         for p in found:
@@ -310,35 +327,6 @@ def access_error(
             f"(profile {profile or 'default'}) and the bucket policy"
         )
     return None
-
-
-def _is_dir(path: str) -> bool:
-    """os.path.isdir, except that a folder we may not look into raises PermissionError instead
-    of passing for 'not there' (which would make resume redo finished work)."""
-    import stat
-
-    try:
-        return stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-
-
-def _stat_exists(path: str) -> bool:
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    return True
-
-
-def _walk_local(root: str) -> list[str]:
-    """Every file under a local folder; an unreadable folder raises (PermissionError) instead of
-    being skipped as fsspec's find does, so a listing never reports less than is there."""
-
-    def fail(exc: OSError) -> None:
-        raise exc
-
-    return [os.path.join(d, f) for d, _, files in os.walk(root, onerror=fail) for f in files]
 
 
 def pyarrow_filesystem(uri: str, options: StorageOptions | None = None) -> tuple[Any, str]:

@@ -45,9 +45,11 @@ _FULL_DISK = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
     "InternalError", "ServiceUnavailable", "503", "500", "502", "504",
+    "ConditionalRequestConflict",  # 409: another conditional write to the key is in flight
 }  # fmt: skip
 _TRANSIENT_NAMES = {
     "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
     "ResponseStreamingError", "IncompleteRead", "ClientPayloadError", "ServerDisconnectedError",
     "ClientConnectorError", "ClientOSError", "FSTimeoutError", "ResponseParserError",
+    "IncompleteReadError", "FlexibleChecksumError",  # botocore: a short or altered body
 }  # fmt: skip
