@@ -65,16 +65,22 @@ class ShardSet:
 
 
 def shard_set(
-    source: str | Sequence[str], storage, expect: str | None = None, **keys: Any
+    source: str | Sequence[str],
+    storage,
+    expect: str | None = None,
+    *,
+    missing_ok: bool = False,
+    **keys: Any,
 ) -> ShardSet:
     """The shards a source names (a pattern, folder, file, list of files or a shard list file),
-    all of one format (`expect`, when given)."""
+    all of one format (`expect`, when given); `missing_ok`: a pattern's absent shards are left
+    out (a growing dataset), not refused."""
     keys = {**DEFAULT_KEYS, **keys}
     if isinstance(source, str) and source.endswith(LIST_SUFFIX):
         found = read_shard_list(storage, source)
         found = replace(found, keys=keys)
     else:
-        shards = list_shards(storage, source, tuple(FORMATS))
+        shards = list_shards(storage, source, tuple(FORMATS), missing_ok=missing_ok)
         if not shards:
             raise ManifestError(f"{_shown(source)}: no shards there")
         kinds = {FORMATS[_suffix(s.name)] for s in shards}
@@ -129,6 +135,17 @@ def check_image_column(found: ShardSet) -> None:
     if not (pa.types.is_binary(inner) or pa.types.is_large_binary(inner)):
         raise ConfigError(f"{redact_uri(first)}: column {name!r} is {t}, not image bytes (binary "
                           "or {bytes, path}); a manifest of URIs is read with Manifest.read")  # fmt: skip
+
+
+def holds_uris(found: ShardSet) -> bool:
+    """True when a Parquet set's image column holds strings: a manifest of URIs, not shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = found.storage.pyarrow_filesystem(found.shards[0].uri)
+    schema = pq.read_schema(path, filesystem=fs)
+    name = found.keys["image_column"]
+    return name in schema.names and pa.types.is_string(schema.field(name).type)
 
 
 def _suffix(name: str) -> str:
