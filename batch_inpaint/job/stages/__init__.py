@@ -9,7 +9,8 @@ in sight. In the order a row meets them:
 - verify (with --verify): the detector again on each written output (stages/verify.py)
 
 fused.py runs prepare, model and finish in one process (models on the CPU). The columns they pass
-are the work item declared in workitem.py; context.py is what every stage needs. A row that fails
+are the work item declared in workitem.py (map_rows: the row-by-row pivot); context.py is what
+every stage needs; timing.py's StageClock fills each stage's seconds a row. A row that fails
 anywhere becomes an error row and travels on, so every manifest row reaches the metadata; every
 other manifest column is passed through untouched.
 """

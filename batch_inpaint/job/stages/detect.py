@@ -10,7 +10,6 @@ the mask the job used under {output}/masks/ (`save_mask`); docs/masks.md has the
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ from batch_inpaint.job.driver.detect_checks import check_detection  # noqa: F401
 from batch_inpaint.job.io.writers import open_writer
 from batch_inpaint.job.stages.attempts import Attempts, counted_table
 from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.timing import StageClock
 from batch_inpaint.job.stages.workitem import (
     DETECT_MASK,
     DETECTED,
@@ -146,32 +146,29 @@ class DetectStage:
         out: dict[str, list] = {f.name: [None] * n for f in DETECTED.schema}
         out[STATUS] = [Status.PENDING.value] * n
         todo: list[tuple[int, np.ndarray, list[str]]] = []
+        clock = StageClock(T_DETECT, n)  # rows that do not detect: null
         for i, row in enumerate(rows):
-            t0 = time.perf_counter()
             try:
                 qs = queries_of(row, cfg.detection.detect)
                 if qs and row.get("id") and row.get("image"):  # else prepare says what's wrong
-                    if given_up is not None:
-                        raise given_up
-                    todo.append((i, self._read(row), qs))
+                    with clock.row(i):  # a read that fails took its time too
+                        if given_up is not None:
+                            raise given_up
+                        todo.append((i, self._read(row), qs))
             except Exception as exc:  # noqa: BLE001 - a bad row becomes data, never a crash
                 self._fail(out, i, row.get("id"), exc)
-            if out[STATUS][i] == Status.ERROR.value or (todo and todo[-1][0] == i):
-                out[T_DETECT][i] = time.perf_counter() - t0
         step = cfg.detection.detect_batch_size
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
-            t0 = time.perf_counter()
-            found = self._detect(chunk, rows, out)
-            share = (time.perf_counter() - t0) / len(chunk)
-            for i, _, _ in chunk:
-                out[T_DETECT][i] += share
+            with clock.share(i for i, _, _ in chunk):
+                found = self._detect(chunk, rows, out)
             for (i, _, qs), res in found:
                 out[DETECTIONS][i] = [d.to_dict() for d in res.detections]
                 if res.found:
                     out[DETECT_MASK][i] = encode_mask(res.mask)
                 else:
                     out[NOTE][i] = self._nothing_found(qs)
+        out[T_DETECT] = clock.seconds
         cols = {f.name: pa.array(out[f.name], f.type) for f in DETECTED.schema}
         return DETECTED.check(replace_columns(table, cols))
 

@@ -7,7 +7,6 @@ results, or becomes an error row when the model fails on it (alone, after splitt
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -18,6 +17,7 @@ from batch_inpaint.errors import InpaintError
 from batch_inpaint.image.inpaint import region_seed
 from batch_inpaint.job.stages.attempts import Attempts, counted, given_up
 from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.timing import StageClock
 from batch_inpaint.job.stages.workitem import (
     CROP_MASKS,
     CROPS,
@@ -32,6 +32,7 @@ from batch_inpaint.job.stages.workitem import (
     STATUS,
     T_MODEL,
     ModelOutcome,
+    map_rows,
     params_from,
     pixels_from,
     replace_columns,
@@ -42,6 +43,7 @@ from batch_inpaint.models.memory import pass_memory_gb
 from batch_inpaint.vocab import ErrorKind, Status
 
 InpainterFactory = Callable[[JobContext], Inpainter]  # picklable: Ray ships it to each actor
+_WRITTEN = pa.schema([MODELLED.schema.field(n) for n in (STATUS, ERROR_KIND, ERROR, RESULTS)])
 
 
 class ModelStage:
@@ -67,28 +69,22 @@ class ModelStage:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         MODEL_INPUT.check(table)
-        t0 = time.perf_counter()
         status = table.column(STATUS).to_pylist()
         pending = [i for i, s in enumerate(status) if s == Status.PENDING.value]
-        ids = table.column("id").to_pylist()
-        outcome = self._counted(table, pending, ids) if pending else ModelOutcome()
-        share = (time.perf_counter() - t0) / max(1, len(pending))
-        kinds = table.column(ERROR_KIND).to_pylist()
-        errors = table.column(ERROR).to_pylist()
-        for i, exc in outcome.failures.items():
-            status[i] = Status.ERROR.value
-            kinds[i], errors[i] = row_error(ids[i], exc)
-        rows = range(table.num_rows)
-        in_model = set(pending)
-        types = MODELLED.schema
-        values = {
-            STATUS: status,
-            ERROR_KIND: kinds,
-            ERROR: errors,
-            RESULTS: [outcome.results.get(i) for i in rows],
-            T_MODEL: [share if i in in_model else 0.0 for i in rows],
-        }
-        columns = {name: pa.array(v, types.field(name).type) for name, v in values.items()}
+        clock = StageClock(T_MODEL, table.num_rows, idle=0.0)  # skipped and error rows: 0.0
+        with clock.share(pending):
+            ids = table.column("id").to_pylist()
+            outcome = self._counted(table, pending, ids) if pending else ModelOutcome()
+
+        def one(i: int, row: dict) -> dict:
+            exc = outcome.failures.get(i)
+            if exc is not None:
+                kind, error = row_error(row["id"], exc)
+                return {STATUS: Status.ERROR.value, ERROR_KIND: kind, ERROR: error}
+            return {**row, RESULTS: outcome.results.get(i)}
+
+        columns = map_rows(table, one, _WRITTEN, reads=("id", STATUS, ERROR_KIND, ERROR))
+        columns[T_MODEL] = clock.array()
         return MODELLED.check(replace_columns(table.drop_columns([CROPS, CROP_MASKS]), columns))
 
     def _counted(self, table: pa.Table, pending: list[int], ids: list) -> ModelOutcome:

@@ -24,7 +24,6 @@ their own and no queries).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from batch_inpaint.job.driver.results import output_rel
 from batch_inpaint.job.io.writers import open_writer
 from batch_inpaint.job.stages.attempts import counted_table
 from batch_inpaint.job.stages.context import JobContext
+from batch_inpaint.job.stages.timing import StageClock
 from batch_inpaint.job.stages.workitem import replace_columns
 from batch_inpaint.vocab import TRANSIENT_KINDS, ErrorKind, Status
 
@@ -107,20 +107,19 @@ def verify_table(
             queries.append(qs)
     found: dict[int, Residual | BaseException] = {}
     pictures: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    t0 = time.perf_counter()
-    for i in todo:
-        try:
-            if given_up is not None:
-                raise given_up
-            pictures[i] = _read(rows[i], ctx)
-        except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
-            found[i] = exc
-    ready = [(i, q) for i, q in zip(todo, queries, strict=True) if i in pictures]
-    found.update(_detect(provider, [i for i, _ in ready], [q for _, q in ready], pictures))
+    clock = StageClock(SECONDS, len(rows))  # rows not verified: null
+    with clock.share(todo):  # reading and detecting, per row
+        for i in todo:
+            try:
+                if given_up is not None:
+                    raise given_up
+                pictures[i] = _read(rows[i], ctx)
+            except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
+                found[i] = exc
+        ready = [(i, q) for i, q in zip(todo, queries, strict=True) if i in pictures]
+        found.update(_detect(provider, [i for i, _ in ready], [q for _, q in ready], pictures))
     columns = {name: [row.get(name) for row in rows] for name in _COLUMNS}
-    share = (time.perf_counter() - t0) / max(len(todo), 1)  # reading and detecting, per row
-    for i in todo:
-        columns[SECONDS][i] = share
+    columns[SECONDS] = clock.seconds
     for i, res in found.items():
         _apply(columns, i, rows[i], res, cfg.detection.max_residual)
     return replace_columns(table, {n: pa.array(v, _COLUMNS[n]) for n, v in columns.items()})
