@@ -36,7 +36,7 @@ SMOKE = {
 }
 # Not in a smoke run: it starts Ray and loads a 1.3 B-parameter model (tests/test_bench.py runs
 # it, marked slow).
-SMOKE_SKIP = {"sd2-job", "c3"}  # c3: drivers of local Ray in processes (tests/test_bench.py)
+SMOKE_SKIP = {"sd2-job", "c3", "s1"}  # c3, s1: drivers in processes (tests/test_bench.py)
 # `python -m bench gpu --quick`: each GPU workload cut down so all of them fit about 5 minutes on
 # one H200 (scripts/gpu-check.sh); options given after `gpu` override these. A GPU workload added
 # elsewhere (bench/detect.py, ...) registers in WORKLOADS (bench/__init__.py) and puts its short
@@ -91,6 +91,8 @@ def parser() -> argparse.ArgumentParser:
         "sd2-job (4)",
     )
     a("--plan-rows", type=int, help="c3: manifest rows of the planning-only measurement (10 M)")
+    a("--shards", type=int, help="s1: shards of each layout (default: rows / 1,000)")
+    a("--s3-rows", type=int, help="s1: rows through the local S3 server (default: rows / 10)")
     a("--warmup", type=int, default=1, help="untimed calls before timing (compiled: >= 2)")
     a("--repeats", type=int, default=2, help="timed calls per variant")
     a("--variants", help="comma-separated variant names to keep (default: all)")
