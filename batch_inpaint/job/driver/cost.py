@@ -18,7 +18,7 @@ from pathlib import Path
 
 from batch_inpaint.errors import ConfigError
 
-RECORDS = Path(__file__).resolve().parents[2] / "bench" / "results"
+RECORDS = Path(__file__).resolve().parents[3] / "bench" / "results"
 # Dense (no sparsity) fp16 tensor-core peaks, TFLOP/s, from the vendors' data sheets (half of the
 # "with sparsity" figure); A10G: AWS's variant of the A10, whose tensor rate AWS does not publish
 # (the figure commonly reported for it).
