@@ -1,13 +1,17 @@
 """The package's layers, read from its imports (every import, inside functions too; those under
 `if TYPE_CHECKING:` are types only, never run): no import circle between its modules, nothing
-below the job importing upward, and Ray imported only by the Ray executor (job/executors/)."""
+below the job importing upward, Ray imported only by the executors (job/executors/), torch only
+where models run; no module above 350 lines; and tests/job/ laid out as batch_inpaint/job/ is."""
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batch_inpaint"
+TESTS = Path(__file__).resolve().parent
+MAX_LINES = 350
 BASE = {"errors", "vocab", "option", "params", "batches"}  # plain modules any layer may use
 # What each package below the job may import besides itself and BASE (docs/architecture.md).
 BELOW_THE_JOB = {
@@ -29,6 +33,7 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+@functools.cache
 def _imports(path: Path, name: str) -> list[tuple[str, int]]:
     """(module imported, line) for every import in the file, relative ones resolved."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -47,7 +52,18 @@ def _imports(path: Path, name: str) -> list[tuple[str, int]]:
                 mod = ".".join(up + ([mod] if mod else []))
             found.append((mod, node.lineno))
             found += [(f"{mod}.{a.name}", node.lineno) for a in node.names]
+        elif _dynamic(node):  # importlib.import_module("ray"), __import__("ray"): imports too
+            found.append((node.args[0].value, node.lineno))
     return found
+
+
+def _dynamic(node: ast.AST) -> bool:
+    """A call of import_module or __import__ with a constant module name."""
+    if not (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)):
+        return False
+    f = node.func
+    name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+    return name in ("import_module", "__import__") and isinstance(node.args[0].value, str)
 
 
 def _graph(mods: dict[str, Path]) -> dict[str, set[str]]:
@@ -146,3 +162,61 @@ def test_ray_is_imported_only_by_the_ray_executor():
                     wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}")
     assert users, "no module imports ray: the check reads nothing"
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_import_reader_sees_dynamic_imports(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("import importlib\nimportlib.import_module('ray.data')\n__import__('torch')\n"
+                    "importlib.import_module(f'x.{1}')\n", encoding="utf-8")  # fmt: skip
+    found = {t for t, _ in _imports(path, "probe")}
+    assert found == {"importlib", "ray.data", "torch"}  # an f-string name is not read
+
+
+def _users(prefix: str) -> dict[str, list[str]]:
+    """Package module -> the lines where it imports `prefix` (or a submodule of it)."""
+    out: dict[str, list[str]] = {}
+    for name, path in _modules().items():
+        for target, line in _imports(path, name):
+            if target == prefix or target.startswith(prefix + "."):
+                out.setdefault(name, []).append(f"{path.relative_to(PACKAGE.parent)}:{line}")
+    return out
+
+
+def test_torch_is_imported_only_where_models_run():
+    """The driver's bookkeeping, the stages' glue, storage, manifests and images stay light: torch
+    comes in through the models and detectors (and two lazy device counts), never directly."""
+    allowed = ("batch_inpaint.models.", "batch_inpaint.detect.")
+    lazy = {"batch_inpaint.job.executors", "batch_inpaint.cli.demo"}  # cuda device counts
+    users = _users("torch")
+    assert any(u.startswith(allowed) for u in users), "no model imports torch: nothing read"
+    wrong = [line for u, lines in users.items() if not u.startswith(allowed) and u not in lazy
+             for line in lines]  # fmt: skip
+    assert not wrong, "torch imported outside models/ and detect/:\n" + "\n".join(wrong)
+
+
+def test_no_module_is_longer_than_350_lines():
+    sizes = {
+        path: len(path.read_text(encoding="utf-8").splitlines()) for path in _modules().values()
+    }
+    assert len(sizes) > 100
+    long = [f"{p.relative_to(PACKAGE.parent)}: {n} lines" for p, n in sorted(sizes.items())
+            if n > MAX_LINES]  # fmt: skip
+    assert not long, f"modules above {MAX_LINES} lines (split them by concern):\n" + "\n".join(long)
+
+
+# tests/job/ at its top level: the end-to-end tests of the whole job (and shared helpers); every
+# other job test sits in the folder of the role it tests.
+END_TO_END = {"test_contract.py", "test_first_day.py", "test_error_rate.py"}
+
+
+def test_tests_mirror_the_job_layout():
+    job = PACKAGE / "job"
+    roles = sorted(p.name for p in job.iterdir() if (p / "__init__.py").is_file())
+    assert {"stages", "driver", "report", "io", "executors"} <= set(roles)
+    for role in roles:
+        folder = TESTS / "job" / role
+        assert (folder / "__init__.py").is_file(), f"tests/job/{role}/ is missing"
+        assert list(folder.glob("test_*.py")), f"tests/job/{role}/ has no test"
+    top = {p.name for p in (TESTS / "job").glob("test_*.py")}
+    stray = sorted(top - END_TO_END)
+    assert not stray, f"tests/job/ holds {stray}: move each into the folder of the role it tests"
