@@ -164,6 +164,40 @@ def test_ray_is_imported_only_by_the_ray_executor():
     assert not wrong, "\n".join(wrong)
 
 
+# What each part of the job may import from the rest of job/ (docs/architecture.md, "Layout"):
+# io/ is its bottom; the stages (they run on workers) reach no higher than the driver's checks;
+# only run.py picks an executor. The rest (driver, report, pipeline, run) is kept circle-free by
+# test_no_import_circle.
+JOB_MAY_IMPORT = {
+    "io": set(),
+    "stages": {"io", "driver"},
+    "executors": {"pipeline", "stages", "driver", "report", ""},  # "": job/__init__ itself
+    "pipeline": {"stages", "driver"},
+}
+
+
+def test_the_job_parts_import_down():
+    wrong = []
+    for name, path in _modules().items():
+        parts = name.split(".")
+        if parts[:2] != ["batch_inpaint", "job"] or len(parts) < 3:
+            continue
+        part = parts[2]
+        for target, line in _imports(path, name):
+            t = target.split(".")
+            if t[:2] != ["batch_inpaint", "job"]:
+                continue
+            to = t[2] if len(t) > 2 else ""
+            if to == part:
+                continue
+            where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+            if part in JOB_MAY_IMPORT and to not in JOB_MAY_IMPORT[part]:
+                wrong.append(where)
+            elif to == "executors" and part != "run":
+                wrong.append(where + " (only job/run.py picks an executor)")
+    assert not wrong, "\n".join(sorted(set(wrong)))
+
+
 def test_the_import_reader_sees_dynamic_imports(tmp_path):
     path = tmp_path / "probe.py"
     path.write_text("import importlib\nimportlib.import_module('ray.data')\n__import__('torch')\n"
