@@ -105,23 +105,21 @@ def new_shards(cfg):
     from batch_inpaint.errors import NotFoundError
     from batch_inpaint.job.driver.results import read_results
     from batch_inpaint.job.io.output_folder import DATA, OutputFolder
-    from batch_inpaint.manifest.shard_set import holds_uris, shard_set
+    from batch_inpaint.manifest.shard_set import find_shard_set
     from batch_inpaint.storage.store import Storage
     from batch_inpaint.vocab import ErrorKind
 
     storage = Storage(cfg.storage_options())
     s = cfg.shards
-    try:
-        found = shard_set(cfg.manifest, storage, missing_ok=True, image_column=s.image_column,
-                          mask_column=s.mask_column, id_column=s.id_column,
-                          mask_member=s.mask_member)  # fmt: skip
-    except InpaintError:
-        return None  # not shards: the job reads it as a manifest of URIs (and says what is wrong)
-    if found.format == "parquet" and holds_uris(found):
-        return None
+    found = find_shard_set(cfg.manifest, storage, missing_ok=True, image_column=s.image_column,
+                           mask_column=s.mask_column, id_column=s.id_column,
+                           mask_member=s.mask_member)  # fmt: skip
+    if found is None:
+        return None  # a manifest of URIs
     data = OutputFolder(storage, cfg.output).uri(DATA)
     try:  # one listing: the shards written, whole (a temp name is hidden: '.x')
-        written = {uri[len(data) + 1 :] for uri in storage.list(data)}
+        names = (uri[len(data) + 1 :] for uri in storage.list(data))
+        written = {n for n in names if not any(p[:1] in "._" for p in n.split("/"))}
     except NotFoundError:
         written = set()
     redo = set()

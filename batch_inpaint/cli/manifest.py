@@ -42,6 +42,27 @@ def storage_from_args(args: argparse.Namespace) -> Any:
     return Storage(options)
 
 
+def add_shard_flags(p: argparse.ArgumentParser, sources: bool) -> None:
+    """Where shards keep a row's image, mask and id (as `run`'s flags); `build`: the sources."""
+    g = p.add_argument_group("shards" + (" (instead of --images; -o NAME.shards.json)"
+                                         if sources else ""))  # fmt: skip
+    if sources:
+        g.add_argument("--webdataset", metavar="SOURCE", help="WebDataset tars: a folder, a "
+                       "file or a pattern such as 's3://b/shards/{00000..00099}.tar'")  # fmt: skip
+        g.add_argument("--parquet-dataset", metavar="SOURCE", help="Parquet with image bytes "
+                       "(`datasets`, img2dataset): a folder, a file or a pattern")  # fmt: skip
+    g.add_argument("--image-column", default="image", help="(Parquet) default: %(default)s")
+    g.add_argument("--mask-column", default="mask", help="(Parquet) default: %(default)s")
+    g.add_argument("--id-column", help="(Parquet) default: id, else <shard>:<row index>")
+    g.add_argument("--mask-member", default="mask.png", help="(WebDataset) default: %(default)s")
+
+
+def _shard_keys(args: argparse.Namespace) -> dict:
+    return {
+        k: getattr(args, k) for k in ("image_column", "mask_column", "id_column", "mask_member")
+    }
+
+
 def add_parser(sub: Any) -> None:
     from batch_inpaint.cli.flags import examples
 
@@ -62,15 +83,7 @@ def add_parser(sub: Any) -> None:
         "batch-inpaint manifest build --images photos/ --detect 'text,logo' -o manifest.parquet",
     ))  # fmt: skip
     b.add_argument("--images", help="directory or prefix of images")
-    g = b.add_argument_group("shards (instead of --images): a shard list file, *.shards.json")
-    g.add_argument("--webdataset", metavar="SOURCE", help="WebDataset tars: a folder, a file or "
-                   "a pattern such as 's3://b/shards/{00000..00099}.tar'")  # fmt: skip
-    g.add_argument("--parquet-dataset", metavar="SOURCE", help="Parquet with image bytes (a "
-                   "`datasets` or img2dataset dataset): a folder, a file or a pattern")  # fmt: skip
-    g.add_argument("--image-column", default="image", help="(Parquet) default: %(default)s")
-    g.add_argument("--mask-column", default="mask", help="(Parquet) default: %(default)s")
-    g.add_argument("--id-column", help="(Parquet) default: id, else <shard>:<row index>")
-    g.add_argument("--mask-member", default="mask.png", help="(WebDataset) default: %(default)s")
+    add_shard_flags(b, sources=True)
     b.add_argument("--masks", help="directory or prefix of masks")
     b.add_argument(
         "--mask-pattern",
@@ -99,8 +112,9 @@ def add_parser(sub: Any) -> None:
         "batch-inpaint manifest validate s3://b/manifest.parquet --sample 1000 --report bad.csv",
         "batch-inpaint manifest validate ids.parquet --detect 'watermark'    # rows without masks",
     ))  # fmt: skip
-    v.add_argument("uri", help="manifest URI")
-    v.add_argument("--sample", type=int, help="check objects of N random rows only")
+    v.add_argument("uri", help="manifest URI, or shards (a folder, pattern or .shards.json)")
+    v.add_argument("--sample", type=int, help="check objects of N random rows only (shards: "
+                   "read N random shards)")  # fmt: skip
     v.add_argument("--no-objects", action="store_true", help="check rows only, fetch nothing")
     v.add_argument("--decode", action="store_true", help="decode images fully, not headers")
     v.add_argument("--workers", type=int, default=32,
@@ -118,6 +132,7 @@ def add_parser(sub: Any) -> None:
     for f in MaskOptions.__dataclass_fields__.values():
         if f.name in ("threshold", "invert"):
             add_flag(g, f)
+    add_shard_flags(v, sources=False)
     add_storage_flags(v)
     v.set_defaults(func=_validate)
 
@@ -172,9 +187,13 @@ def _build_shards(args: argparse.Namespace, storage: Any) -> int:
     if args.webdataset:
         found = Manifest.from_webdataset(args.webdataset, args.mask_member, storage=storage)
     else:
-        found = Manifest.from_parquet_dataset(args.parquet_dataset, args.image_column,
-                                              args.mask_column, args.id_column,
-                                              storage=storage)  # fmt: skip
+        found = Manifest.from_parquet_dataset(
+            args.parquet_dataset,
+            args.image_column,
+            args.mask_column,
+            args.id_column,
+            storage=storage,
+        )
     written = found.write(args.output)
     flags = [f"--{k.replace('_', '-')} {v}" for k, v in written.config().items() if k != "manifest"]
     print(f"wrote a list of {len(found)} {found.format} shards to {args.output}")
@@ -210,24 +229,24 @@ def _images_only(images: str, storage: Any, queries: str, prompt: str | None) ->
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from batch_inpaint.manifest.shard_set import find_shard_set
     from batch_inpaint.manifest.validation import validate_table
     from batch_inpaint.storage.credentials import check_credentials
 
     storage = storage_from_args(args)
     check_credentials(storage.options, [args.uri])  # one message, not one per row
     queries = [] if args.detect is None else _queries(args.detect)
-    m = read_manifest(args.uri, storage, needs_mask=not queries)
-    report = validate_table(
-        m.table,
-        m.storage,
-        check_objects=not args.no_objects,
-        sample=args.sample,
-        decode=args.decode,
-        max_workers=args.workers,
-        base=m.base,
-        queries=queries,
-        mask_options=_mask_options(args),
-    )
+    shards = find_shard_set(args.uri, storage, **_shard_keys(args))
+    if shards is not None:
+        from batch_inpaint.job.io.shard_check import validate_shards
+
+        report = validate_shards(shards, sample=args.sample, decode=args.decode, queries=queries,
+                                 mask_options=_mask_options(args))  # fmt: skip
+    else:
+        m = read_manifest(args.uri, storage, needs_mask=not queries)
+        report = validate_table(m.table, m.storage, check_objects=not args.no_objects,
+                                sample=args.sample, decode=args.decode, max_workers=args.workers,
+                                base=m.base, queries=queries, mask_options=_mask_options(args))  # fmt: skip
     print(report.format(limit=args.limit))
     if args.report:
         _write_report(report.to_table(), args.report, storage)

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from batch_inpaint.errors import ConfigError, ManifestError
-from batch_inpaint.manifest.shard_listing import Shard, list_shards
+from batch_inpaint.errors import ConfigError, InpaintError, ManifestError
+from batch_inpaint.manifest.shard_listing import Shard, is_pattern, list_shards
 from batch_inpaint.storage.uri import join, redact_uri
 
 LIST_SUFFIX = ".shards.json"
@@ -93,6 +93,26 @@ def shard_set(
                          source if isinstance(source, str) else None, keys, storage)  # fmt: skip
     if expect is not None and found.format != expect:
         raise ConfigError(f"{_shown(source)}: {found.format} shards, not {expect}")
+    return found
+
+
+def find_shard_set(
+    source: str, storage, *, missing_ok: bool = False, **keys: Any
+) -> ShardSet | None:
+    """The shard set a manifest argument names, or None when it is a manifest of URIs (a
+    Parquet file or folder whose image column holds strings, or where no shard is listed). A
+    source that can only be shards (a pattern, a .tar, a shard list) says what is wrong."""
+    sure = source.endswith((LIST_SUFFIX, ".tar")) or is_pattern(source)
+    try:
+        found = shard_set(source, storage, missing_ok=missing_ok, **keys)
+    except InpaintError:
+        if sure:
+            raise
+        return None
+    if found.format == "parquet":
+        if holds_uris(found):
+            return None
+        check_image_column(found)
     return found
 
 

@@ -126,35 +126,42 @@ class ValidationReport:
 
 def _probe(storage: Storage, uri: str, decode: bool) -> dict[str, Any]:
     """Size (after EXIF orientation) and alpha of an image, from its header where possible."""
+    if decode:
+        return probe_bytes(storage.read_bytes(uri), redact_uri(uri), decode=True)
+    data = storage.read_bytes(uri, 0, HEAD_BYTES)
+    whole = (lambda: storage.read_bytes(uri)) if len(data) >= HEAD_BYTES else None
+    return probe_bytes(data, redact_uri(uri), whole=whole)
+
+
+def probe_bytes(data: bytes, where: str, decode: bool = False, whole: Any = None) -> dict[str, Any]:
+    """_probe on bytes in hand (shards hold them); `whole()` reads the rest when the header is
+    longer than `data`. Errors name `where`."""
     from PIL import Image
 
-    from batch_inpaint.image.codec import check_format
+    from batch_inpaint.image.codec import check_format, open_image
 
     if decode:
-        from batch_inpaint.image.codec import open_image
-
-        im = open_image(storage.read_bytes(uri))
+        im = open_image(data)
         return {"size": im.size, "alpha": _has_alpha(im)}
-    data = storage.read_bytes(uri, 0, HEAD_BYTES)
     if not data:
-        raise DecodeError(f"{redact_uri(uri)}: empty object (0 bytes)")
+        raise DecodeError(f"{where}: empty object (0 bytes)")
     for attempt in (0, 1):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 try:
                     check_format(im)
                 except DecodeError as bad:
-                    raise DecodeError(f"{redact_uri(uri)}: {bad}") from None
+                    raise DecodeError(f"{where}: {bad}") from None
                 w, h = im.size
                 if _orientation(im) in (5, 6, 7, 8):  # rotated 90°: EXIF transposes it
                     w, h = h, w
                 return {"size": (w, h), "alpha": _has_alpha(im)}
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            if attempt == 0 and len(data) >= HEAD_BYTES:
-                data = storage.read_bytes(uri)  # header longer than our first read
+            if attempt == 0 and whole is not None:
+                data = whole()  # header longer than our first read
                 continue
             why = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
-            raise DecodeError(f"{redact_uri(uri)}: not a readable image: {why}") from None
+            raise DecodeError(f"{where}: not a readable image: {why}") from None
     raise AssertionError("unreachable")
 
 
