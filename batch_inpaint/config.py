@@ -30,14 +30,14 @@ from batch_inpaint.params import (
     MaskOptions,
     row_overrides,
 )
+from batch_inpaint.shard_options import EXTENSIONS, ShardOptions, set_formats
 
 DEVICES = ("auto", "cuda", "cpu")
 DTYPES = ("auto", "fp16", "bf16", "fp32")
 ATTENTION = ("slicing", "sdpa", "auto")
-FORMATS = ("png", "jpeg", "webp")
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+FORMATS = ("auto", "files", "parquet", "webdataset", *EXTENSIONS)  # an encoding: files (old)
 PARTS = {"geometry": GeometryOptions, "mask": MaskOptions, "generation": GenerationParams,
-         "detection": DetectionOptions}  # fmt: skip
+         "detection": DetectionOptions, "shards": ShardOptions}  # fmt: skip
 
 __all__ = ["KEYS", "JobConfig", "job_yaml", "row_overrides"]
 
@@ -58,11 +58,12 @@ class JobConfig:
     them with `dataclasses.replace(cfg, steps=30)` (flat keys accepted, checked again)."""
 
     # fmt: off
-    manifest: str = option("", group="job",
-                           help="URI of the manifest (a Parquet file or a folder of parts)")
+    manifest: str = option("", group="job", help="URI of the manifest (Parquet, or a folder of "
+                           "parts), or shards (Parquet with image bytes, WebDataset .tar)")
     output: str = option("", group="job",
                          help="URI of the output folder (images/, metadata/, run.json, "
                          "report.html)")
+    shards: ShardOptions = _part(ShardOptions, "job")
     backend: str = option("diffusers", group="model", choices=BACKENDS,
                           help="diffusers: SD inpainting weights; opencv: classical, CPU; "
                           "tiny: random test checkpoint; lama: a LaMa fill (no prompt)")
@@ -128,8 +129,10 @@ class JobConfig:
                            "a cluster, several GPUs or many rows, else local")
     verbose: bool = option(False, group="execution", help="show Ray's own log lines and "
                            "progress bars on the terminal (they always go to Ray's log files)")
-    output_format: str = option("png", group="outputs", choices=FORMATS,
-                                help="format of output images")
+    output_format: str = option("auto", group="outputs", choices=FORMATS,
+                                help="files (an image a row), parquet or webdataset (shards); "
+                                "auto: the input's own; png|jpeg|webp: files in that encoding")
+    image_format: str = option("png", group="outputs", choices=tuple(EXTENSIONS), help="encoding")
     jpeg_quality: int = option(95, group="outputs", lo=1, hi=100, help="JPEG/WebP quality")
     png_compress_level: int = option(1, group="outputs", lo=0, hi=9,
                                      help="PNG zlib level (1 is fast; 9 is small and slow)")
@@ -215,6 +218,7 @@ class JobConfig:
             from batch_inpaint.models.lama_backend import FP16_REFUSED
 
             raise ConfigError(f"config field 'dtype': {FP16_REFUSED}")
+        set_formats(self)  # output_format png|jpeg|webp: files in that image_format
         return self
 
     def require_io(self) -> JobConfig:
@@ -240,7 +244,7 @@ class JobConfig:
 
     @property
     def extension(self) -> str:
-        return EXTENSIONS[self.output_format]
+        return EXTENSIONS[self.image_format]
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting by its flat YAML key; holds no secret (credentials never enter it)."""

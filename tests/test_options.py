@@ -14,12 +14,15 @@ import pytest
 from batch_inpaint.config import KEYS, JobConfig
 from batch_inpaint.detect.options import DetectionOptions
 from batch_inpaint.errors import ConfigError
+from batch_inpaint.shard_options import ShardOptions
 from tests.fixtures_ray import REPO
 from tests.test_config import BAD_VALUES, _parse, _yaml
 
 # key -> a good value other than the default
 GOOD_VALUES = {
-    "manifest": "s3://b/m.parquet", "output": "s3://b/out/", "backend": "opencv", "model": "m/x",
+    "manifest": "s3://b/m.parquet", "output": "s3://b/out/", "image_column": "jpg",
+    "mask_column": "seg", "id_column": "key", "mask_member": "seg.png",
+    "backend": "opencv", "model": "m/x",
     "revision": "abc123", "device": "cuda", "dtype": "fp16", "attention": "sdpa",
     "vae_tiling": True, "vae": "m/vae", "torch_compile": True, "mode": "crop", "max_side": 512,
     "crop_size": 256,
@@ -36,7 +39,7 @@ GOOD_VALUES = {
     "gpus_per_actor": 0.5,
     "cpus_per_actor": 2.0, "cpus_per_task": 0.5, "max_model_memory_gb": 16.0,
     "address": "ray://head:10001", "executor": "local", "verbose": True,
-    "output_format": "webp", "jpeg_quality": 80, "png_compress_level": 6, "keep_exif": True,
+    "output_format": "webdataset", "image_format": "webp", "jpeg_quality": 80, "png_compress_level": 6, "keep_exif": True,
     "resume": False, "retry_errors": True, "incremental": True, "prune": True,
     "allow_non_empty_output": True, "lock_ttl_s": 60.0,
     "flush_rows": 10, "flush_interval_s": 5.0, "progress_interval_s": 1.0, "max_error_rate": 0.2,
@@ -57,6 +60,7 @@ NESTED = {
     "scheduler": ("generation", "scheduler"),
 }  # fmt: skip
 NESTED.update({f.name: ("detection", f.name) for f in dataclasses.fields(DetectionOptions)})
+NESTED.update({f.name: ("shards", f.name) for f in dataclasses.fields(ShardOptions)})
 
 
 def test_good_values_cover_every_key_and_differ_from_the_defaults():

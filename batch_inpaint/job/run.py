@@ -2,8 +2,8 @@
 
 check (config, manifest, output; nothing written) -> lock -> open the run (what is done;
 the executor connects before anything is written) -> the executor streams result rows into
-metadata parts, with a progress line -> flush -> finalize (invariants, _SUCCESS, run.json,
-report)."""
+metadata parts, with a progress line (shard outputs: each shard written once its rows are
+final) -> flush -> finalize (invariants, _SUCCESS, run.json, report)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def run_job(
                 startup.close(started=False)
             run.echo = echo
         job.writer.flush()
+        if job.shards is not None:  # the shards with nothing left to do (job/io/shard_writer.py)
+            job.shards.finish()
         return finalize(run)
 
 
@@ -101,6 +103,8 @@ def stream(job: plan.Plan, batches: Iterable[pa.Table], startup: Startup | None 
     progress = Progress(job.todo, run.config.progress_interval_s, run.echo, started=run.started)
     try:
         for batch in itertools.chain(first, batches):
+            if job.shards is not None:  # the rows' new images: into their shards, not metadata
+                batch = job.shards.take(batch)
             job.writer.add(batch)
             run.processed += batch.num_rows
             errors = pc.sum(pc.equal(batch.column("status"), Status.ERROR.value)).as_py()

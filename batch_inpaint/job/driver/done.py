@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.job.io.output_folder import OutputFolder, relative  # noqa: F401 - relative: known here
-from batch_inpaint.job.io.writers import FilesWriter
+from batch_inpaint.job.io.writers import FilesWriter, objects_of
 from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
 
 
@@ -66,7 +66,7 @@ def output_rel(value: str | None) -> str | None:
     """A result row's `output` as a path relative to the output root ('images/<key>.<ext>').
     Rows written before outputs were relative hold a full URI: its 'images/...' tail is kept,
     so an output folder that was copied or moved still resumes."""
-    if not value or value.startswith("images/"):
+    if not value or value.startswith(("images/", "data/")):  # data/: a shard row's (shard#index)
         return value
     tail = value.rsplit("/images/", 1)
     return "images/" + tail[1] if len(tail) == 2 else value
@@ -77,7 +77,8 @@ def output_rels(outputs) -> pa.Array:
     outputs = outputs.combine_chunks() if isinstance(outputs, pa.ChunkedArray) else outputs
     outputs = pc.cast(outputs, pa.string())
     tail = pc.replace_substring_regex(outputs, r"^.*/images/", "images/")
-    return pc.if_else(pc.starts_with(outputs, "images/"), outputs, tail)
+    as_is = pc.or_(pc.starts_with(outputs, "images/"), pc.starts_with(outputs, "data/"))
+    return pc.if_else(as_is, outputs, tail)
 
 
 def finished_ids(
@@ -94,8 +95,9 @@ def finished_ids(
     done = pc.is_in(status, value_set=pa.array(DONE))
     if pc.any(done).as_py():
         if "output" in table.column_names:
-            present = (writer or FilesWriter(OutputFolder(storage, output))).present()
-            there = pc.is_in(output_rels(table.column("output")), value_set=present)
+            writer = writer or FilesWriter(OutputFolder(storage, output))
+            held = objects_of(writer, output_rels(table.column("output")))  # a shard holds many
+            there = pc.is_in(held, value_set=writer.present())
             done = pc.and_(done, pc.fill_null(there, False))
         else:
             done = pc.and_(done, pa.array([False] * table.num_rows))

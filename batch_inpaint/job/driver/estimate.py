@@ -209,7 +209,7 @@ def _settings(cfg: JobConfig) -> dict:
     g, geo = opts.generation, opts.geometry
     return {"mode": geo.mode, "max_side": geo.max_side, "crop_size": geo.crop_size,
             "steps": g.num_inference_steps, "guidance": g.guidance_scale,
-            "strength": g.strength, "output_format": cfg.output_format,
+            "strength": g.strength, "output_format": cfg.image_format,
             "resume": cfg.resume, "retry_errors": cfg.retry_errors,
             "max_actors": cfg.max_actors, "gpus_per_actor": cfg.gpus_per_actor}  # fmt: skip
 

@@ -1,10 +1,11 @@
 """The end of a run, on the driver: make the output exact and say whether it is complete.
 
 Compact the metadata to one row per id; keep the rows of ids no longer in the manifest unless
-`prune` (then their rows and images go); list images/ once: an ok row without its object is a
-problem, and an object no row points to is removed only when a run of this job made it (the key of
-a manifest id in one of the job's formats, e.g. after a change of output format, or the temp file
-of such a write cut short); anything else is left alone and counted. Then the report, `_SUCCESS`
+`prune` (then their rows and images go); list the outputs once (the sample writer's: images/, or
+data/ for shards): an ok row without its object is a problem, and an object no row points to is
+removed only when the writer says a run of this job made it (writers.FilesWriter.owns: the key of
+a manifest id in one of the job's formats, or the temp file of such a write cut short; shards:
+anything under data/); anything else is left alone and counted. Then the report, `_SUCCESS`
 only when every check passes, no row failed for a transient reason and error rows of bad input are
 within `max_error_rate` (a breach is a run whose results a pipeline must not consume), and
 run.json last, so run.json never says success without `_SUCCESS`.
@@ -12,8 +13,6 @@ run.json last, so run.json never says success without `_SUCCESS`.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,20 +20,15 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_inpaint.config import EXTENSIONS, JobConfig
+from batch_inpaint.config import JobConfig
 from batch_inpaint.job.driver import results
 from batch_inpaint.job.driver.scan import ManifestScan
 from batch_inpaint.job.io import writers
-from batch_inpaint.job.io.output_folder import IMAGES, MASKS, RUN_JSON, SUCCESS, OutputFolder
+from batch_inpaint.job.io.output_folder import DATA, IMAGES, MASKS, RUN_JSON, SUCCESS, OutputFolder
 from batch_inpaint.job.io.sources import RowSource, open_source
 from batch_inpaint.job.report import summary as report
 from batch_inpaint.manifest.schema import RESULT_SCHEMA
-from batch_inpaint.storage.uri import HASH_CHARS, output_key
 from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
-
-# storage.local's temp file beside a key (".<key[:100]>.<12 hex>.tmp"), left by a write cut short
-# when its process died (node lost, killed): the job's own when the key is.
-_PARTIAL = re.compile(r"(?P<dir>(?:.*/)?)\.(?P<key>[^/]+)\.[0-9a-f]{12}\.tmp")
 
 
 @dataclass
@@ -77,15 +71,19 @@ def finalize(run: RunState) -> dict:
     others = table.filter(pc.invert(in_manifest))
     pruned = 0
     if cfg.prune and others.num_rows:
-        pruned = _delete_outputs(run.folder, others)
+        pruned = _delete_outputs(run.folder, others, rows, run.samples)
         others = others.slice(0, 0)
     row_outputs = _outputs(rows)
     kept = pc.unique(pa.concat_arrays([row_outputs, _outputs(others), _outputs(rows, True),
                                        _outputs(others, True)]))  # fmt: skip
-    missing, removed, unknown = reconcile_images(run.samples, kept, _own_keys(run, rows))
+    ids = pa.concat_arrays([run.scan.result_ids, pc.cast(rows.column("id"), pa.string())
+                            .combine_chunks()])  # fmt: skip
+    samples = run.samples  # the orphan test is the writer's: files and shards differ
+    missing, removed, unknown = reconcile_images(samples, kept, samples.owns(ids))
     mine = missing.filter(pc.is_in(missing, value_set=row_outputs))
     mine = mine.take(pc.sort_indices(mine))
-    bad_outputs = {u: f"missing: no object under {IMAGES}/" for u in mine.slice(0, 21).to_pylist()}
+    where = DATA if getattr(samples, "shards", False) else IMAGES
+    bad_outputs = {u: f"missing: no object under {where}/" for u in mine.slice(0, 21).to_pylist()}
     if table.num_rows:
         compacted = pa.concat_tables([rows, others], promote_options="permissive")
         results.compact(storage, cfg.output, compacted, parts, run.run_id)
@@ -108,6 +106,7 @@ def finalize(run: RunState) -> dict:
     summary.update(
         run_id=run.run_id,
         output=cfg.output,
+        output_format=cfg.output_format,
         success=success,
         problems=check.problems,
         orphans_removed=removed,
@@ -170,38 +169,13 @@ def _transient_errors(rows: pa.Table) -> int:
     return pc.sum(pc.and_(kinds, errors)).as_py() or 0
 
 
-def _own_keys(run: RunState, rows: pa.Table) -> Callable[[str], bool]:
-    """A test for 'a run of this job wrote this object': it is the image key of a manifest id
-    (or of a row in the results) in one of the job's output formats."""
-    ids: set[str] | None = None  # made on the first object no row points to (usually never)
-    by_hash: dict[str, str] | None = None
-
-    def ours(rel: str) -> bool:
-        nonlocal by_hash, ids
-        if ids is None:
-            ids = set(run.scan.result_ids.to_pylist()) | set(rows.column("id").to_pylist())
-        name = rel.removeprefix(f"{IMAGES}/")
-        partial = _PARTIAL.fullmatch(name)
-        if partial and len(partial["key"]) < 100:  # a longer key was cut: can't tell, kept
-            name = partial["dir"] + partial["key"]
-        stem, dot, ext = name.rpartition(".")
-        if not dot or ext not in EXTENSIONS.values():
-            return False
-        if "~" in stem:  # a sanitised key ends in '~' + the id's hash: look the id up by it
-            if by_hash is None:
-                by_hash = {hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()
-                           [:HASH_CHARS]: i for i in ids}  # fmt: skip
-            rid = by_hash.get(stem.rsplit("~", 1)[-1])
-        else:
-            rid = stem if stem in ids else None
-        return rid is not None and output_key(rid, "." + ext) == name
-
-    return ours
-
-
-def _delete_outputs(folder: OutputFolder, table: pa.Table) -> int:
+def _delete_outputs(folder: OutputFolder, table: pa.Table, kept: pa.Table, writer) -> int:
+    """Delete the outputs of pruned rows: the objects that hold them (a shard: the whole shard)
+    and hold no kept row's output."""
     count = 0
-    for rel in _outputs(table).to_pylist():
+    objects = writers.objects_of(writer, _outputs(table))
+    keep = writers.objects_of(writer, _outputs(kept))
+    for rel in pc.unique(objects.filter(pc.invert(pc.is_in(objects, value_set=keep)))).to_pylist():
         folder.delete(rel)
         count += 1
     # the masks detection saved for those rows (masks/<key>.png: the job's own files)

@@ -20,6 +20,8 @@ from batch_inpaint.job.driver.finalize import RunState
 from batch_inpaint.job.driver.lock import LeasedStorage, OutputLock
 from batch_inpaint.job.driver.scan import has_id, scan_manifest
 from batch_inpaint.job.io.output_folder import JOB_JSON, SUCCESS
+from batch_inpaint.job.io.shard_source import with_output_format
+from batch_inpaint.job.io.shard_writer import ShardCommitter, shard_of
 from batch_inpaint.job.stages import detect as detect_stage
 from batch_inpaint.models.availability import check_job_model
 from batch_inpaint.models.spec import ModelSpec, model_spec
@@ -37,6 +39,7 @@ class Plan:
     writer: results.MetadataWriter
     exclude: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
     todo: int = 0
+    shards: ShardCommitter | None = None  # shard outputs: writes each shard once it is final
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Decision:
     exclude: pa.Array
     done: int
     todo: int
+    done_ids: pa.Array = field(default_factory=lambda: pa.array([], pa.string()))
 
 
 def decide(run: RunState) -> Decision:
@@ -73,7 +77,7 @@ def decide_from(run: RunState, table: pa.Table | None) -> Decision:
     n_done += _count(pc.is_in(done, value_set=scan.duplicates))
     left = pc.and_(has_id(scan.ids), pc.invert(pc.or_(in_done, dup)))
     exclude = pa.concat_arrays([done, scan.duplicates])  # an id twice in it does no harm
-    return Decision(exclude, n_done, _count(left))
+    return Decision(exclude, n_done, _count(left), done)
 
 
 def _count(mask) -> int:
@@ -88,6 +92,7 @@ def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState
     check_credentials(storage.options, [cfg.manifest, cfg.output])  # once, before any read
     check_local_model(cfg)
     scan = scan_manifest(storage, cfg)  # every part's schema, the ids, what the manifest reads
+    cfg = with_output_format(cfg, scan.source)  # auto: files, or the shards' own format
     detect_stage.check_detection(cfg, detect_stage.job_queries(storage, cfg))
     guard.check_output_location(cfg.output, scan.inputs)
     state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
@@ -136,7 +141,27 @@ def open_run(run: RunState, state: str, before_writes=None) -> Plan:
         storage, cfg.output, run.run_id, cfg.flush_rows, cfg.flush_interval_s
     )
     writer.add(_with_model_columns(scan.bad_rows, spec.describe()))
-    return Plan(run, spec, writer, decision.exclude, todo)
+    shards = None
+    if getattr(run.samples, "shards", False):
+        shards = shard_committer(run, decision)
+    return Plan(run, spec, writer, decision.exclude, todo, shards)
+
+
+def shard_committer(run: RunState, decision: Decision) -> ShardCommitter:
+    """The committer of a run whose output is shards: how many rows of each shard this run
+    does, which shards to write (not there yet, or with rows to do) and which to re-pack from
+    their output (there, with rows an earlier run finished). One listing of data/."""
+    scan, writer = run.scan, run.samples
+    of = scan.shard_of
+    todo_rows = pc.and_(has_id(scan.ids), pc.invert(pc.is_in(scan.ids, value_set=decision.exclude)))
+    counts = pc.value_counts(pc.cast(of.filter(todo_rows), pa.string()))
+    todo = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(),
+                    strict=True))  # fmt: skip
+    present = {shard_of(f"{r}#0")[0] for r in writer.present().to_pylist()}
+    done_rows = pc.is_in(scan.ids, value_set=decision.done_ids)
+    base = set(pc.unique(pc.cast(of.filter(done_rows), pa.string())).to_pylist()) & present
+    write = [n for n in run.source.names if n not in present or todo.get(n)]
+    return ShardCommitter(writer, run.source, run.config.extension, todo, base, write)
 
 
 def _with_model_columns(bad_rows: pa.Table, model: dict) -> pa.Table:

@@ -31,6 +31,7 @@ class ManifestScan:
         self.bad_rows, self.base = bad_rows, base
         self.inputs = list(inputs)  # what the manifest reads: itself, its image and mask folders
         self.source: RowSource | None = None  # where the rows come from (scan_manifest sets it)
+        self.shard_of: pa.Array | None = None  # shards: each row's shard, by name (dictionary)
         self.duplicates = duplicate_ids(self.ids)  # ids used more than once, each once
         self.result_ids = result_ids(self.ids, self.duplicates)
 
@@ -110,12 +111,15 @@ def scan_manifest(
     from (job/io/sources.py; by default the config's manifest); the scan keeps it."""
     source = source if source is not None else open_source(cfg, storage)
     where = f"manifest {redact_uri(source.uri)}"
-    chunks, folders = [], []
+    chunks, folders, shards = [], [], []
     try:
         source.check(where, needs_mask=not cfg.detection.detect)
         names = [c for c in ("id", "image", "mask") if c in source.schema().names]
-        for batch in source.batches(names):
+        sharded = "shard" in source.schema().names  # shards: the committer counts by shard
+        for batch in source.batches(names + ["shard"] * sharded):
             chunks.append(pc.cast(batch.column("id"), pa.string()))
+            if sharded:
+                shards.append(pc.dictionary_encode(batch.column("shard")))
             folders += [_folders(batch.column(c)) for c in names[1:]]
     except InpaintError:
         raise
@@ -129,6 +133,8 @@ def scan_manifest(
         raise ConfigError(f"cannot read {where}: {exc}") from None
     scan = ManifestScan(pa.chunked_array(chunks, pa.string()), pa.table({}), "", [])
     scan.source = source
+    if shards:
+        scan.shard_of = pa.chunked_array(shards).combine_chunks()
     bad = _bad_mask(scan.ids, scan.duplicates)
     if pc.any(bad).as_py():
         positions, named = bad_positions(scan.ids, bad)

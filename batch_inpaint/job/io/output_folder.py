@@ -5,6 +5,7 @@ operations on them (after datatrove's DataFolder). Nothing else spells `images/`
     _LOCK            the run's lock (job/driver/lock.py)
     job.json         the config and versions, written when a run opens
     images/          one object per ok/skipped row (the files writer, job/io/writers.py)
+    data/            shard outputs: one per input shard, same name (job/io/shard_writer.py)
     masks/           the masks detection used (masks/<key>.png)
     metadata/        result rows in Parquet parts; one file per manifest row's id after finalize
     report.html  run.json  _SUCCESS   written by finalize, _SUCCESS before run.json
@@ -25,6 +26,7 @@ from batch_inpaint.errors import NotFoundError
 from batch_inpaint.storage.uri import join, same_location
 
 IMAGES = "images"
+DATA = "data"
 MASKS = "masks"
 METADATA = "metadata"
 MANIFESTS = "manifests"  # jobs/clean.py's manifests
@@ -35,7 +37,8 @@ SUCCESS = "_SUCCESS"
 LOCK = "_LOCK"
 MARKER = "_BATCH_INPAINT"
 # Every name the job writes directly under its output (guard: never over a user's file).
-OWN_NAMES = (IMAGES, METADATA, MANIFESTS, JOB_JSON, RUN_JSON, REPORT, SUCCESS, LOCK, MASKS, MARKER)
+OWN_NAMES = (IMAGES, DATA, METADATA, MANIFESTS, JOB_JSON, RUN_JSON, REPORT, SUCCESS, LOCK,
+             MASKS, MARKER)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -52,5 +52,7 @@ class ShardFormat(Protocol):
     def read(self, data: bytes, shard: str, columns: ShardColumns) -> pa.Table:
         """The shard's rows in order: ROW_COLUMNS, then whatever else the job may read."""
 
-    def write(self, data: bytes, images: dict[int, tuple[bytes, str]], columns: ShardColumns) -> bytes:
+    def write(
+        self, data: bytes, images: dict[int, tuple[bytes, str]], columns: ShardColumns
+    ) -> bytes:
         """The input shard `data` with the images of the rows in `images` replaced."""

@@ -11,9 +11,9 @@ What a source answers:
 - for the Ray executor: `ray_dataset(data)`, a Ray Dataset of its rows, given the `ray.data`
   module (so this module never imports Ray).
 
-Today's only source is ParquetManifest: a manifest of URIs in Parquet, one file or a folder of
-parts. `open_source` picks the source for a config; the shards issue adds Parquet with image
-bytes and WebDataset tars."""
+Sources: ParquetManifest, a manifest of URIs in Parquet (one file or a folder of parts), and
+ShardSource (job/io/shard_source.py): Parquet with image bytes, or WebDataset tars, read shard
+by shard. `open_source` picks the source for a config from what its `manifest` names."""
 
 from __future__ import annotations
 
@@ -118,8 +118,12 @@ class ParquetManifest:
 
 
 def open_source(cfg, storage) -> RowSource:
-    """The row source a job's config names (today: its manifest of URIs in Parquet)."""
-    return ParquetManifest(storage, cfg.manifest)
+    """The row source a job's config names: shards when it names shards, else its manifest of
+    URIs in Parquet."""
+    from batch_inpaint.job.io.shard_source import find_shards
+
+    found = find_shards(cfg, storage)
+    return found if found is not None else ParquetManifest(storage, cfg.manifest)
 
 
 def check_parts(dataset, where: str, needs_mask: bool = True) -> None:

@@ -11,19 +11,29 @@ answers from its shard list and the result parts, without a LIST call per 1,000 
 - driver side: `present()` / `listing()` (what exists), `remove(uri)` (an orphan or a pruned
   row's output; only the job's own, job/driver/finalize.py decides).
 
-Today's only writer is FilesWriter: one object per row under images/ (+ masks/). `open_writer`
-picks the writer a job's config asks for; the shards issue adds Parquet and WebDataset ones."""
+FilesWriter: one object per row under images/ (+ masks/); ShardWriter (job/io/shard_writer.py):
+one shard per input shard under data/. `open_writer` picks the writer a job's config asks for.
+Finalize's orphan check asks the writer too: `objects(rels)` (the listed object an output
+lives in) and `owns(ids)` (a test for "a run of this job wrote this object")."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import re
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.job.io.output_folder import IMAGES, MASKS, OutputFolder
-from batch_inpaint.storage.uri import output_key
+from batch_inpaint.job.io.shard_writer import ShardWriter
+from batch_inpaint.shard_options import EXTENSIONS, SHARD_FORMATS
+from batch_inpaint.storage.uri import HASH_CHARS, output_key
+
+# storage.local's temp file beside a key (".<key[:100]>.<12 hex>.tmp"), left by a write cut short
+# when its process died (node lost, killed): the job's own when the key is.
+_PARTIAL = re.compile(r"(?P<dir>(?:.*/)?)\.(?P<key>[^/]+)\.[0-9a-f]{12}\.tmp")
 
 
 class SampleWriter(Protocol):
@@ -50,6 +60,12 @@ class SampleWriter(Protocol):
 
     def remove(self, uri: str) -> None:
         """Remove one output that `listing` returned."""
+
+    def objects(self, rels: pa.Array) -> pa.Array:
+        """The listed object (relative) each output name lives in."""
+
+    def owns(self, ids: pa.Array) -> Callable[[str], bool]:
+        """A test for "a run of this job wrote this listed object" (`ids`: the result ids)."""
 
 
 class FilesWriter:
@@ -95,6 +111,43 @@ class FilesWriter:
     def remove(self, uri: str) -> None:
         self.folder.delete_uri(uri)
 
+    def objects(self, rels: pa.Array) -> pa.Array:
+        return rels  # an output is its own object
+
+    def owns(self, ids: pa.Array) -> Callable[[str], bool]:
+        """The image key of a result id in one of the job's encodings (e.g. after a change of
+        image_format), or the temp file of such a write cut short."""
+        known: set[str] | None = None  # made on the first object no row points to (rarely)
+        by_hash: dict[str, str] | None = None
+
+        def ours(rel: str) -> bool:
+            nonlocal by_hash, known
+            if known is None:
+                known = set(ids.to_pylist())
+            name = rel.removeprefix(f"{IMAGES}/")
+            partial = _PARTIAL.fullmatch(name)
+            if partial and len(partial["key"]) < 100:  # a longer key was cut: can't tell, kept
+                name = partial["dir"] + partial["key"]
+            stem, dot, ext = name.rpartition(".")
+            if not dot or ext not in EXTENSIONS.values():
+                return False
+            if "~" in stem:  # a sanitised key ends in '~' + the id's hash: look the id up by it
+                if by_hash is None:
+                    by_hash = {hashlib.sha256(i.encode("utf-8", "surrogatepass")).hexdigest()
+                               [:HASH_CHARS]: i for i in known}  # fmt: skip
+                rid = by_hash.get(stem.rsplit("~", 1)[-1])
+            else:
+                rid = stem if stem in known else None
+            return rid is not None and output_key(rid, "." + ext) == name
+
+        return ours
+
+
+def objects_of(writer: SampleWriter, rels: pa.Array) -> pa.Array:
+    """writer.objects(rels); a writer without it keeps an object per output."""
+    objects = getattr(writer, "objects", None)
+    return rels if objects is None else objects(rels)
+
 
 def mask_rel(row_id: str) -> str:
     """Where detection's mask of a row goes, relative to the output root."""
@@ -103,18 +156,24 @@ def mask_rel(row_id: str) -> str:
 
 def open_writer(cfg, storage) -> SampleWriter:
     """The writer a job's config asks for, over `storage` as it is now (the driver's leased
-    storage while it holds the lock, a worker's own elsewhere). Today: files."""
-    return FilesWriter(OutputFolder(storage, cfg.output), cfg.extension)
+    storage while it holds the lock, a worker's own elsewhere)."""
+    files = FilesWriter(OutputFolder(storage, cfg.output), cfg.extension)
+    if cfg.output_format not in SHARD_FORMATS:
+        return files
+    from batch_inpaint.job.io.shard_source import shard_columns, shard_format
+
+    return ShardWriter(files.folder, shard_format(cfg.output_format), shard_columns(cfg), files)
 
 
 def missing_and_unlisted(
     writer: SampleWriter, keep: pa.Array
 ) -> tuple[pa.Array, list[tuple[str, str]]]:
     """One listing: the outputs in `keep` (relative) that do not exist, and (uri, relative name)
-    of each existing output that `keep` does not name."""
+    of each listed object that holds none of `keep` (writer.objects: a shard holds many)."""
     found, rels = writer.listing()
-    listed = pc.is_in(rels, value_set=keep)
-    missing = keep.filter(pc.invert(pc.is_in(keep, value_set=rels.filter(listed))))
+    held = objects_of(writer, keep)
+    listed = pc.is_in(rels, value_set=held)
+    missing = keep.filter(pc.invert(pc.is_in(held, value_set=rels.filter(listed))))
     unlisted = pc.invert(listed)
     extra: list[tuple[str, str]] = []
     if pc.any(unlisted).as_py():

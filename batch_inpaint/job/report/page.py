@@ -132,7 +132,8 @@ def _facts(summary: dict, table: pa.Table, cfg) -> dict:
         ("mode", f"{geo.mode}, {size}"),
         ("steps", f"not used by {backend}" if unused else g.num_inference_steps),
         ("guidance", f"not used by {backend}" if unused else g.guidance_scale),
-        ("output format", cfg.output_format),
+        ("output format", cfg.image_format if cfg.output_format in ("files", "auto")
+                          else f"{cfg.output_format} shards, {cfg.image_format}"),  # fmt: skip
         ("wall time", charts._secs(wall) if wall else "–"),
         ("rows this run", f"{summary.get('rows_this_run', 0):,}"),
         ("rows/s", summary.get("rows_per_s", 0)),

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from batch_inpaint.job.io.output_folder import (
+    DATA,
     IMAGES,
     LOCK,
     METADATA,
@@ -27,6 +28,7 @@ from batch_inpaint.job.report.pictures import row_pictures as row_pictures
 from batch_inpaint.job.report.pictures import sample_indices
 from batch_inpaint.job.report.residuals import residual_summary as residual_summary
 from batch_inpaint.job.report.residuals import residual_text
+from batch_inpaint.shard_options import SHARD_FORMATS
 from batch_inpaint.storage.uri import is_local, join, local_path
 from batch_inpaint.vocab import DONE
 
@@ -65,7 +67,8 @@ def summary_text(summary: dict, report_uri: str | None) -> str:
     for p in summary.get("problems", []):
         lines.append(f"  problem: {p}")
     out = summary.get("output", "")
-    lines.append(f"  outputs:  {join(out, IMAGES)}/   metadata: {join(out, METADATA)}/")
+    where = DATA if summary.get("output_format") in SHARD_FORMATS else IMAGES  # shards: data/
+    lines.append(f"  outputs:  {join(out, where)}/   metadata: {join(out, METADATA)}/")
     if summary.get("unknown_objects_kept"):
         lines.append(
             f"  note: {summary['unknown_objects_kept']} object(s) under images/ were not written "

@@ -18,6 +18,8 @@ from batch_inpaint.detect.base import detections_arrow_type
 from batch_inpaint.errors import InpaintError
 from batch_inpaint.image import codec, geometry
 from batch_inpaint.job.io.output_folder import OutputFolder
+from batch_inpaint.job.io.shard_source import BYTES
+from batch_inpaint.job.io.shard_writer import OUTPUT_BYTES
 from batch_inpaint.job.io.writers import FilesWriter, open_writer
 from batch_inpaint.job.stages.context import JobContext
 from batch_inpaint.job.stages.timing import StageClock
@@ -53,19 +55,24 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
     described = ctx.spec.describe()
     given = _given_detections(table)  # a `batch-inpaint detect` manifest's: not detected again
     writer = open_writer(cfg, ctx.storage)
+    shards = getattr(writer, "shards", False)  # images go back to the driver (shard_writer.py)
 
     def one(_: int, item: dict) -> dict:
         rid = item["id"]
         status, kind, err = item[STATUS], item[f"{P}error_kind"], item[f"{P}error"]
-        rel = sha = None
+        rel = sha = sent = None
         if status in _OUTPUT_OF:
             try:
-                data = _finish_row(item, cfg)
-                rel = writer.write(rid, data)  # job/io/writers.py: today images/<key>
-                sha = hashlib.sha256(data).hexdigest()
+                if shards and status == Status.SKIPPED.value:  # its shard keeps the input's bytes
+                    data = item.get("image_bytes")
+                else:
+                    data = sent = _finish_row(item, cfg)
+                rel = writer.write(rid, data, item)  # job/io/writers.py: images/<key>, data/...
+                sha = None if data is None else hashlib.sha256(data).hexdigest()
                 status = _OUTPUT_OF[status]
             except Exception as exc:  # noqa: BLE001 - one row's failure stays in its row
                 status, (kind, err), rel, sha = Status.ERROR.value, row_error(rid, exc), None, None
+                sent = None
         params, detections = item[PARAMS], item.get(DETECTIONS)
         return {
             "status": status,
@@ -86,12 +93,18 @@ def finish_batch(table: pa.Table, ctx: JobContext) -> pa.Table:
             "mask_used": item.get(MASK_USED),
             "note": item.get(NOTE),
             "detect_s": item.get(T_DETECT),
+            OUTPUT_BYTES: sent,
         }
 
     reads = ["id", *MODELLED.schema.names, DETECTIONS, MASK_USED, NOTE, T_DETECT, "detections"]
-    out = map_rows(table, one, FINISHED.schema, reads, StageClock("write_s", table.num_rows))
+    schema = FINISHED.schema
+    if shards:  # a shard row: its place, its input's bytes (skipped), its new image (ok)
+        reads += ["shard", "index", "image_bytes"]
+        schema = schema.append(pa.field(OUTPUT_BYTES, pa.binary()))
+    out = map_rows(table, one, schema, reads, StageClock("write_s", table.num_rows))
     writer.close()
-    keep = [c for c in table.column_names if not c.startswith(P) and c not in out]
+    keep = [c for c in table.column_names
+            if not c.startswith(P) and c not in out and c not in BYTES]  # fmt: skip
     result = redact_columns(
         table.select(keep)
     )  # a manifest column named like a result one gives way
@@ -144,13 +157,13 @@ def _finish_row(c: dict, cfg: JobConfig) -> bytes:
     exif = c.get(EXIF) if cfg.keep_exif else None
     data = codec.encode_image(
         image,
-        cfg.output_format,
+        cfg.image_format,
         quality=cfg.jpeg_quality,
         png_compress_level=cfg.png_compress_level,
         exif=exif,
     )
     # Checked here, once, so finalize need not read every output back: what is written decodes.
-    if codec.ENCODE_FORMATS.get(cfg.output_format) == "PNG" and exif is None:
+    if codec.ENCODE_FORMATS.get(cfg.image_format) == "PNG" and exif is None:
         codec.check_png(data, (w, h))  # OpenCV's PNG, whole: a full decode cost 6-9 ms a row
         return data
     check = codec.open_image(data, max_pixels=max(cfg.max_pixels, w * h))

@@ -75,16 +75,16 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
     rid = row.get("id")
     if rid is None or str(rid) == "":
         raise InpaintError("row has no id", kind=ErrorKind.MISSING_ID.value)
-    if not row.get("image"):
-        raise InpaintError("row has no image URI", kind=ErrorKind.MISSING_IMAGE.value)
+    if not (row.get("image") or row.get("image_path") or row.get("image_bytes") is not None):
+        raise InpaintError("row has no image (no URI, no bytes)",
+                           kind=ErrorKind.MISSING_IMAGE.value)  # fmt: skip
     opts = ctx.options
     params = row_generation(row, opts.generation)  # a bad per-row value fails this row only
-    image_uri = resolve(str(row["image"]), ctx.manifest_base)
-    data = ctx.storage.read_bytes(image_uri)
+    data, where = _image_of(row, ctx)
     try:
         rgb, alpha = codec.decode_image_with_alpha(data, max_pixels=ctx.config.max_pixels)
     except InpaintError as exc:
-        raise type(exc)(f"image {redact_uri(image_uri)}: {exc}", kind=exc.kind) from None
+        raise type(exc)(f"image {where}: {exc}", kind=exc.kind) from None
     h, w = rgb.shape[:2]
     concerns: list[str] = []  # the mask image's; the final mask's are added below
     if detected is None:
@@ -124,6 +124,15 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
     return item
 
 
+def _image_of(row: Mapping, ctx: JobContext) -> tuple[bytes, str]:
+    """The row's image bytes and where they come from: a shard row's own bytes (never fetched),
+    else its URI's (a manifest's `image`, or a shard struct's `path` when its bytes are null)."""
+    if row.get("image_bytes") is not None:
+        return row["image_bytes"], f"of shard {row.get('shard')} row {row.get('index')}"
+    uri = resolve(str(row.get("image") or row["image_path"]), ctx.manifest_base)
+    return ctx.storage.read_bytes(uri), redact_uri(uri)
+
+
 def build_mask(
     row: Mapping,
     size: tuple[int, int],
@@ -160,6 +169,13 @@ def given_mask(
     None when it gives none. Also what `batch-inpaint detect` adds its detections to.
     `concerns`: the mask image's mask_concerns are appended (grey, another size)."""
     parts = []
+    if row.get("mask_bytes") is not None:  # a shard's mask column or member
+        try:
+            parts.append(masks.mask_from_image(row["mask_bytes"], size=size, options=options,
+                                               concerns=concerns))  # fmt: skip
+        except InpaintError as exc:
+            where = f"of shard {row.get('shard')} row {row.get('index')}"
+            raise type(exc)(f"mask {where}: {exc}", kind=exc.kind) from None
     if row.get("mask"):
         mask_uri = resolve(str(row["mask"]), manifest_base)
         data = storage.read_bytes(mask_uri)

@@ -35,6 +35,7 @@ from batch_inpaint.batches import isolate
 from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.image import codec
 from batch_inpaint.job.driver.results import output_rel
+from batch_inpaint.job.io.shard_writer import OUTPUT_BYTES
 from batch_inpaint.job.io.writers import open_writer
 from batch_inpaint.job.stages.attempts import counted_table
 from batch_inpaint.job.stages.context import JobContext
@@ -138,7 +139,10 @@ def _read(row: dict, ctx: JobContext) -> tuple[np.ndarray, np.ndarray]:
     """The row's written output (RGB) and its mask (bool), as the job wrote them."""
     cfg, storage = ctx.config, ctx.storage
     writer = open_writer(cfg, storage)  # job/io/writers.py: where the row's output went
-    image = codec.decode_image(writer.read(output_rel(row["output"])), max_pixels=cfg.max_pixels)
+    data = row.get(OUTPUT_BYTES)  # a shard row's image: the driver writes its shard later
+    if data is None:
+        data = writer.read(output_rel(row["output"]))
+    image = codec.decode_image(data, max_pixels=cfg.max_pixels)
     mask_rgb = codec.decode_image(writer.read(row["mask_used"]), max_pixels=cfg.max_pixels)
     mask = mask_rgb[..., 0] >= 128
     if mask.shape != image.shape[:2]:
