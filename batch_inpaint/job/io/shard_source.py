@@ -1,8 +1,8 @@
 """Rows from shards (a RowSource, job/io/sources.py): Parquet with image bytes or WebDataset
 tars, read shard by shard with their ShardFormat (io/shard_formats.py).
 
-`--manifest SOURCE` names shards when it is (the kind is found from what is there; the
-listing is io/shard_listing.py's):
+`--manifest SOURCE` names shards when it is (the kind is found from what is there, by
+manifest/shard_set.py, which `manifest validate` and jobs/clean.py share; or a shard list file):
 - a pattern (`s3://b/shards/{00000..00099}.tar`, braces or globs), a `.tar` file, or a folder
   holding `.tar` files: WebDataset;
 - a `.parquet` file, a pattern of them or a folder of them, whose image column
@@ -23,16 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batch_inpaint.errors import ConfigError
-from batch_inpaint.job.io.parquet_shards import SHARD, ParquetShards, image_type
+from batch_inpaint.job.io.parquet_shards import SHARD, ParquetShards
 from batch_inpaint.job.io.shard_formats import ShardColumns, ShardFormat
-from batch_inpaint.job.io.shard_listing import (
-    SHARD_SUFFIXES,
-    Shard,
-    is_pattern,
-    list_shards,
-    shard_root,
-)
-from batch_inpaint.storage.uri import is_local, local_path, redact_uri
+from batch_inpaint.manifest.shard_listing import SHARD_SUFFIXES, Shard, is_pattern
+from batch_inpaint.storage.uri import redact_uri
 
 BYTES = ("image_bytes", "mask_bytes")  # what rows carry to the stages, never into results
 
@@ -157,39 +151,20 @@ def without_bytes(table: pa.Table) -> pa.Table:
 
 
 def find_shards(cfg, storage) -> ShardSource | None:
-    """The shards `cfg.manifest` names (io/shard_listing.py), or None when it is a manifest of
-    URIs: Parquet whose image column holds no bytes, or nothing there (its read says why)."""
-    uri, columns = cfg.manifest, shard_columns(cfg)
-    named = is_pattern(uri) or uri.lower().endswith(SHARD_SUFFIXES)
-    one_file = named and not is_pattern(uri)
-    if one_file and uri.lower().endswith(".parquet") and not _bytes_inside(storage, uri, columns):
+    """The shards `cfg.manifest` names (manifest/shard_set.py: a pattern, folder, file or shard
+    list file), or None when it is a manifest of URIs (its own read says what is wrong)."""
+    from batch_inpaint.manifest.shard_set import find_shard_set
+
+    keys = {k: getattr(cfg.shards, k) for k in ("image_column", "mask_column", "id_column",
+                                                 "mask_member")}  # fmt: skip
+    found = find_shard_set(cfg.manifest, storage, **keys)
+    if found is None:
         return None
-    shards = list_shards(storage, uri, missing_ok=not named)
-    if not shards:
-        return None
-    kinds = {"webdataset" if s.name.lower().endswith(".tar") else "parquet" for s in shards}
-    if len(kinds) > 1:
-        raise ConfigError(f"manifest {redact_uri(uri)}: holds both .tar and .parquet shards; "
-                          "name one kind (a pattern such as *.tar)")  # fmt: skip
-    kind = kinds.pop()
-    if kind == "parquet" and not named and not _bytes_inside(storage, shards[0].uri, columns):
-        return None  # a folder of manifest parts
-    root = shard_root(uri if not is_local(uri) else local_path(uri))
-    where = shards[0].uri if one_file else (root or ".")  # what the guard keeps the output off
-    return ShardSource(storage, where, kind, root or ".", shards, columns)
-
-
-def _bytes_inside(storage, uri: str, columns: ShardColumns) -> bool:
-    """True when the Parquet file's image column holds bytes (a shard), not URIs."""
-    import pyarrow.parquet as pq
-
-    try:
-        fs, path = storage.pyarrow_filesystem(uri)
-        schema = pq.read_schema(path, filesystem=fs)
-    except (OSError, pa.ArrowInvalid):
-        return False  # unreadable: the manifest's own read says why
-    at = schema.get_field_index(columns.image)
-    return at >= 0 and image_type(schema.field(at).type) is not None
+    source = found.source or ""
+    one_file = source.lower().endswith(SHARD_SUFFIXES) and not is_pattern(source)
+    where = found.shards[0].uri if one_file else found.root  # what the guard keeps the output off
+    return ShardSource(storage, where, found.format, found.root, list(found.shards),
+                       shard_columns(cfg))  # fmt: skip
 
 
 def with_output_format(cfg, source):
