@@ -15,7 +15,7 @@ as many tars (`<key>.png`, `<key>.mask.png`, `<key>.json`). Per layout:
   scaled to 10 M rows (`--shards` keeps its rows per shard).
 
 `python -m bench s1` (100,000 rows in 100 shards; S3 at `--s3-rows`, 10,000, in 10 shards),
-`--rows N --shards N`, `--sources files,s3`, `--executor local|ray` (default local: the same
+`--rows N --shards N`, `--sources files,s3`, `--variants files,parquet` (layouts), `--executor local|ray` (default local: the same
 in-process runner for every layout), `--cache-dir DIR`.
 """
 
@@ -134,10 +134,15 @@ class ListCounter:
                 reply = conn.getresponse()
                 data = reply.read()
                 self.send_response(reply.status)
+                head = self.command == "HEAD"  # its Content-Length is the object's
                 for k, v in reply.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    skip = ("transfer-encoding", "connection") + (
+                        () if head else ("content-length",)
+                    )
+                    if k.lower() not in skip:
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if not head:
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
@@ -233,6 +238,7 @@ def s1(args) -> rec.Record:
     shards = getattr(args, "shards", None) or max(1, rows // 1000)
     s3_rows = getattr(args, "s3_rows", None) or max(1, rows // 10)
     sources = (args.sources or "files,s3").split(",")
+    layouts = [x for x in LAYOUTS if not args.variants or x in args.variants.split(",")]
     args.executor = args.executor or "local"
     size = args.size or 64
     cache = Path(args.cache_dir or Path(tempfile.gettempdir()) / "batch-inpaint-s1")
@@ -250,7 +256,7 @@ def s1(args) -> rec.Record:
     runs.mkdir(parents=True)
     if "files" in sources:
         data = make_data(cache / f"data-{rows}-{shards}-{size}", rows, shards, size)
-        for layout in LAYOUTS:
+        for layout in layouts:
             manifest = str(data[layout]) + ("/" if layout != "files" else "")
             r.rows.append(one_layout(layout, manifest, str(runs / f"out-{layout}"), "files",
                                      rows, shards, args, runs))  # fmt: skip
@@ -261,7 +267,7 @@ def s1(args) -> rec.Record:
         data = make_data(cache / f"data-{s3_rows}-{s3_shards}-{size}", s3_rows, s3_shards, size)
         s3 = local_s3()
         uris = _upload(s3, f"s1-{s3_rows}", data)
-        for layout in LAYOUTS:
+        for layout in layouts:
             out = s3.uri(f"s1-{s3_rows}/out-{layout}")
             r.rows.append(one_layout(layout, uris[layout], out, "s3", s3_rows, s3_shards, args,
                                      runs, s3))  # fmt: skip
