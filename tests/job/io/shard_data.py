@@ -17,15 +17,17 @@ W, H = 48, 32
 BAD = b"not an image"  # a row whose image can't decode: an error row of bad input
 
 
-def shard_rows(shard: int, n: int, bad: int | None = None, empty: int | None = None) -> dict:
+def shard_rows(
+    shard: int, n: int, bad: int | None = None, empty: int | None = None, w: int = W, h: int = H
+) -> dict:
     """Columns of one shard: image and mask (bytes), a caption, a number. Row `bad` has bytes
     that are no image; row `empty` has an all-black mask (skipped)."""
     images, masks, paths = [], [], []
     for i in range(n):
         k = shard * 100 + i
-        images.append(BAD if i == bad else png(sample_image(W, H, k)))
-        box = (0, 0, 0, 0) if i == empty else (4 + i % 5, 6, W // 2 + i % 7, H // 2 + 3)
-        masks.append(png(box_mask(W, H, box)))
+        images.append(BAD if i == bad else png(sample_image(w, h, k)))
+        box = (0, 0, 0, 0) if i == empty else (4 + i % 5, 6, w // 2 + i % 7, h // 2 + 3)
+        masks.append(png(box_mask(w, h, box)))
         paths.append(f"img-{k}.png")
     return {
         "image": [{"bytes": b, "path": p} for b, p in zip(images, paths, strict=True)],
@@ -36,17 +38,17 @@ def shard_rows(shard: int, n: int, bad: int | None = None, empty: int | None = N
 
 
 def write_hf_shards(
-    folder: Path, shards: int, rows: int, special: dict | None = None
+    folder: Path, shards: int, rows: int, special: dict | None = None, **size: int
 ) -> list[Path]:
     """Parquet shards as `datasets` writes them (image and mask: the Image struct); `special`:
-    shard number -> shard_rows' bad/empty."""
+    shard number -> shard_rows' bad/empty; `size`: w, h of every image."""
     special = special or {}
     import datasets
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for s in range(shards):
-        ds = datasets.Dataset.from_dict(shard_rows(s, rows, **special.get(s, {})))
+        ds = datasets.Dataset.from_dict(shard_rows(s, rows, **special.get(s, {}), **size))
         ds = ds.cast_column("image", datasets.Image()).cast_column("mask", datasets.Image())
         path = folder / f"train-{s:05d}.parquet"
         ds.to_parquet(str(path))
