@@ -53,8 +53,15 @@ def job_queries(storage, cfg) -> list[str]:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
+    from batch_inpaint.manifest.shard_listing import is_pattern
+
+    if is_pattern(cfg.manifest) or cfg.manifest.endswith((".tar", ".shards.json")):
+        return list(cfg.detection.detect)  # shards by name: a row's `detect` still adds its own
     fs, path = storage.pyarrow_filesystem(cfg.manifest)
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    except (pa.ArrowInvalid, OSError):  # a folder of tars (the scan has read the source)
+        return list(cfg.detection.detect)
     names = [c for c in (QUERY_COLUMN, DONE_COLUMN) if c in dataset.schema.names]
     if not names:
         return list(cfg.detection.detect)
