@@ -39,6 +39,7 @@ def thumb(rgb: np.ndarray) -> str:
 
 def input_and_mask(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray]:
     """The row's input and its mask as the job built it (RGB, white = inpainted)."""
+    row = _with_shard_input(row, storage, cfg)
     rgb, alpha = codec.decode_image_with_alpha(_read_input(row, storage, cfg))
     return rgb, _mask(row, rgb, alpha, storage, cfg)
 
@@ -53,7 +54,8 @@ def row_pictures(row: dict, storage, cfg) -> tuple[np.ndarray, np.ndarray, np.nd
 def error_pictures(row: dict, storage, cfg) -> tuple[list[tuple[str, str]], str | None]:
     """What can be shown of an error row: [(alt, data URI)] of its input and mask, and a note
     saying why a picture is missing (the input was not found, can't be decoded, ...)."""
-    if not row.get("image"):
+    row = _with_shard_input(row, storage, cfg)
+    if not row.get("image") and row.get("image_bytes") is None:
         return [], "no picture: the row names no image"
     try:
         rgb, alpha = codec.decode_image_with_alpha(_read_input(row, storage, cfg))
@@ -82,7 +84,27 @@ def error_pictures(row: dict, storage, cfg) -> tuple[list[tuple[str, str]], str 
 def _read_input(row: dict, storage, cfg) -> bytes:
     from batch_inpaint.storage.uri import manifest_base, resolve
 
+    if row.get("image_bytes") is not None:  # a shard row's own bytes
+        return row["image_bytes"]
     return storage.read_bytes(resolve(row["image"], manifest_base(cfg.manifest)))
+
+
+def _with_shard_input(row: dict, storage, cfg) -> dict:
+    """A shard row (its result names `shard` and `index`) with its input's image and mask bytes,
+    read from its input shard: one shard read per picture card (report_sample cards)."""
+    if row.get("image") or row.get("shard") is None or row.get("index") is None:
+        return row
+    from batch_inpaint.job.io.shard_source import find_shards
+
+    try:
+        source = find_shards(cfg, storage)
+        if source is None or row["shard"] not in source.uris:
+            return row
+        found = source.rows(row["shard"]).slice(int(row["index"]), 1).to_pylist()
+    except Exception:  # noqa: BLE001 - the card shows why there is no picture
+        return row
+    got = found[0] if found else {}
+    return {**row, **{k: got.get(k) for k in ("image_bytes", "mask_bytes", "image_path")}}
 
 
 def _mask(row: dict, rgb: np.ndarray, alpha, storage, cfg) -> np.ndarray:

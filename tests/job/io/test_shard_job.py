@@ -37,6 +37,8 @@ def test_parquet_shards_in_and_out_every_row_once(tmp_path):
     assert by_id["train-00001.parquet:0"]["status"] == "skipped"
     assert by_id["train-00000.parquet:1"]["caption"] == "a photo, shard 0 row 1"  # carried
     assert "image_bytes" not in pq.read_schema(next((out / "metadata").iterdir()))
+    page = (out / "report.html").read_text()
+    assert 'alt="input"' in page and 'alt="output"' in page  # pictures from the shards
 
     again = run_job(_cfg(tmp_path / "in", out), echo=lambda *_: None)  # nothing left to do
     assert again["success"] and again["rows_this_run"] == 0
