@@ -103,7 +103,7 @@ def new_shards(cfg):
     from dataclasses import replace
 
     from batch_inpaint.errors import NotFoundError
-    from batch_inpaint.job.driver.results import read_results
+    from batch_inpaint.job.driver.results import PLAN_COLUMNS, read_results
     from batch_inpaint.job.io.output_folder import DATA, OutputFolder
     from batch_inpaint.manifest.shard_set import find_shard_set
     from batch_inpaint.storage.store import Storage
@@ -123,7 +123,7 @@ def new_shards(cfg):
     except NotFoundError:
         written = set()
     redo = set()
-    results, _ = read_results(storage, cfg.output, ["shard", "status", "error_kind"])
+    results, _ = read_results(storage, cfg.output, [*PLAN_COLUMNS, "shard"])
     if results is not None and "shard" in results.column_names:
         transient = {k.value for k in ErrorKind if k.transient}
         for row in results.select(["shard", "error_kind"]).to_pylist():
