@@ -32,7 +32,7 @@ class StageClock:
         try:
             yield
         finally:
-            self._add(i, time.perf_counter() - t0)
+            self.add(i, time.perf_counter() - t0)
 
     @contextmanager
     def share(self, rows: Iterable[int]) -> Iterator[None]:
@@ -45,9 +45,10 @@ class StageClock:
             if rows:
                 each = (time.perf_counter() - t0) / len(rows)
                 for i in rows:
-                    self._add(i, each)
+                    self.add(i, each)
 
-    def _add(self, i: int, seconds: float) -> None:
+    def add(self, i: int, seconds: float) -> None:
+        """Count `seconds` more for row i."""
         before = self.seconds[i]
         self.seconds[i] = seconds if before is None else before + seconds
 

@@ -59,6 +59,9 @@ def test_map_rows_pivots_rows_into_typed_columns():
     assert list(out) == ["label", "double"]
     assert out["label"].to_pylist() == ["row a", "two", "row c"]
     assert out["double"].type == pa.int32() and out["double"].to_pylist() == [2, None, 6]
+    # nothing read: still one call a row, each with an empty row
+    none = map_rows(table, lambda i, row: {"label": f"{i}{row}"}, schema, reads=["absent"])
+    assert none["label"].to_pylist() == ["0{}", "1{}", "2{}"]
 
 
 def test_map_rows_with_a_clock_times_each_row_into_its_column():
