@@ -107,6 +107,30 @@ def test_c3_runs_kills_resumes_and_plans_at_scale_in_small(tmp_path, capsys):
     assert "== c3" in capsys.readouterr().out
 
 
+def test_s1_runs_files_parquet_and_webdataset_locally_and_through_s3(tmp_path, capsys):
+    """s1's harness on a few rows: each layout through the job, objects written and a resume
+    plan's LIST calls (counted on the wire for the local S3 server)."""
+    code = main(["s1", "--rows", "60", "--shards", "3", "--s3-rows", "40",
+                 "--cache-dir", str(tmp_path / "cache"), "--results-dir", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    (path,) = tmp_path.glob("s1_*.json")
+    rec = json.loads(path.read_text())
+    assert set(rec) >= KEYS
+    rows = {(r["where"], r["layout"]): r for r in rec["rows"]}
+    layouts = ("files", "parquet", "webdataset")
+    assert set(rows) == {(w, x) for w in ("files", "s3") for x in layouts}
+    assert all(r["success"] and r["plan_todo"] == 0 for r in rows.values())
+    assert rows["files", "parquet"]["ok"] == 60 and rows["s3", "webdataset"]["ok"] == 40
+    # files: an object per row; shards: one per shard, and the few every run writes
+    assert rows["files", "files"]["objects_written"] >= 60
+    assert rows["files", "webdataset"]["objects_written"] < 20
+    # a resume plan lists results and outputs: for files every image, for shards data/
+    assert rows["s3", "files"]["list_calls_resume"] >= 1
+    assert rows["files", "files"]["list_calls_resume_10M_computed"] > 10_000
+    assert rows["files", "parquet"]["list_calls_resume_10M_computed"] < 1_000
+    assert "== s1" in capsys.readouterr().out
+
+
 def test_crop_quick_records_cpu_per_row_before_and_after(tmp_path, capsys):
     """`python -m bench crop --quick`: every step of a row timed, the old path beside the new
     with the same pixels, and the cores per GPU at W1's goal."""
