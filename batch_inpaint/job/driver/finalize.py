@@ -171,13 +171,13 @@ def _transient_errors(rows: pa.Table) -> int:
 
 def _delete_outputs(folder: OutputFolder, table: pa.Table, kept: pa.Table, writer) -> int:
     """Delete the outputs of pruned rows: the objects that hold them (a shard: the whole shard)
-    and hold no kept row's output."""
-    count = 0
+    and hold no kept row's output. Returns how many pruned rows' outputs went."""
     objects = writers.objects_of(writer, _outputs(table))
     keep = writers.objects_of(writer, _outputs(kept))
-    for rel in pc.unique(objects.filter(pc.invert(pc.is_in(objects, value_set=keep)))).to_pylist():
+    gone = pc.unique(objects.filter(pc.invert(pc.is_in(objects, value_set=keep))))
+    for rel in gone.to_pylist():
         folder.delete(rel)
-        count += 1
+    count = pc.sum(pc.cast(pc.is_in(objects, value_set=gone), pa.int64())).as_py() or 0
     # the masks detection saved for those rows (masks/<key>.png: the job's own files)
     if "mask_used" in table.column_names:
         for rel in pc.unique(pc.drop_null(table.column("mask_used"))).to_pylist():

@@ -92,3 +92,18 @@ def test_output_formats_and_the_guard(tmp_path):
     assert names == [output_key(f"train-00000.parquet:{i}", ".jpg") for i in (0, 1)]
     assert JobConfig(output_format="webp").output_format == "files"
     assert JobConfig(output_format="webp").image_format == "webp"
+
+
+def test_prune_drops_the_shards_that_left_and_finalize_removes_its_own_strays(tmp_path):
+    shards = write_hf_shards(tmp_path / "in", 2, 2)
+    out = tmp_path / "out"
+    run_job(_cfg(tmp_path / "in", out), echo=lambda *_: None)
+    stray = out / "data" / ".train-00007.parquet.0123456789ab.tmp"  # a write cut short
+    stray.write_bytes(b"half")
+    kept = run_job(_cfg(shards[0], out), echo=lambda *_: None)  # one shard now, no prune
+    assert kept["rows_of_other_manifests_kept"] == 2 and kept["orphans_removed"] == 1
+    assert sorted(p.name for p in (out / "data").iterdir()) == [p.name for p in shards]
+    pruned = run_job(_cfg(shards[0], out, prune=True), echo=lambda *_: None)
+    assert pruned["success"] and pruned["rows_pruned"] == 2  # one shard: its two rows
+    assert [p.name for p in (out / "data").iterdir()] == [shards[0].name]
+    assert {r["shard"] for r in pq.read_table(out / "metadata").to_pylist()} == {shards[0].name}
