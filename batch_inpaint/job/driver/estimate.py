@@ -28,6 +28,7 @@ from batch_inpaint.storage.uri import redact_uri
 from batch_inpaint.vocab import Status
 
 DEFAULT_SAMPLE = 64
+SAMPLE_SHARDS = 2  # shards: the dry run validates this many (manifest validate does them all)
 
 
 def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price: str | None = None,
@@ -54,9 +55,12 @@ def plan_job(config: JobConfig, *, sample: int = DEFAULT_SAMPLE, gpu_hour_price:
     spec = model_spec(cfg.backend, cfg.model, cfg.revision, storage=storage)
     at = random.Random(seed).sample(range(len(todo)), min(sample, len(todo)))  # as sample(todo)
     picked = sorted(todo.take(pa.array(at, pa.int64())).to_pylist())
-    rows = _manifest_rows(storage, cfg, picked)
-    report = (validate_table(rows, storage, base=scan.base, mask_options=cfg.mask)
-              if rows.num_rows else None)  # fmt: skip
+    if scan.shard_of is not None and hasattr(run.source, "rows"):  # shards (job/io/shard_source.py)
+        rows, report = _shard_rows(run, picked), _shard_validation(cfg, storage, seed)
+    else:
+        rows = _manifest_rows(storage, cfg, picked)
+        report = (validate_table(rows, storage, base=scan.base, mask_options=cfg.mask)
+                  if rows.num_rows else None)  # fmt: skip
     ctx = JobContext(cfg, storage, manifest_base=scan.base, spec=spec)
     planned = plan_sample(rows, ctx)
     held = lock_holder(storage, cfg.output, cfg.lock_ttl_s)
@@ -91,6 +95,32 @@ def _manifest_rows(storage, cfg: JobConfig, ids: list[str]) -> pa.Table:
     if not ids:
         return dataset.schema.empty_table()
     return dataset.to_table(filter=pc.field("id").isin(ids))
+
+
+def _output_format(cfg: JobConfig) -> str:
+    shards = cfg.output_format not in ("files", "auto")
+    return f"{cfg.output_format} shards, {cfg.image_format}" if shards else cfg.image_format
+
+
+def _shard_rows(run, ids: list[str]) -> pa.Table:
+    """The sampled rows with their bytes, read from the shards that hold them only."""
+    wanted = pa.array(ids, pa.string())
+    held = run.scan.shard_of.filter(pc.is_in(run.scan.ids, value_set=wanted))
+    tables = [t.filter(pc.is_in(t.column("id"), value_set=wanted))
+              for t in map(run.source.rows, pc.unique(pc.cast(held, pa.string())).to_pylist())]  # fmt: skip
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+
+
+def _shard_validation(cfg: JobConfig, storage, seed: int, shards: int = SAMPLE_SHARDS):
+    """`manifest validate`'s checks on a few shards (job/io/shard_check.py)."""
+    from batch_inpaint.job.io.shard_check import validate_shards
+    from batch_inpaint.manifest.shard_set import find_shard_set
+
+    keys = {k: getattr(cfg.shards, k) for k in ("image_column", "mask_column", "id_column",
+                                                 "mask_member")}  # fmt: skip
+    found = find_shard_set(cfg.manifest, storage, **keys)
+    return validate_shards(found, sample=shards, queries=cfg.detection.detect,
+                           mask_options=cfg.mask, seed=seed)  # fmt: skip
 
 
 def plan_sample(rows: pa.Table, ctx) -> dict:
@@ -209,7 +239,7 @@ def _settings(cfg: JobConfig) -> dict:
     g, geo = opts.generation, opts.geometry
     return {"mode": geo.mode, "max_side": geo.max_side, "crop_size": geo.crop_size,
             "steps": g.num_inference_steps, "guidance": g.guidance_scale,
-            "strength": g.strength, "output_format": cfg.image_format,
+            "strength": g.strength, "output_format": _output_format(cfg),
             "resume": cfg.resume, "retry_errors": cfg.retry_errors,
             "max_actors": cfg.max_actors, "gpus_per_actor": cfg.gpus_per_actor}  # fmt: skip
 

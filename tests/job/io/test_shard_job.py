@@ -107,3 +107,15 @@ def test_prune_drops_the_shards_that_left_and_finalize_removes_its_own_strays(tm
     assert pruned["success"] and pruned["rows_pruned"] == 2  # one shard: its two rows
     assert [p.name for p in (out / "data").iterdir()] == [shards[0].name]
     assert {r["shard"] for r in pq.read_table(out / "metadata").to_pylist()} == {shards[0].name}
+
+
+def test_dry_run_over_shards_plans_from_the_shards_and_writes_nothing(tmp_path):
+    from batch_inpaint.job.driver.estimate import plan_job
+
+    write_hf_shards(tmp_path / "in", 3, 3, {2: {"bad": 0}})
+    plan = plan_job(_cfg(tmp_path / "in", tmp_path / "out"), sample=9)
+    assert plan["rows"] == {"manifest": 9, "done": 0, "bad_ids": 0, "to_do": 9}
+    assert plan["plan"]["sampled"] == 9 and plan["plan"]["errors_by_kind"] == {"decode": 1}
+    assert plan["settings"]["output_format"] == "parquet shards, png"
+    assert plan["validation"]["rows_checked"] > 0
+    assert not (tmp_path / "out").exists()
