@@ -11,6 +11,7 @@ member with the same suffix makes webdataset fail, so it fails here too, naming 
 Ids: a sample's id is its key; a key seen again later in the shard gets `<key>#2`, `<key>#3`...
 (`#` appended until unused), so every sample stays its own row.
 
+Members are found by io/tar_index.py (common headers read directly, anything else by tarfile).
 write() splices the input: members it does not change keep their header and data bytes exactly
 (so do skipped members and anything between them); a replaced image gets a new header made from
 its old one (mode, owner, mtime kept; size new) and, when the new encoding's extension differs
@@ -29,7 +30,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from batch_inpaint.errors import ManifestError
+from batch_inpaint.job.io import tar_index
 from batch_inpaint.job.io.shard_formats import ROW_COLUMNS, ShardColumns
+from batch_inpaint.job.io.tar_index import Member
 
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 _SAME = {"jpeg": "jpg"}  # one encoding, two spellings: no rename between them
@@ -66,8 +69,7 @@ class _Shard:
                 "(decompress it)"
             )
         try:
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-                self.members = tar.getmembers()
+            self.members = tar_index.members(data)
         except (tarfile.TarError, EOFError, OSError) as exc:
             what = "truncated tar" if "unexpected end" in str(exc) else "not a readable tar"
             raise ManifestError(f"{shard}: {what} file ({exc})") from None
@@ -79,7 +81,7 @@ class _Shard:
     def _check_end(self) -> None:
         # tarfile stops quietly at a bad or cut header after the first one: a shard cut short
         # (a writer killed mid-way) has no zero block where its members end.
-        end = self.span(self.members[-1])[1] if self.members else 0
+        end = self.members[-1].end if self.members else 0
         if end > len(self.data):
             raise ManifestError(f"{self.shard}: truncated tar (its last member is cut short)")
         if self.data[end : end + _BLOCK] != bytes(_BLOCK):
@@ -89,9 +91,9 @@ class _Shard:
                 f"{len(self.members)} members read)"
             )
 
-    def _add(self, pos: int, member: tarfile.TarInfo) -> None:
+    def _add(self, pos: int, member: Member) -> None:
         name = member.name
-        if not member.isreg() or _is_meta(name):
+        if not member.regular or _is_meta(name):
             return
         key, suffix = split_name(name)
         if key is None:
@@ -107,16 +109,8 @@ class _Shard:
             )
         sample.members[suffix] = pos
 
-    def span(self, member: tarfile.TarInfo) -> tuple[int, int]:
-        """Where the member's headers start and its padded data ends."""
-        blocks = -(-member.size // _BLOCK) if member.isreg() else 0
-        return member.offset, member.offset_data + blocks * _BLOCK
-
     def content(self, pos: int) -> bytes:
         member = self.members[pos]
-        if member.issparse():
-            with tarfile.open(fileobj=io.BytesIO(self.data), mode="r:") as tar:
-                return tar.extractfile(tar.getmembers()[pos]).read()
         end = member.offset_data + member.size
         if end > len(self.data):
             raise ManifestError(f"{self.shard}: truncated tar ({member.name!r} is cut short)")
@@ -186,11 +180,12 @@ class WebDatasetShards:
         out = io.BytesIO()
         cursor = 0
         for pos, member in enumerate(parsed.members):
-            start, end = parsed.span(member)
+            start, end = member.offset, member.end
             out.write(data[cursor:start])  # e.g. a pax global header
             if pos in changed:
                 magic = data[member.offset_data - _BLOCK + 257 : member.offset_data - _BLOCK + 265]
-                out.write(_header_and_data(member, *changed[pos], gnu=magic == tarfile.GNU_MAGIC))
+                info = member.tarinfo(data)
+                out.write(_header_and_data(info, *changed[pos], gnu=magic == tarfile.GNU_MAGIC))
             else:
                 out.write(data[start:end])
             cursor = end
