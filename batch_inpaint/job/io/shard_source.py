@@ -12,7 +12,7 @@ manifest/shard_set.py, which `manifest validate` and jobs/clean.py share; or a s
 A shard's name is its path relative to the shards' folder (`root`); its rows carry it in the
 `shard` column and their position in `index`. The scan reads ids only where the format allows
 (Parquet: the id column, or the row count when there is none); the executors read whole shards,
-a shard's rows never split between two blocks' shards (a block holds one shard's rows)."""
+and a block never holds rows of two shards."""
 
 from __future__ import annotations
 
@@ -157,7 +157,12 @@ def find_shards(cfg, storage) -> ShardSource | None:
 
     keys = {k: getattr(cfg.shards, k) for k in ("image_column", "mask_column", "id_column",
                                                  "mask_member")}  # fmt: skip
-    found = find_shard_set(cfg.manifest, storage, **keys)
+    try:
+        found = find_shard_set(cfg.manifest, storage, **keys)
+    except ConfigError:
+        if is_pattern(cfg.manifest) or _holds_bytes(storage, cfg.manifest):
+            raise  # shards, with a wrong key: say so
+        return None  # a manifest of URIs with a wrong column: its own check says which
     if found is None:
         return None
     source = found.source or ""
@@ -165,6 +170,18 @@ def find_shards(cfg, storage) -> ShardSource | None:
     where = found.shards[0].uri if one_file else found.root  # what the guard keeps the output off
     return ShardSource(storage, where, found.format, found.root, list(found.shards),
                        shard_columns(cfg))  # fmt: skip
+
+
+def _holds_bytes(storage, uri: str) -> bool:
+    """True when the Parquet file or folder has a column holding bytes (shards, not URIs)."""
+    import pyarrow.dataset as pads
+
+    try:
+        fs, path = storage.pyarrow_filesystem(uri)
+        schema = pads.dataset(path, filesystem=fs, format="parquet").schema
+    except (OSError, pa.ArrowInvalid):
+        return False
+    return any("binary" in str(f.type) for f in schema)
 
 
 def with_output_format(cfg, source):

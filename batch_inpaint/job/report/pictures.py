@@ -149,7 +149,10 @@ def full_size(row: dict, base: str | None = None) -> tuple[str | None, str | Non
         return None if uri_scheme(uri) else "file://" + os.path.abspath(uri)
 
     mask = row.get("mask_used") or None
-    return opened(row.get("image")), mask or opened(row.get("mask")), row.get("output") or None
+    out = row.get("output") or None
+    if out and out.startswith("data/"):  # a row inside a shard: no file of its own to open
+        out = None
+    return opened(row.get("image")), mask or opened(row.get("mask")), out
 
 
 def shown_errors(table: pa.Table, per_kind: int,

@@ -81,6 +81,8 @@ def test_output_formats_and_the_guard(tmp_path):
     shards = write_hf_shards(tmp_path / "in", 1, 2)
     with pytest.raises(ConfigError, match="output_format': webdataset needs webdataset input"):
         run_job(_cfg(tmp_path / "in", tmp_path / "o1", output_format="webdataset"))
+    with pytest.raises(ConfigError, match="no column 'picture' .*name the image column"):
+        run_job(_cfg(tmp_path / "in", tmp_path / "o1", image_column="picture"))
     with pytest.raises(ConfigError, match="lies inside .*which the manifest reads"):
         run_job(_cfg(tmp_path / "in", tmp_path / "in" / "out"))
     with pytest.raises(ConfigError, match="contains"):
