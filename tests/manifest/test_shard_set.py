@@ -132,3 +132,22 @@ def test_manifest_build_writes_a_shard_list(hf_dataset, tars, tmp_path, capsys):
                "-o", str(out)])  # fmt: skip
     assert rc == ExitCode.CONFIG
     assert "give one of --images, --webdataset, --parquet-dataset" in capsys.readouterr().err
+
+
+def test_a_pinned_shard_set_dry_runs_as_the_job_would_read_it(tmp_path):
+    from batch_inpaint import plan_job
+
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    for shard in range(2):
+        with wds.TarWriter(str(folder / f"{shard:05d}.tar"), encoder=False) as writer:
+            for i in range(3):
+                writer.write({"__key__": f"{shard}-{i}", "png": png(i), "seg.png": png(50 + i)})
+    shards = Manifest.from_webdataset(str(folder), mask_member="seg.png")
+    (folder / "00002.tar").write_bytes((folder / "00000.tar").read_bytes())  # arrives later
+    pinned = shards.write(str(tmp_path / "set.shards.json"))
+    cfg = JobConfig(output=str(tmp_path / "out"), backend="opencv", **pinned.config())
+    plan = plan_job(cfg)
+    assert plan["rows"]["manifest"] == 6  # the pinned shards, not the one that came later
+    assert plan["validation"]["problems"] == 0
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
