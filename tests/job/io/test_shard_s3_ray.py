@@ -1,6 +1,6 @@
 """Shards through the local S3 server (moto) and through the Ray executor: the same re-packed
-shards as on local disk (read back with `datasets`), every row once, and a rerun with nothing
-to do that lists data/ once instead of every row."""
+shards as on local disk (read back with `datasets` and webdataset), every row once, and a rerun
+with nothing to do."""
 
 from __future__ import annotations
 
@@ -35,6 +35,24 @@ def test_parquet_shards_on_s3(s3_bucket, s3_server, tmp_path):
     assert by_id["train-00002.parquet:1"]["error_kind"] == "decode"
     again = run_job(cfg, echo=lambda *_: None)
     assert again["success"] and again["rows_this_run"] == 0
+
+
+def test_webdataset_tars_on_s3_by_a_brace_pattern(s3_bucket, s3_server, tmp_path):
+    from tests.job.io.test_webdataset_job import _samples, _write_tars
+
+    tars = _write_tars(tmp_path / "in", 2, 3)
+    put_objects(s3_server, s3_bucket, {f"wds/{p.name}": p.read_bytes() for p in tars})
+    cfg = JobConfig(manifest=f"s3://{s3_bucket}/wds/{{00000..00001}}.tar",
+                    output=f"s3://{s3_bucket}/clean/", backend="opencv", executor="local",
+                    endpoint_url=s3_server)  # fmt: skip
+    summary = run_job(cfg, echo=lambda *_: None)
+    assert summary["success"] and summary["counts"] == {"ok": 4, "error": 1, "skipped": 1}
+    out = tmp_path / "out"
+    _download(s3_client(s3_server), s3_bucket, "clean/data/", out)
+    for path in tars:
+        before, after = _samples(path), _samples(out / path.name)
+        assert [s["__key__"] for s in after] == [s["__key__"] for s in before]
+        assert [s["json"] for s in after] == [s["json"] for s in before]
 
 
 def test_parquet_shards_through_the_ray_executor(ray_local, tmp_path):
