@@ -76,6 +76,7 @@ def finalize(run: RunState) -> dict:
     row_outputs = _outputs(rows)
     kept = pc.unique(pa.concat_arrays([row_outputs, _outputs(others), _outputs(rows, True),
                                        _outputs(others, True)]))  # fmt: skip
+    kept = pa.concat_arrays([kept, _shards_named(rows), _shards_named(others)])
     ids = pa.concat_arrays([run.scan.result_ids, pc.cast(rows.column("id"), pa.string())
                             .combine_chunks()])  # fmt: skip
     samples = run.samples  # the orphan test is the writer's: files and shards differ
@@ -128,6 +129,15 @@ def finalize(run: RunState) -> dict:
     folder.write(RUN_JSON, results.dumps(summary))
     run.echo(report.summary_text(summary, report_uri))
     return summary
+
+
+def _shards_named(table: pa.Table) -> pa.Array:
+    """A name inside each shard a result row lies in: a shard whose rows are all skipped or
+    errors holds no row's output yet is written (the input's bytes), so it is no orphan."""
+    if "shard" not in table.column_names or not table.num_rows:
+        return pa.array([], pa.string())
+    shards = pc.unique(pc.drop_null(pc.cast(table.column("shard"), pa.string())))
+    return pc.binary_join_element_wise(f"{DATA}/", shards, "#0", "")
 
 
 def _outputs(table: pa.Table, kept_by_errors: bool = False) -> pa.Array:

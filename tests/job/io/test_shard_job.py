@@ -121,3 +121,15 @@ def test_dry_run_over_shards_plans_from_the_shards_and_writes_nothing(tmp_path):
     assert plan["settings"]["output_format"] == "parquet shards, png"
     assert plan["validation"]["rows_checked"] > 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_with_no_ok_row_is_still_written_whole(tmp_path):
+    """Every row of shard 1 is an error or skipped: no result row names it as an output, yet
+    it is written (the input's bytes) and finalize keeps it (no orphan)."""
+    shards = write_hf_shards(tmp_path / "in", 2, 2, {1: {"bad": 0, "empty": 1}})
+    out = tmp_path / "out"
+    summary = run_job(_cfg(tmp_path / "in", out), echo=lambda *_: None)
+    assert summary["counts"] == {"ok": 2, "error": 1, "skipped": 1}
+    assert summary["orphans_removed"] == 0
+    assert (out / "data" / shards[1].name).read_bytes() == shards[1].read_bytes()
+    check_parquet_output(shards, out)
