@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_inpaint.errors import ConfigError
+from batch_inpaint.errors import ConfigError, ManifestError
 from batch_inpaint.job.io.parquet_shards import SHARD, ParquetShards
 from batch_inpaint.job.io.shard_formats import ShardColumns, ShardFormat
 from batch_inpaint.manifest.shard_listing import SHARD_SUFFIXES, Shard, is_pattern
@@ -87,7 +87,15 @@ class ShardSource:
 
     def batches(self, columns: list[str], batch_size: int = 1 << 18) -> Iterator[pa.RecordBatch]:
         for name in self.names:
-            yield from self._ids(name).select(columns).to_batches(max_chunksize=batch_size)
+            try:
+                ids = self._ids(name)
+            except ManifestError as exc:  # the scan reads every shard before any work
+                raise ManifestError(
+                    f"{exc}. A damaged shard stops the run before any work: replace it, or run "
+                    "the other shards from a shard list without it (`batch-inpaint manifest "
+                    "build ... -o set.shards.json`, edit the list, `run --manifest "
+                    "set.shards.json`)", kind=exc.kind) from None  # fmt: skip
+            yield from ids.select(columns).to_batches(max_chunksize=batch_size)
 
     def _ids(self, name: str) -> pa.Table:
         """id, shard and index of a shard's rows; a Parquet shard reads its id column only."""

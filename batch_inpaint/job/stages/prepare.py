@@ -76,8 +76,13 @@ def prepare_row(row: Mapping, ctx: JobContext, detected: dict | None = None) -> 
     if rid is None or str(rid) == "":
         raise InpaintError("row has no id", kind=ErrorKind.MISSING_ID.value)
     if not (row.get("image") or row.get("image_path") or row.get("image_bytes") is not None):
-        raise InpaintError("row has no image (no URI, no bytes)",
-                           kind=ErrorKind.MISSING_IMAGE.value)  # fmt: skip
+        where = "row has no image (no URI, no bytes)"
+        if row.get("shard") is not None:  # a tar sample without an image member, a null cell
+            where = (
+                f"shard {row['shard']} row {row.get('index')} has no image (a WebDataset "
+                "sample needs a jpg, jpeg, png or webp member; a Parquet row bytes or a path)"
+            )
+        raise InpaintError(where, kind=ErrorKind.MISSING_IMAGE.value)
     opts = ctx.options
     params = row_generation(row, opts.generation)  # a bad per-row value fails this row only
     data, where = _image_of(row, ctx)
@@ -149,6 +154,11 @@ def build_mask(
     mask = given_mask(row, size, alpha, storage, manifest_base, options, concerns)
     if mask is None:
         give = "mask, mask_boxes, mask_polygons or mask_from_alpha"
+        if row.get("shard") is not None:
+            give = (
+                "a mask: the shard's mask column (--mask-column) or, in a WebDataset sample, "
+                "the member named by --mask-member"
+            )
         if detecting:
             give = ("mask, mask_boxes, mask_polygons, mask_from_alpha or what to detect in it "
                     "(its 'detect' column, or --detect for every row)")  # fmt: skip
