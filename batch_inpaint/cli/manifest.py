@@ -53,7 +53,9 @@ def add_shard_flags(p: argparse.ArgumentParser, sources: bool) -> None:
                        "(`datasets`, img2dataset): a folder, a file or a pattern")  # fmt: skip
     g.add_argument("--image-column", default="image", help="(Parquet) default: %(default)s")
     g.add_argument("--mask-column", default="mask", help="(Parquet) default: %(default)s")
-    g.add_argument("--id-column", help="(Parquet) default: id, else <shard>:<row index>")
+    g.add_argument(
+        "--id-column", help="(Parquet) unset: 'id' when there is one, else '<shard>:<row index>'"
+    )
     g.add_argument("--mask-member", default="mask.png", help="(WebDataset) default: %(default)s")
 
 
