@@ -1,7 +1,7 @@
 """Detection's checks on the driver, before any cluster work (ConfigError: exit status 2):
 settings that can't work, settings a job without queries would ignore, and the detection models'
 folders (the checks the providers make when they load, from the file list and config.json alone).
-plan.check_run calls check_detection (through job/stages/detect.py) with job_queries()."""
+plan.check_run calls check_detection with job_queries() (job/stages/detect.py)."""
 
 from __future__ import annotations
 

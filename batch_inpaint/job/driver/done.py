@@ -7,7 +7,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_inpaint.job.io.output_folder import OutputFolder, relative  # noqa: F401 - relative: known here
+from batch_inpaint.job.io.output_folder import OutputFolder, output_rels, relative  # noqa: F401 - relative: known here
 from batch_inpaint.job.io.writers import FilesWriter, objects_of
 from batch_inpaint.vocab import DONE, TRANSIENT_KINDS, Status
 
@@ -60,25 +60,6 @@ def _timestamps(table: pa.Table, rows) -> pa.Array:
     if pa.types.is_timestamp(ts.type):
         ts = pc.cast(pc.cast(ts, pa.timestamp("us", tz=ts.type.tz)), pa.int64())
     return pc.fill_null(pc.cast(ts, pa.float64()), 0.0)
-
-
-def output_rel(value: str | None) -> str | None:
-    """A result row's `output` as a path relative to the output root ('images/<key>.<ext>').
-    Rows written before outputs were relative hold a full URI: its 'images/...' tail is kept,
-    so an output folder that was copied or moved still resumes."""
-    if not value or value.startswith(("images/", "data/")):  # data/: a shard row's (shard#index)
-        return value
-    tail = value.rsplit("/images/", 1)
-    return "images/" + tail[1] if len(tail) == 2 else value
-
-
-def output_rels(outputs) -> pa.Array:
-    """output_rel of a whole column, in Arrow."""
-    outputs = outputs.combine_chunks() if isinstance(outputs, pa.ChunkedArray) else outputs
-    outputs = pc.cast(outputs, pa.string())
-    tail = pc.replace_substring_regex(outputs, r"^.*/images/", "images/")
-    as_is = pc.or_(pc.starts_with(outputs, "images/"), pc.starts_with(outputs, "data/"))
-    return pc.if_else(as_is, outputs, tail)
 
 
 def finished_ids(

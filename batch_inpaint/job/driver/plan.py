@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from batch_inpaint.config import JobConfig
 from batch_inpaint.errors import ConfigError
 from batch_inpaint.job.driver import guard, results
+from batch_inpaint.job.driver.detect_checks import check_detection
 from batch_inpaint.job.driver.finalize import RunState
 from batch_inpaint.job.driver.lock import LeasedStorage, OutputLock
 from batch_inpaint.job.driver.scan import has_id, scan_manifest
@@ -93,7 +94,7 @@ def check_run(config: JobConfig, storage: Storage, echo=print) -> tuple[RunState
     check_local_model(cfg)
     scan = scan_manifest(storage, cfg)  # every part's schema, the ids, what the manifest reads
     cfg = with_output_format(cfg, scan.source)  # auto: files, or the shards' own format
-    detect_stage.check_detection(cfg, detect_stage.job_queries(storage, cfg))
+    check_detection(cfg, detect_stage.job_queries(storage, cfg))
     guard.check_output_location(cfg.output, scan.inputs)
     state = guard.check_owner(storage, cfg.output, cfg.allow_non_empty_output)
     check_job_model(cfg)  # a Hub id: cached, or a Hub that answers (not minutes of retries)

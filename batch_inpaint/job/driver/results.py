@@ -29,12 +29,16 @@ from batch_inpaint.job.driver.done import (  # noqa: F401 - the names callers kn
     finished_ids,
     latest_per_id,
     list_images,
-    output_rel,
-    output_rels,
     relative,
     repeated,
 )
-from batch_inpaint.job.io.output_folder import METADATA, SUCCESS, OutputFolder
+from batch_inpaint.job.io.output_folder import (  # noqa: F401 - output_rel(s) known here
+    METADATA,
+    SUCCESS,
+    OutputFolder,
+    output_rel,
+    output_rels,
+)
 from batch_inpaint.storage.uri import redact_uri
 from batch_inpaint.vocab import Status
 

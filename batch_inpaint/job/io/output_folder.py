@@ -129,3 +129,22 @@ def relative(uris: list[str], root: str) -> pa.Array:
     if uris and same_location(uris[0]) != uris[0]:
         arr = pa.array([same_location(u) for u in uris], pa.string())
     return pc.utf8_slice_codeunits(arr, len(prefix))
+
+
+def output_rel(value: str | None) -> str | None:
+    """A result row's `output` as a path relative to the output root ('images/<key>.<ext>').
+    Rows written before outputs were relative hold a full URI: its 'images/...' tail is kept,
+    so an output folder that was copied or moved still resumes."""
+    if not value or value.startswith(("images/", "data/")):  # data/: a shard row's (shard#index)
+        return value
+    tail = value.rsplit("/images/", 1)
+    return "images/" + tail[1] if len(tail) == 2 else value
+
+
+def output_rels(outputs) -> pa.Array:
+    """output_rel of a whole column, in Arrow."""
+    outputs = outputs.combine_chunks() if isinstance(outputs, pa.ChunkedArray) else outputs
+    outputs = pc.cast(outputs, pa.string())
+    tail = pc.replace_substring_regex(outputs, r"^.*/images/", "images/")
+    as_is = pc.or_(pc.starts_with(outputs, "images/"), pc.starts_with(outputs, "data/"))
+    return pc.if_else(as_is, outputs, tail)

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from batch_inpaint.image import codec
-from batch_inpaint.job.driver.results import output_rel
+from batch_inpaint.job.io.output_folder import output_rel
 from batch_inpaint.job.io.writers import open_writer
 from batch_inpaint.vocab import ErrorKind, Status
 

@@ -21,7 +21,6 @@ from batch_inpaint.detect.queries import DONE_COLUMN, QUERY_COLUMN, queries_of
 from batch_inpaint.errors import ConfigError, InpaintError
 from batch_inpaint.image import codec
 from batch_inpaint.image.mask_png import decode_mask, encode_mask
-from batch_inpaint.job.driver.detect_checks import check_detection  # noqa: F401 - plan.check_run's
 from batch_inpaint.job.io.writers import open_writer
 from batch_inpaint.job.stages.attempts import Attempts, counted_table
 from batch_inpaint.job.stages.context import JobContext

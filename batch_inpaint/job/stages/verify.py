@@ -34,7 +34,7 @@ import pyarrow as pa
 from batch_inpaint.batches import isolate
 from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.image import codec
-from batch_inpaint.job.driver.results import output_rel
+from batch_inpaint.job.io.output_folder import output_rel
 from batch_inpaint.job.io.shard_writer import OUTPUT_BYTES
 from batch_inpaint.job.io.writers import open_writer
 from batch_inpaint.job.stages.attempts import counted_table
