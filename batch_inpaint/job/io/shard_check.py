@@ -17,21 +17,12 @@ from typing import Any
 
 from batch_inpaint.detect.queries import parse_queries, queries_of
 from batch_inpaint.errors import ConfigError, InpaintError, error_kind
-from batch_inpaint.job.io.shard_formats import ShardColumns, ShardFormat
+from batch_inpaint.job.io.shard_formats import ShardColumns
+from batch_inpaint.job.io.shard_source import shard_format
 from batch_inpaint.manifest.schema import DETECT_COLUMN
 from batch_inpaint.manifest.validation import Problem, ValidationReport, probe_bytes
 from batch_inpaint.storage.uri import resolve
 from batch_inpaint.vocab import ErrorKind
-
-
-def shard_format(name: str) -> ShardFormat:
-    if name == "parquet":
-        from batch_inpaint.job.io.parquet_shards import ParquetShards
-
-        return ParquetShards()
-    from batch_inpaint.job.io.webdataset_format import WebDatasetShards
-
-    return WebDatasetShards()
 
 
 def validate_shards(
