@@ -199,7 +199,7 @@ def _check_geometry(rid: Any, row: dict, problems: list[Problem]) -> None:
             problems.append(Problem(rid, "mask_polygons", ErrorKind.BAD_POLYGON.value, msg))
 
 
-def _detects(rid: Any, row: dict, queries: Sequence[str], problems: list[Problem]) -> bool:
+def detects(rid: Any, row: dict, queries: Sequence[str], problems: list[Problem]) -> bool:
     """Whether `run` would detect a mask for the row (its `detect` value, else the job's
     `queries`); a bad value is the row's problem, as it would be its error row in the job."""
     if not queries and DETECT_COLUMN not in row:
@@ -229,7 +229,7 @@ def _check_row(
     has_mask = bool(row.get("mask") or row.get("mask_boxes") or row.get("mask_polygons")) or bool(
         row.get("mask_from_alpha")
     )
-    if not _detects(rid, row, queries, problems) and not has_mask:
+    if not detects(rid, row, queries, problems) and not has_mask:
         msg = (f"no mask: set one of {', '.join(MASK_COLUMNS)}, or queries to detect (its "
                f"'{DETECT_COLUMN}' column, or --detect for every row)")  # fmt: skip
         problems.append(Problem(rid, "mask", ErrorKind.NO_MASK.value, msg))

@@ -15,12 +15,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from batch_inpaint.detect.queries import parse_queries, queries_of
-from batch_inpaint.errors import ConfigError, InpaintError, error_kind
+from batch_inpaint.detect.queries import parse_queries
+from batch_inpaint.errors import InpaintError, error_kind
 from batch_inpaint.job.io.shard_formats import ShardColumns
 from batch_inpaint.job.io.shard_source import shard_format
 from batch_inpaint.manifest.schema import DETECT_COLUMN
-from batch_inpaint.manifest.validation import Problem, ValidationReport, probe_bytes
+from batch_inpaint.manifest.validation import Problem, ValidationReport, detects, probe_bytes
 from batch_inpaint.storage.uri import resolve
 from batch_inpaint.vocab import ErrorKind
 
@@ -88,7 +88,7 @@ def _check(row: dict, counts: Counter, found, queries, decode: bool, mask_option
                 info[col] = probe_bytes(data, f"{where} {col}", decode=decode)
             except InpaintError as exc:
                 problems.append(Problem(rid, col, error_kind(exc), str(exc)))
-    if mask is None and not _detects(row, queries, rid, problems) and not row.get("mask"):
+    if mask is None and not detects(rid, row, queries, problems) and not row.get("mask"):
         msg = (f"{where}: no mask (column or member {_mask_name(found)}), and no queries to "
                f"detect one ('{DETECT_COLUMN}' column, or --detect)")  # fmt: skip
         problems.append(Problem(rid, "mask", ErrorKind.NO_MASK.value, msg))
@@ -115,16 +115,6 @@ def _read(found, uri: str, rid, where: str, problems: list[Problem]) -> bytes | 
     except InpaintError as exc:
         problems.append(Problem(rid, "image", error_kind(exc), f"{where}: {exc}"))
         return None
-
-
-def _detects(row: dict, queries, rid, problems: list[Problem]) -> bool:
-    if not queries and DETECT_COLUMN not in row:
-        return False
-    try:
-        return bool(queries_of(row, queries))
-    except ConfigError as exc:
-        problems.append(Problem(rid, DETECT_COLUMN, error_kind(exc), str(exc)))
-        return True
 
 
 def _mask_name(found) -> str:
