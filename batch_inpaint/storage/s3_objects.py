@@ -110,11 +110,9 @@ def put(options, uri: str, data: bytes, overwrite: bool) -> bool:
 
 
 def delete(options, uri: str) -> None:
-    """Remove the object if there is one (no delete marker for a missing key when versioned)."""
-    try:
-        head(options, uri)
-    except FileNotFoundError:
-        return
+    """Remove the object if there is one: one DELETE, which S3 answers alike for a missing key
+    (no HEAD first: the job deletes only what it wrote, and on a versioned bucket a delete is a
+    marker either way)."""
     bucket, key = split(uri)
     _call(client(options).delete_object, Bucket=bucket, Key=key)
 
