@@ -21,7 +21,11 @@ WORKLOADS = {
     "c2": ("cpu_job:c2", False, "whole Ray job (opencv) vs plain single-process loop"),
     "crop": ("crop:crop", False, "crop mode on 1080p/4K photos, small masks: CPU per row, cores"),
     "c3": ("c3:c3", False, "scale: 100k rows through local Ray; driver memory; planning 10 M"),
-    "s1": ("shards:s1", False, "100k rows as files, Parquet and WebDataset shards: rows/s, objects, LIST"),
+    "s1": (
+        "shards:s1",
+        False,
+        "100k rows as files, Parquet and WebDataset shards: rows/s, objects, LIST",
+    ),
     "sd2-job": ("sd2_job:sd2_job", False, "full-size SD2 (random) through run_job on the CPU"),
     "l1": ("lama:l1", False, "LaMa on the CPU: images/s per core at 512² and 1024²"),
     "l2": ("lama:l2", True, "LaMa 512² batch sweep fp32/bf16; 100 images/s goal; vs w1"),

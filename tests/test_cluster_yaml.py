@@ -36,7 +36,10 @@ def test_gpu_worker_fits_the_default_job():
         assert (res["GPU"] / gpus_per_actor) == int(res["GPU"] / gpus_per_actor)
         # the shares as a run on one such worker resolves them (job/driver/resources.py)
         used = pool(cfg, gpus_per_actor, res["CPU"], detect_pools=2)
-        assert (used.cpus_per_actor, used.detection.cpus_per_detect_actor) == (1.0, 1.0)  # room for all
+        assert (used.cpus_per_actor, used.detection.cpus_per_detect_actor) == (
+            1.0,
+            1.0,
+        )  # room for all
         need = used.cpus_per_actor + 2 * used.detection.cpus_per_detect_actor + used.cpus_per_task
         assert need <= res["CPU"]  # model, detect and verify actors, and a read/write task
         assert t["min_workers"] == 0 and t["max_workers"] >= 1  # autoscaling from zero
