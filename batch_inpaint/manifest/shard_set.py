@@ -110,7 +110,12 @@ def find_shard_set(
             raise
         return None
     if found.format == "parquet":
-        if holds_uris(found):
+        try:
+            uris = holds_uris(found)
+        except (OSError, ValueError):  # unreadable (permissions, damage: ArrowInvalid): the
+            # manifest's own read says why
+            return None
+        if uris:
             return None
         check_image_column(found)
     return found
