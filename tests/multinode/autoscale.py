@@ -25,10 +25,14 @@ from pathlib import Path
 GPU_TYPE = "ray.worker.gpu"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are picked (one at a time, the
+    kernel may hand the same just-freed port out twice, and `ray start` refuses the pair)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def autoscaling_config(gcs_address: str) -> dict:
@@ -111,7 +115,7 @@ def autoscale_scenario(work: Path) -> dict:
     quiet_ray_address_file()
     temp = tempfile.mkdtemp(prefix="bi-as-", dir="/tmp")
     ip = ray._private.services.get_node_ip_address()
-    port = free_port()
+    port, dash, agent, client, metrics, env_agent = free_ports(6)
     address = f"{ip}:{port}"
     config = Path(temp) / "autoscaling.json"
     config.write_text(json.dumps(autoscaling_config(address)))
@@ -121,9 +125,9 @@ def autoscale_scenario(work: Path) -> dict:
     cmd = [
         _ray(), "start", "--head", "--block", f"--port={port}", f"--node-ip-address={ip}",
         f"--autoscaling-config={config}", "--num-cpus=2", "--num-gpus=0",
-        f"--temp-dir={temp}", "--include-dashboard=false", f"--dashboard-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}", f"--ray-client-server-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--temp-dir={temp}", "--include-dashboard=false", f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}",
+        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={env_agent}",
         "--disable-usage-stats",
     ]  # fmt: skip
     log_path = Path(temp) / "ray-start.log"
