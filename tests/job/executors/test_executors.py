@@ -26,6 +26,7 @@ from tests.job.executors.test_ray_job import (
     check_outputs,
     check_pass_through,
     config,
+    mixed_local,
 )
 
 # Columns that differ between any two runs: when and how long.
@@ -34,18 +35,6 @@ TIMING = {"finished_at", "prepare_s", "model_s", "write_s", "detect_s", "verify_
 
 def _rows(table) -> dict[str, dict]:
     return {r["id"]: {k: v for k, v in r.items() if k not in TIMING} for r in table.to_pylist()}
-
-
-def _mixed_local(root: Path) -> Path:
-    src = root / "in"
-
-    def put(key: str, data: bytes) -> None:
-        (src / key).parent.mkdir(parents=True, exist_ok=True)
-        (src / key).write_bytes(data)
-
-    mixed = build_mixed(put, str(src))
-    (src / "manifest.parquet").write_bytes(manifest_bytes(mixed.rows))
-    return src / "manifest.parquet", mixed
 
 
 class S3:
@@ -92,7 +81,7 @@ def test_local_and_ray_write_the_same_rows_and_bytes(where, ray_local, tmp_path,
         manifest, mixed = s3.mixed()
         extra = {"endpoint_url": s3.endpoint}
     else:
-        manifest, mixed = _mixed_local(tmp_path)
+        manifest, mixed = mixed_local(tmp_path)
         manifest, extra = str(manifest), {}
     got = {}
     for name in ("local", "ray"):

@@ -115,6 +115,19 @@ def build_mixed(put, base: str) -> Mixed:
     return m
 
 
+def mixed_local(root: Path) -> tuple[Path, Mixed]:
+    """build_mixed's inputs in local folders under root/in, with their manifest."""
+    src = root / "in"
+
+    def put(key: str, data: bytes) -> None:
+        (src / key).parent.mkdir(parents=True, exist_ok=True)
+        (src / key).write_bytes(data)
+
+    mixed = build_mixed(put, str(src))
+    (src / "manifest.parquet").write_bytes(manifest_bytes(mixed.rows))
+    return src / "manifest.parquet", mixed
+
+
 def check_outputs(mixed: Mixed, meta: list[dict], read) -> None:
     """Every ok/skipped row's object decodes at the input's size and equals the input bit for bit
     outside the (dilated + feathered) mask; ok rows changed something inside it."""
@@ -326,15 +339,8 @@ def test_s3_second_run_processes_nothing(s3_run):
 @pytest.fixture(scope="module", params=["ray", "local"])  # both executors (job/executors/)
 def local_run(request, ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("local-job")
-    src = root / "in"
-
-    def put(key: str, data: bytes) -> None:
-        (src / key).parent.mkdir(parents=True, exist_ok=True)
-        (src / key).write_bytes(data)
-
-    mixed = build_mixed(put, str(src))
-    (src / "manifest.parquet").write_bytes(manifest_bytes(mixed.rows))
-    cfg = config(manifest=str(src / "manifest.parquet"), output=str(root / "out"), backend="opencv",
+    manifest, mixed = mixed_local(root)
+    cfg = config(manifest=str(manifest), output=str(root / "out"), backend="opencv",
                  executor=request.param)  # fmt: skip
     summary = run_job(cfg, echo=lambda *_: None)
     return mixed, cfg, summary, root
